@@ -1,0 +1,44 @@
+"""Start-up time of `llmgen tokenize "hi"` against bare imports, as a ratio (issue #2: within 1.3x).
+
+    python benchmarks/startup.py [--runs 15]
+
+Runs each command alternately (so drift in machine load hits both alike) and reports the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+COMMANDS = {
+    "bare imports": [sys.executable, "-c", "import tiktoken, typer, rich"],
+    "bare + cl100k_base load": [sys.executable, "-c", "import tiktoken, typer, rich; tiktoken.get_encoding('cl100k_base')"],
+    "llmgen --help": [shutil.which("llmgen") or "llmgen", "--help"],
+    'llmgen tokenize "hi"': [shutil.which("llmgen") or "llmgen", "tokenize", "hi"],
+    'llmgen tokenize -e gpt2 "hi"': [shutil.which("llmgen") or "llmgen", "tokenize", "-e", "gpt2", "hi"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for _ in range(args.runs):
+        for name, cmd in COMMANDS.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["bare imports"])
+    print(f"| command | median s | ratio to bare imports |\n|---|---|---|")
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(f"| `{name}` | {median:.3f} | {median / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The one place that writes to the terminal: stdout for results, stderr for everything else."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+from llmgen.errors import LLMGenError
+
+# Results go to stdout; progress, warnings, statistics and errors go to stderr so pipelines stay clean.
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def print_error(message: str) -> None:
+    first_line = " ".join(message.split())  # one line, however the message was built
+    if stderr.is_terminal:
+        stderr.print(f"[bold red]error:[/] {first_line}", markup=True, soft_wrap=True, highlight=False)
+    else:
+        sys.stderr.write(f"error: {first_line}\n")
+        sys.stderr.flush()
+
+
+def print_warning(message: str) -> None:
+    if stderr.is_terminal:
+        stderr.print(f"[yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
+    else:
+        sys.stderr.write(f"warning: {message}\n")
+        sys.stderr.flush()
+
+
+def stdin_is_piped() -> bool:
+    return sys.stdin is not None and not sys.stdin.isatty()
+
+
+def read_stdin() -> str:
+    if sys.stdin is None:
+        return ""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LLMGenError(f"standard input is not valid UTF-8 (byte {e.start})") from None
+
+
+def read_text_argument(text: str | None, *, combine_with_stdin: bool) -> str:
+    """TEXT, '-' for stdin, or stdin when TEXT is omitted and stdin is piped.
+
+    With `combine_with_stdin`, piped stdin and an argument are joined like simonw/llm: stdin first,
+    then the argument (`cat notes.txt | llmgen generate "Summarize:"`).
+    """
+    if text == "-":
+        return read_stdin()
+    if text is None:
+        return read_stdin() if stdin_is_piped() else ""
+    if combine_with_stdin and stdin_is_piped():
+        piped = read_stdin()
+        return f"{piped}\n{text}" if piped else text
+    return text

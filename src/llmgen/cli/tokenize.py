@@ -1,0 +1,113 @@
+"""`llmgen tokenize`: token ids and pieces for a text, or text for token ids."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from llmgen.cli import console
+from llmgen.errors import LLMGenError
+
+# C0 controls and DEL shown as escapes so a piece never breaks a table row or a line of output.
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {
+    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"
+}
+
+
+def tokenize(
+    text: Optional[List[str]] = typer.Argument(
+        None, help="Text to tokenize ('-' or omitted with piped stdin reads stdin); with --decode, token ids."
+    ),
+    encoding: Optional[str] = typer.Option(
+        None, "--encoding", "-e", help="cl100k_base (default), gpt2, r50k_base or llama3."
+    ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Use this model's tokenizer (a model directory)."),
+    tokenizer_path: Optional[Path] = typer.Option(
+        None, "--tokenizer", help="A tokenizer file (LLaMA-3 tokenizer.model) or a directory holding one."
+    ),
+    ids_only: bool = typer.Option(False, "--ids", help="Print the ids only, space-separated."),
+    count_only: bool = typer.Option(False, "--count", help="Print the number of tokens only."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object with encoding, ids, tokens and count."),
+    decode: bool = typer.Option(False, "--decode", "-d", help="Treat the arguments as token ids and print their text."),
+    allow_special: bool = typer.Option(
+        False, "--allow-special", help="Encode special-token strings such as <|endoftext|> as special tokens."
+    ),
+) -> None:
+    """Show the token ids and pieces of TEXT (or the text of token ids with --decode)."""
+    from llmgen.tokenizers import DEFAULT_ENCODING, get_tokenizer, piece, tokenizer_from_path
+
+    if sum(x is not None for x in (encoding, model, tokenizer_path)) > 1:
+        raise LLMGenError("choose one of --encoding, --model and --tokenizer")
+    if sum((ids_only, count_only, as_json)) > 1:
+        raise LLMGenError("choose one of --ids, --count and --json")
+
+    args = text or []
+    source = " ".join(args) if args and args != ["-"] else ("-" if args else None)
+    if decode:
+        raw = console.read_text_argument(source, combine_with_stdin=False).split()
+        if not raw:
+            raise LLMGenError("no token ids given to --decode")
+        ids = [_parse_id(r) for r in raw]
+    else:
+        input_text = console.read_text_argument(source, combine_with_stdin=False)
+        if not input_text:
+            raise LLMGenError("no text to tokenize: pass TEXT, or pipe it on stdin")
+
+    if model is not None:
+        tok = tokenizer_from_path(Path(model))
+    elif tokenizer_path is not None:
+        tok = tokenizer_from_path(tokenizer_path)
+    else:
+        tok = get_tokenizer(encoding or DEFAULT_ENCODING)
+
+    if decode:
+        text_out = tok.decode(ids)
+        if as_json:
+            _write(json.dumps({"encoding": tok.name, "ids": ids, "text": text_out}, ensure_ascii=False) + "\n")
+        else:
+            _write(text_out + "\n")
+        return
+
+    ids = tok.encode(input_text, bos=False, allow_special=allow_special)
+    pieces = [piece(tok.token_bytes(i)) for i in ids]
+    if count_only:
+        _write(f"{len(ids)}\n")
+    elif ids_only:
+        _write(" ".join(map(str, ids)) + "\n")
+    elif as_json:
+        payload = {"encoding": tok.name, "ids": ids, "tokens": pieces, "count": len(ids)}
+        _write(json.dumps(payload, ensure_ascii=False) + "\n")
+    elif console.stdout.is_terminal:
+        _print_table(tok.name, ids, pieces)
+    else:
+        _write("".join(f"{i}\t{p.translate(_CONTROL_ESCAPES)}\n" for i, p in zip(ids, pieces)))
+
+
+def _parse_id(raw: str) -> int:
+    try:
+        return int(raw.strip(","))
+    except ValueError:
+        raise LLMGenError(f"--decode takes integer token ids; got {raw!r}") from None
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _print_table(encoding_name: str, ids: list[int], pieces: list[str]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(caption=f"{len(ids)} tokens · {encoding_name}", show_edge=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("id", justify="right", style="cyan")
+    table.add_column("piece")
+    for n, (token_id, p) in enumerate(zip(ids, pieces)):
+        # A background makes leading and trailing spaces of a piece visible.
+        table.add_row(str(n), str(token_id), Text(p.translate(_CONTROL_ESCAPES), style="on grey23"))
+    console.stdout.print(table)

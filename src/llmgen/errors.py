@@ -1,0 +1,16 @@
+"""The one exception type the CLI turns into a single line on stderr."""
+
+
+class LLMGenError(Exception):
+    """A user-facing failure: bad input, a missing or corrupt file, an unreachable service.
+
+    The message is one sentence that says what went wrong and, where possible, what to do.
+    `exit_code` lets the CLI distinguish classes of failure for scripts.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code

@@ -1,0 +1,228 @@
+"""Tokenizers as tiktoken Encodings: cl100k_base, gpt2 (= r50k_base), LLaMA-3, and model vocabularies.
+
+A `Tokenizer` is a tiktoken Encoding plus what generation needs to know about it: whether prompts start
+with a BOS token and which ids end a generation. Special-token strings typed by a user are encoded as
+plain text unless `allow_special` is set, so "<|endoftext|>" in a prompt cannot end it early.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+
+from llmgen import assets
+from llmgen.errors import LLMGenError
+
+DEFAULT_ENCODING = "cl100k_base"
+
+# tiktoken's own encodings, by the blob URL it caches them under (see tiktoken.load.read_file_cached).
+TIKTOKEN_URLS = {
+    "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+    "r50k_base": "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken",
+}
+# gpt2 and r50k_base have the same ranks, pattern and <|endoftext|> = 50256; tiktoken's "gpt2"
+# reads them from encoder.json + vocab.bpe, which no offline source ships, so we serve r50k_base.
+ENCODING_ALIASES = {"gpt2": "r50k_base"}
+ENCODINGS = ("cl100k_base", "gpt2", "r50k_base", "llama3")
+
+# Meta's tokenizer (llama_models/llama3/tokenizer.py, Llama 3.1+ names for the first special tokens).
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_NUM_SPECIAL = 256
+LLAMA3_NAMED_SPECIAL = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",  # end of message (tool calls)
+    "<|eot_id|>",  # end of turn
+    "<|python_tag|>",
+    "<|image|>",
+]
+LLAMA3_STOP = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
+
+
+@dataclass
+class Tokenizer:
+    name: str
+    encoding: tiktoken.Encoding
+    bos_id: int | None = None  # prepended to every prompt when set (LLaMA-3)
+    stop_ids: tuple[int, ...] = field(default=())  # a generation ends at any of these
+
+    @property
+    def n_vocab(self) -> int:
+        return self.encoding.n_vocab
+
+    def encode(self, text: str, *, bos: bool = True, allow_special: bool = False) -> list[int]:
+        ids = self.encoding.encode(text, allowed_special="all" if allow_special else set(), disallowed_special=())
+        if bos and self.bos_id is not None:
+            ids.insert(0, self.bos_id)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        for i in ids:
+            if not 0 <= i < self.n_vocab or not self.is_valid(i):
+                raise LLMGenError(f"token id {i} is not in the {self.name} vocabulary (0..{self.n_vocab - 1})")
+        return self.encoding.decode(ids, errors="replace")
+
+    def is_valid(self, token_id: int) -> bool:
+        try:
+            self.encoding.decode_single_token_bytes(token_id)
+        except KeyError:
+            return False
+        return True
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.encoding.decode_single_token_bytes(token_id)
+
+
+class StreamDecoder:
+    """Token ids in, text out, as they arrive.
+
+    A multi-byte UTF-8 character can be split across tokens (most CJK characters and emoji are, in
+    byte-level BPE). The incremental decoder holds back an incomplete trailing sequence until the
+    next token completes it, and replaces bytes that can never form valid UTF-8 with U+FFFD.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._token_bytes = tokenizer.token_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self._utf8.decode(self._token_bytes(token_id))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+def piece(token: bytes) -> str:
+    """A token's bytes shown readably: the text when it is valid UTF-8, else \\x escapes for the rest."""
+    return token.decode("utf-8", errors="backslashreplace")
+
+
+# --- tiktoken's own encodings, offline -------------------------------------------------------------
+
+def _tiktoken_cache_dir() -> str:
+    # Mirrors tiktoken.load.read_file_cached.
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        return os.environ["TIKTOKEN_CACHE_DIR"]
+    if "DATA_GYM_CACHE_DIR" in os.environ:
+        return os.environ["DATA_GYM_CACHE_DIR"]
+    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
+
+
+def seed_tiktoken_cache(name: str) -> None:
+    """Put a hash-checked local copy of `name`'s ranks where tiktoken looks before it downloads."""
+    cache_dir = _tiktoken_cache_dir()
+    if cache_dir == "":  # the user disabled tiktoken's cache; tiktoken will download
+        return
+    cache_path = Path(cache_dir) / hashlib.sha1(TIKTOKEN_URLS[name].encode()).hexdigest()
+    if cache_path.exists():  # tiktoken checks its hash and re-downloads on mismatch
+        return
+    local = assets.locate(name)
+    if local is not None:
+        assets.write_atomically(cache_path, local.read_bytes())
+
+
+def _tiktoken_encoding(name: str) -> tiktoken.Encoding:
+    seed_tiktoken_cache(name)
+    try:
+        return tiktoken.get_encoding(name)
+    except OSError as e:  # requests' ConnectionError is an OSError
+        raise LLMGenError(
+            f"the {name} ranks are not available offline and could not be downloaded ({type(e).__name__}); "
+            + assets.how_to_get(name)
+        ) from None
+    except ValueError as e:  # tiktoken's hash mismatch on a download
+        raise LLMGenError(f"the {name} ranks failed their integrity check: {e}") from None
+
+
+# --- LLaMA-3 ---------------------------------------------------------------------------------------
+
+def load_llama3(path: Path | None = None) -> Tokenizer:
+    """Meta's tokenizer.model (base64 ranks) + the 256 special tokens from 128000 + Meta's pattern."""
+    expected_hash = None
+    if path is None:
+        path = assets.locate("llama3")
+        if path is None:
+            raise LLMGenError("no LLaMA-3 tokenizer.model found; pass --tokenizer PATH or " + assets.how_to_get("llama3"))
+        expected_hash = assets.ASSETS["llama3"].sha256
+    path = Path(path)
+    if not path.is_file():
+        raise LLMGenError(f"tokenizer file not found: {path}")
+    try:
+        ranks = load_tiktoken_bpe(str(path), expected_hash=expected_hash)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LLMGenError(f"{path} is not a tiktoken BPE file (a base64 token and a rank per line): {e}") from None
+    if not ranks:
+        raise LLMGenError(f"{path} holds no tokens")
+    n_base = len(ranks)
+    names = LLAMA3_NAMED_SPECIAL + [
+        f"<|reserved_special_token_{2 + i}|>" for i in range(LLAMA3_NUM_SPECIAL - len(LLAMA3_NAMED_SPECIAL))
+    ]
+    special = {token: n_base + i for i, token in enumerate(names)}
+    try:
+        encoding = tiktoken.Encoding(
+            name=f"llama3:{path.name}", pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks, special_tokens=special
+        )
+    except ValueError as e:  # e.g. ranks that are not a permutation of 0..n-1
+        raise LLMGenError(f"{path} is not a valid tokenizer: {e}") from None
+    return Tokenizer(
+        name="llama3",
+        encoding=encoding,
+        bos_id=special["<|begin_of_text|>"],
+        stop_ids=tuple(special[t] for t in LLAMA3_STOP),
+    )
+
+
+# --- lookup ----------------------------------------------------------------------------------------
+
+def get_tokenizer(name: str) -> Tokenizer:
+    """A tokenizer by encoding name: cl100k_base, gpt2, r50k_base or llama3."""
+    key = name.lower()
+    if key == "llama3":
+        return load_llama3()
+    base = ENCODING_ALIASES.get(key, key)
+    if base not in TIKTOKEN_URLS:
+        raise LLMGenError(f"unknown encoding {name!r}; choose one of: {', '.join(ENCODINGS)}")
+    encoding = _tiktoken_encoding(base)
+    endoftext = encoding.eot_token
+    return Tokenizer(name=key, encoding=encoding, stop_ids=(endoftext,))
+
+
+def tokenizer_from_path(path: Path) -> Tokenizer:
+    """The tokenizer stored in a file or a model directory (the hook model formats extend)."""
+    path = Path(path)
+    if not path.exists():
+        raise LLMGenError(f"tokenizer path not found: {path}")
+    if path.is_dir():
+        for loader in MODEL_VOCABULARIES:
+            tokenizer = loader(path)
+            if tokenizer is not None:
+                return tokenizer
+        raise LLMGenError(f"no tokenizer found in {path} (expected tokenizer.model, or vocab.json + merges.txt)")
+    return load_llama3(path)
+
+
+def _llama3_from_dir(directory: Path) -> Tokenizer | None:
+    for candidate in (directory / "tokenizer.model", directory / "original" / "tokenizer.model"):
+        if candidate.is_file():
+            return load_llama3(candidate)
+    return None
+
+
+# Each entry: model directory -> Tokenizer, or None when the directory has no vocabulary of that kind.
+MODEL_VOCABULARIES = [_llama3_from_dir]

@@ -1,0 +1,116 @@
+"""The real `llmgen` console script in a subprocess: pipes, exit codes, one-line errors."""
+
+import json
+import subprocess
+
+from conftest import LLMGEN, assert_one_line_error, run_llmgen
+
+
+def test_ids_json_count_on_pipes():
+    assert run_llmgen("tokenize", "hello world!", "--ids").out == "15339 1917 0\n"
+    assert run_llmgen("tokenize", "hello world!", "--count").out == "3\n"
+    payload = json.loads(run_llmgen("tokenize", "hello world!", "--json", "-e", "gpt2").out)
+    assert payload == {"encoding": "gpt2", "ids": [31373, 995, 0], "tokens": ["hello", " world", "!"], "count": 3}
+
+
+def test_plain_lines_on_a_pipe_escape_control_characters():
+    result = run_llmgen("tokenize", "a\nb", "-e", "gpt2")
+    assert result.returncode == 0
+    assert result.out.splitlines() == ["64\ta", "198\t\\n", "65\tb"]
+
+
+def test_llama3_encoding_and_decode():
+    assert run_llmgen("tokenize", "-e", "llama3", "--ids", "武").out == "103787\n"
+    decoded = run_llmgen("tokenize", "--decode", "15339", "1917", "0", "-e", "llama3")
+    assert decoded.returncode == 0 and decoded.out == "hello world!\n"
+
+
+def test_tokenizer_path_and_model_directory(tmp_path, llama3_tokenizer_file):
+    (tmp_path / "tokenizer.model").write_bytes(llama3_tokenizer_file.read_bytes())
+    by_file = run_llmgen("tokenize", "--tokenizer", tmp_path / "tokenizer.model", "--ids", "hello world!")
+    by_dir = run_llmgen("tokenize", "--model", tmp_path, "--ids", "hello world!")
+    assert by_file.out == by_dir.out == "15339 1917 0\n"
+
+
+def test_stdin_with_dash_and_when_omitted():
+    assert run_llmgen("tokenize", "-", "--ids", input="hello world!").out == "15339 1917 0\n"
+    assert run_llmgen("tokenize", "--count", input="hello world!").out == "3\n"
+    # An argument wins over piped stdin for tokenize.
+    assert run_llmgen("tokenize", "hi", "--ids", input="hello world!").out == "6151\n"
+
+
+def test_special_tokens_are_text_unless_allowed():
+    assert "100257" not in run_llmgen("tokenize", "<|endoftext|>", "--ids").out.split()
+    assert run_llmgen("tokenize", "<|endoftext|>", "--ids", "--allow-special").out == "100257\n"
+
+
+def test_user_mistakes_give_one_line_and_nonzero_exit(tmp_path):
+    assert_one_line_error(run_llmgen("tokenize", "-e", "nope", "x"), "unknown encoding 'nope'")
+    assert_one_line_error(run_llmgen("tokenize", "--tokenizer", tmp_path / "missing.model", "x"), "not found")
+    assert_one_line_error(run_llmgen("tokenize", "--decode", "12", "x1"), "integer token ids")
+    assert_one_line_error(run_llmgen("tokenize", "--decode", "999999999"), "not in the cl100k_base vocabulary")
+    assert_one_line_error(run_llmgen("tokenize", "--ids"), "no text to tokenize")
+    assert_one_line_error(run_llmgen("tokenize", "-", input=""), "no text to tokenize")
+    assert_one_line_error(run_llmgen("tokenize", "-", input=b"\xff\xfe"), "not valid UTF-8")
+    usage = run_llmgen("tokenize", "--bogus")
+    assert usage.returncode == 2
+    assert_one_line_error(usage, "No such option: --bogus")
+    bad = tmp_path / "tokenizer.model"
+    bad.write_bytes(b"\x00\x01garbage\n")
+    assert_one_line_error(run_llmgen("tokenize", "--tokenizer", bad, "x"), "not a tiktoken BPE file")
+
+
+def test_tampered_ranks_give_one_line(tmp_path, llama3_tokenizer_file):
+    from llmgen import assets
+
+    if assets._installed_copy(assets.ASSETS["llama3"]) is not None:
+        return  # an installed pristine copy is always preferred
+    data = bytearray(llama3_tokenizer_file.read_bytes())
+    data[-5] ^= 0x01
+    (tmp_path / "llama3-tokenizer.model").write_bytes(bytes(data))
+    result = run_llmgen("tokenize", "-e", "llama3", "x", env={"LLMGEN_HOME": str(tmp_path)})
+    assert_one_line_error(result, "does not match the pinned sha256")
+
+
+def test_broken_pipe_exits_quietly(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text("hello world, " * 200_000)
+    with open(big, "rb") as stdin:
+        producer = subprocess.Popen([LLMGEN, "tokenize", "-"], stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        first = producer.stdout.readline()
+        producer.stdout.close()  # what `| head -1` does
+        stderr = producer.stderr.read()
+        producer.wait(timeout=60)
+    assert first == b"15339\thello\n"
+    assert b"Traceback" not in stderr and stderr.strip() == b""
+
+
+def test_help_and_tokenize_do_not_import_torch():
+    import os
+    import sys
+
+    probe = (
+        "import sys, runpy; sys.argv = ['llmgen'] + sys.argv[1:]\n"
+        "from llmgen.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+    )
+    for args in (["--help"], ["tokenize", "hi"], ["tokenize", "-e", "llama3", "--json", "hi"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
+                              env=os.environ, stdin=subprocess.DEVNULL)
+        assert done.stderr.strip().splitlines()[-1] == "NO-TORCH", (args, done.stderr)
+
+
+def test_all_four_commands_are_registered():
+    out = run_llmgen("--help").out
+    for command in ("generate", "tokenize", "download", "inspect-weights"):
+        assert command in out
+
+
+def test_python_dash_m_works():
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "llmgen", "tokenize", "--count", "hello world!"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and done.stdout == "3\n"
