@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,5 +226,60 @@ def _llama3_from_dir(directory: Path) -> Tokenizer | None:
     return None
 
 
+# --- Hugging Face byte-level BPE vocabularies (GPT-2's vocab.json + merges.txt) -----------------------
+
+# GPT-2's pattern, shared by r50k_base and HF byte-level BPE vocabularies built for GPT-2.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+SPECIAL_TOKEN = re.compile(r"^<\|.*\|>$")
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table that spells every byte as a printable character in vocab.json (and GGUF)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def encoding_from_vocab(name: str, vocab: dict[str, int], pattern: str) -> tiktoken.Encoding:
+    """A byte-level BPE vocabulary (token text -> id) as a tiktoken Encoding with rank = id.
+
+    tiktoken merges the pair with the lowest rank first; in these vocabularies a merged token's id is
+    its merge's position, so ids are valid ranks. Tokens spelled <|...|> become special tokens.
+    """
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+    ranks, special = {}, {}
+    for token, token_id in vocab.items():
+        if SPECIAL_TOKEN.match(token):
+            special[token] = token_id
+            continue
+        try:
+            ranks[bytes(byte_of[ch] for ch in token)] = token_id
+        except KeyError:
+            raise LLMGenError(f"{name}: token {token!r} is not in GPT-2's byte-level alphabet") from None
+    try:
+        return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
+    except ValueError as e:
+        raise LLMGenError(f"{name} is not a valid BPE vocabulary: {e}") from None
+
+
+def _gpt2_from_dir(directory: Path) -> Tokenizer | None:
+    vocab_path = directory / "vocab.json"
+    if not (vocab_path.is_file() and (directory / "merges.txt").is_file()):
+        return None
+    try:
+        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LLMGenError(f"{vocab_path} is not a JSON vocabulary: {e}") from None
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        raise LLMGenError(f"{vocab_path} must map token strings to integer ids")
+    encoding = encoding_from_vocab(f"gpt2:{directory.name}", vocab, GPT2_PATTERN)
+    stop = tuple(i for t, i in vocab.items() if t == "<|endoftext|>")
+    return Tokenizer(name="gpt2", encoding=encoding, stop_ids=stop)
+
+
 # Each entry: model directory -> Tokenizer, or None when the directory has no vocabulary of that kind.
-MODEL_VOCABULARIES = [_llama3_from_dir]
+MODEL_VOCABULARIES = [_llama3_from_dir, _gpt2_from_dir]

@@ -30,6 +30,24 @@ def print_warning(message: str) -> None:
         sys.stderr.flush()
 
 
+def print_info(message: str) -> None:
+    if stderr.is_terminal:
+        stderr.print(message, style="dim", soft_wrap=True, highlight=False, markup=False)
+    else:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+
+def write_stream(text: str) -> None:
+    """Generated text as it arrives: through Rich on a terminal, raw bytes-exact text on a pipe."""
+    if stdout.is_terminal:
+        stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+        stdout.file.flush()
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
 def stdin_is_piped() -> bool:
     return sys.stdin is not None and not sys.stdin.isatty()
 

@@ -2,11 +2,115 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
+from llmgen.cli import console
 from llmgen.errors import LLMGenError
 
 
-def generate(prompt: str = typer.Argument(None, help="Prompt text; '-' reads stdin.")) -> None:
-    """Generate text from a prompt."""
-    raise LLMGenError("generate is not implemented yet (issue #3)")
+def generate(
+    prompt: Optional[str] = typer.Argument(None, help="Prompt text; '-' reads stdin. Piped stdin comes first."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model directory (Meta or Hugging Face layout)."),
+    max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", help="Most tokens to generate per sample."),
+    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 is greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens only."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample from the smallest set with this much mass."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+    num_samples: int = typer.Option(1, "--num-samples", help="How many independent samples to generate."),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="End a sample at this text (repeatable)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    tokenizer_path: Optional[Path] = typer.Option(None, "--tokenizer", help="Use this tokenizer file instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per sample instead of text."),
+    stats: bool = typer.Option(False, "--stats", help="Print load time and tokens/s to stderr."),
+    allow_special: bool = typer.Option(False, "--allow-special", help="Encode special-token text in the prompt."),
+) -> None:
+    """Generate text from a prompt, streaming tokens as they are produced."""
+    if num_samples < 1:
+        raise LLMGenError(f"--num-samples must be >= 1, got {num_samples}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise LLMGenError(f"unknown device {device!r}; choose cpu, cuda or auto")
+    prompt_text = console.read_text_argument(prompt, combine_with_stdin=True)
+
+    import torch  # heavy: only once we know there is work to do
+
+    from llmgen.generation import SamplingSettings, TextStream, generate_ids
+    from llmgen.weights.loading import load_model
+
+    try:
+        settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p)
+    except ValueError as e:
+        raise LLMGenError(str(e)) from None
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise LLMGenError("--device cuda, but torch sees no CUDA device")
+
+    loaded = load_model(_resolve_model(model), device=device, dtype=dtype, tokenizer_path=tokenizer_path)
+    tokenizer = loaded.tokenizer
+    if stats:
+        console.print_info(f"loaded {loaded.path} ({loaded.layout} layout, {loaded.config.arch}) "
+                           f"in {loaded.load_seconds:.2f} s")
+    prompt_ids = tokenizer.encode(prompt_text, allow_special=allow_special)
+    if not prompt_ids:
+        raise LLMGenError("the prompt is empty and this model has no BOS token to start from; give a prompt")
+
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+
+    for sample_index in range(num_samples):
+        ids = generate_ids(loaded.model, prompt_ids, settings, stop_ids=tokenizer.stop_ids,
+                           n_valid=tokenizer.n_vocab, generator=generator, on_crop=console.print_warning)
+        stream = TextStream(ids, tokenizer, stop or [])
+        if as_json:
+            for _ in stream:
+                pass
+            _write(json.dumps({
+                "model": str(model), "prompt": prompt_text, "text": stream.text, "ids": stream.ids,
+                "finish_reason": stream.finish_reason, "prompt_tokens": len(prompt_ids),
+                "generated_tokens": len(stream.ids),
+                "tokens_per_second": round(stream.decode_tokens_per_second, 2),
+            }, ensure_ascii=False) + "\n")
+        else:
+            if sample_index > 0:
+                _write("\n" if not console.stdout.is_terminal else "")
+                if console.stdout.is_terminal:
+                    console.stdout.rule(style="dim")
+            _stream_text(stream)
+        if stats:
+            console.print_info(
+                f"prompt: {len(prompt_ids)} tokens at {len(prompt_ids) / max(stream.prefill_seconds, 1e-9):.1f} tok/s; "
+                f"generated {len(stream.ids)} tokens at {stream.decode_tokens_per_second:.1f} tok/s "
+                f"({stream.finish_reason})"
+            )
+
+
+def _resolve_model(model: str | None) -> Path:
+    if model is None:
+        raise LLMGenError("no model given; pass --model DIR (a Meta or Hugging Face model directory)")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise LLMGenError(f"unknown model {model!r}: no such file or directory")
+    return path
+
+
+def _stream_text(stream) -> None:
+    """Write chunks as they come; on Ctrl-C keep what was printed, end the line, exit 130."""
+    try:
+        for chunk in stream:
+            _write(chunk)
+    except KeyboardInterrupt:
+        _write("\n")
+        raise typer.Exit(130) from None
+    _write("\n")
+
+
+def _write(text: str) -> None:
+    console.write_stream(text)

@@ -1,0 +1,150 @@
+"""Model configurations as small dataclasses, read from Meta's params.json or Hugging Face's config.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmgen.errors import LLMGenError
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int = 50257
+    context_length: int = 1024  # learned positions: the model cannot see further back
+    dim: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    norm_eps: float = 1e-5
+
+    arch = "gpt2"
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def __post_init__(self):
+        _require(self.dim % self.n_heads == 0, f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any]) -> GPT2Config:
+        return cls(
+            vocab_size=_get(config, "vocab_size"),
+            context_length=_get(config, "n_positions", "n_ctx"),
+            dim=_get(config, "n_embd"),
+            n_layers=_get(config, "n_layer"),
+            n_heads=_get(config, "n_head"),
+            norm_eps=config.get("layer_norm_epsilon", 1e-5),
+        )
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1's frequency-dependent RoPE scaling (rope_type "llama3")."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_context_length: int = 8192
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 128256
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 8
+    ffn_dim: int = 14336
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_scaling: RopeScaling | None = None
+    context_length: int = 8192
+    tie_embeddings: bool = False
+    head_dim: int = field(default=0)  # 0: dim // n_heads
+
+    arch = "llama"
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            _require(self.dim % self.n_heads == 0, f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        _require(self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0,
+                 f"n_kv_heads {self.n_kv_heads} does not divide n_heads {self.n_heads}")
+        _require(self.head_dim % 2 == 0, f"head_dim {self.head_dim} must be even for RoPE")
+
+    @classmethod
+    def from_meta(cls, params: dict[str, Any], *, tie_embeddings: bool) -> LlamaConfig:
+        """Meta's params.json: the FFN width is derived from dim, multiple_of and ffn_dim_multiplier."""
+        dim = _get(params, "dim")
+        hidden = int(2 * (4 * dim) / 3)
+        if params.get("ffn_dim_multiplier") is not None:
+            hidden = int(params["ffn_dim_multiplier"] * hidden)
+        multiple_of = params.get("multiple_of", 256)
+        hidden = multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+        scaled = bool(params.get("use_scaled_rope", False))
+        n_heads = _get(params, "n_heads")
+        return cls(
+            vocab_size=_get(params, "vocab_size"),
+            dim=dim,
+            n_layers=_get(params, "n_layers"),
+            n_heads=n_heads,
+            n_kv_heads=params.get("n_kv_heads") or n_heads,
+            ffn_dim=hidden,
+            norm_eps=params.get("norm_eps", 1e-5),
+            rope_theta=params.get("rope_theta", 10000.0),
+            # Meta's reference code scales by 8 whenever use_scaled_rope is set.
+            rope_scaling=RopeScaling(factor=params.get("rope_scaling_factor", 8.0)) if scaled else None,
+            context_length=params.get("max_seq_len", 131072 if scaled else 8192),
+            tie_embeddings=tie_embeddings,
+        )
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any]) -> LlamaConfig:
+        # transformers 5 moves rope_theta and rope_scaling into rope_parameters.
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        rope_theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        scaling = None
+        if rope_type == "llama3":
+            scaling = RopeScaling(
+                factor=rope["factor"],
+                low_freq_factor=rope["low_freq_factor"],
+                high_freq_factor=rope["high_freq_factor"],
+                original_context_length=rope["original_max_position_embeddings"],
+            )
+        elif rope_type not in ("default", None):
+            raise LLMGenError(f"config.json: rope type {rope_type!r} is not supported (default or llama3)")
+        n_heads = _get(config, "num_attention_heads")
+        return cls(
+            vocab_size=_get(config, "vocab_size"),
+            dim=_get(config, "hidden_size"),
+            n_layers=_get(config, "num_hidden_layers"),
+            n_heads=n_heads,
+            n_kv_heads=config.get("num_key_value_heads") or n_heads,
+            ffn_dim=_get(config, "intermediate_size"),
+            norm_eps=config.get("rms_norm_eps", 1e-5),
+            rope_theta=rope_theta,
+            rope_scaling=scaling,
+            context_length=config.get("max_position_embeddings", 8192),
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            head_dim=config.get("head_dim") or 0,
+        )
+
+
+ModelConfig = GPT2Config | LlamaConfig
+
+
+def _get(config: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if key in config:
+            value = config[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise LLMGenError(f"config key {key!r} must be a positive integer, got {value!r}")
+            return value
+    raise LLMGenError(f"config is missing the key {keys[0]!r}")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise LLMGenError(message)

@@ -1,0 +1,156 @@
+"""Prefill, then one-token decode steps: an iterator of token ids, and a text stream on top of it.
+
+Knows nothing of terminals, JSON or speech: the CLI renders what these iterators yield.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from llmgen.sampling import check_settings, mask_invalid, sample
+from llmgen.tokenizers import StreamDecoder, Tokenizer
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 100
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max-new-tokens must be >= 0, got {self.max_new_tokens}")
+        check_settings(self.temperature, self.top_k, self.top_p)
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    settings: SamplingSettings,
+    *,
+    stop_ids: Iterable[int] = (),
+    n_valid: int | None = None,
+    generator: torch.Generator | None = None,
+    on_crop: Callable[[str], None] | None = None,
+) -> Iterator[int]:
+    """Yield sampled ids, ending after a stop id or max_new_tokens.
+
+    The context is cropped to the model's window. Past the window the positions of the kept tokens
+    shift, so each further step re-prefills the last `window` tokens (what crop-every-step sampling
+    computes, at the cost of a prefill per token); `on_crop` is called once when cropping first happens.
+    """
+    if not prompt_ids:
+        raise ValueError("the prompt has no tokens")
+    window = model.config.context_length
+    n_valid = n_valid or model.config.vocab_size
+    stop_ids = frozenset(stop_ids)
+    device = next(model.parameters()).device
+    tokens = list(prompt_ids)
+    warned = False
+
+    def prefill_last_window() -> torch.Tensor:
+        nonlocal warned
+        if len(tokens) > window and not warned:
+            warned = True
+            if on_crop is not None:
+                on_crop(f"the context is longer than the model's window of {window} tokens; "
+                        f"only the last {window} are used")
+        context = torch.tensor([tokens[-window:]], device=device)
+        return model(context, 0, last_only=True)[:, -1]  # (1, vocab)
+
+    if settings.max_new_tokens == 0:
+        return
+    model.setup_cache(1, min(window, len(tokens) + settings.max_new_tokens))
+    logits = prefill_last_window()
+    pos = min(len(tokens), window)  # next position to write in the cache
+    for step in range(settings.max_new_tokens):
+        logits = mask_invalid(logits, n_valid)
+        next_id = int(sample(logits, settings.temperature, settings.top_k, settings.top_p, generator))
+        yield next_id
+        tokens.append(next_id)
+        if next_id in stop_ids or step == settings.max_new_tokens - 1:
+            return
+        if pos < window:
+            logits = model(torch.tensor([[next_id]], device=device), pos, last_only=True)[:, -1]
+            pos += 1
+        else:
+            logits = prefill_last_window()
+
+
+class TextStream:
+    """Generated ids -> text chunks, UTF-8 safe, ending at a stop token or a stop string.
+
+    Text that could be the beginning of a stop string is held back until it is known not to be.
+    After iteration: `ids` (every generated id, a final stop token included), `text`,
+    `finish_reason` ("stop" or "length"), and timings for statistics.
+    """
+
+    def __init__(self, ids: Iterable[int], tokenizer: Tokenizer, stop_strings: Iterable[str] = ()):
+        self._ids = ids
+        self._tokenizer = tokenizer
+        self._stop_strings = [s for s in stop_strings if s]
+        self.ids: list[int] = []
+        self.text = ""
+        self.finish_reason = "length"
+        self.started_at = self.first_token_at = self.finished_at = 0.0
+
+    def __iter__(self) -> Iterator[str]:
+        decoder = StreamDecoder(self._tokenizer)
+        stop_ids = set(self._tokenizer.stop_ids)
+        pending = ""  # decoded but not yet released
+        self.started_at = time.perf_counter()
+        try:
+            for token_id in self._ids:
+                if not self.ids:
+                    self.first_token_at = time.perf_counter()
+                self.ids.append(token_id)
+                if token_id in stop_ids:
+                    self.finish_reason = "stop"
+                    break
+                pending += decoder.push(token_id)
+                released, pending, stopped = self._release(pending, final=False)
+                if released:
+                    self.text += released
+                    yield released
+                if stopped:
+                    self.finish_reason = "stop"
+                    return
+            pending += decoder.flush()
+            released, _, stopped = self._release(pending, final=True)
+            if stopped:
+                self.finish_reason = "stop"
+            if released:
+                self.text += released
+                yield released
+        finally:
+            self.finished_at = time.perf_counter()
+
+    def _release(self, pending: str, final: bool) -> tuple[str, str, bool]:
+        """Split pending text into (safe to show, held back, hit a stop string)."""
+        hits = [i for i in (pending.find(s) for s in self._stop_strings) if i >= 0]
+        if hits:
+            return pending[: min(hits)], "", True
+        if final:
+            return pending, "", False
+        hold = 0
+        for stop in self._stop_strings:
+            for n in range(min(len(stop) - 1, len(pending)), hold, -1):
+                if pending.endswith(stop[:n]):
+                    hold = n
+                    break
+        return pending[: len(pending) - hold], pending[len(pending) - hold:], False
+
+    @property
+    def prefill_seconds(self) -> float:
+        return self.first_token_at - self.started_at
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        decoding = self.finished_at - self.first_token_at
+        return (len(self.ids) - 1) / decoding if len(self.ids) > 1 and decoding > 0 else 0.0

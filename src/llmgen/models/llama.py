@@ -1,0 +1,134 @@
+"""LLaMA-3 (3, 3.1, 3.2): RMSNorm pre-norm, RoPE, grouped-query attention, SwiGLU, tied or untied head.
+
+Weight names follow Meta's checkpoints (tok_embeddings, layers.N.attention.wq, feed_forward.w1, ...), and
+RoPE rotates interleaved pairs (x0, x1), (x2, x3), ... as Meta's code does; Hugging Face checkpoints are
+permuted into this layout when they are loaded (weights/maps.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmgen.config import LlamaConfig, RopeScaling
+from llmgen.models.kv_cache import KVCache, causal_attention
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 (as Meta and HF do), then scale in the model's dtype.
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    """(head_dim / 2,) rotation frequencies, with Llama 3.1's scaling of the low frequencies."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if scaling is None:
+        return freqs.float()
+    wavelen = 2 * math.pi / freqs
+    low_freq_wavelen = scaling.original_context_length / scaling.low_freq_factor
+    high_freq_wavelen = scaling.original_context_length / scaling.high_freq_factor
+    smooth = (scaling.original_context_length / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - smooth) * freqs / scaling.factor + smooth * freqs
+    scaled = torch.where(wavelen > low_freq_wavelen, freqs / scaling.factor, blended)
+    return torch.where(wavelen < high_freq_wavelen, freqs, scaled).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, n_heads, head_dim); cos, sin: (T, head_dim / 2). Rotates each pair (x[2i], x[2i+1])."""
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, n_heads, head_dim / 2) each
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
+        k, v = self.kv_cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos + T, head_dim)
+        y = causal_attention(q, k, v, start_pos)  # (B, n_heads, T, head_dim)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.ffn_dim, bias=False)  # gate
+        self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)  # down
+        self.w3 = nn.Linear(config.dim, config.ffn_dim, bias=False)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # SwiGLU
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, start_pos)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        # A tied head reuses the embedding matrix; the checkpoint then has no output.weight.
+        self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+
+    def setup_cache(self, batch_size: int, max_len: int) -> None:
+        """Preallocate KV caches and RoPE tables for up to max_len positions."""
+        max_len = min(max_len, self.config.context_length)
+        weight = self.tok_embeddings.weight
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(batch_size, self.config.n_kv_heads, max_len, self.config.head_dim,
+                                               weight.dtype, weight.device)
+        freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs).to(weight.device)
+        self.register_buffer("rope_cos", angles.cos(), persistent=False)  # (max_len, head_dim / 2)
+        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
+        """tokens: (B, T) at positions start_pos.. -> logits (B, T, vocab), or (B, 1, vocab) with last_only."""
+        T = tokens.size(1)
+        cos = self.rope_cos[start_pos:start_pos + T]
+        sin = self.rope_sin[start_pos:start_pos + T]
+        x = self.tok_embeddings(tokens)  # (B, T, dim)
+        for layer in self.layers:
+            x = layer(x, cos, sin, start_pos)
+        x = self.norm(x[:, -1:] if last_only else x)
+        head = self.tok_embeddings.weight if self.output is None else self.output.weight
+        return F.linear(x, head)  # (B, T, vocab)

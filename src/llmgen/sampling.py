@@ -1,0 +1,64 @@
+"""Logits -> next token, as pure functions.
+
+The chain, in order: mask ids the tokenizer cannot decode, temperature (0 means greedy), top-k,
+top-p (nucleus), softmax, torch.multinomial with the caller's seeded generator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not temperature >= 0:  # also rejects NaN
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top-k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top-p must be in (0, 1], got {top_p}")
+
+
+def mask_invalid(logits: torch.Tensor, n_valid: int) -> torch.Tensor:
+    """Padded heads have more rows than the tokenizer has tokens: never sample those."""
+    if logits.size(-1) > n_valid:
+        logits = logits.clone()
+        logits[..., n_valid:] = float("-inf")
+    return logits
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.size(-1))
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability mass reaches p (always at least the top one)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    sorted_probs = sorted_logits.softmax(dim=-1)
+    # Drop a token when the mass of the tokens ranked above it already reaches p.
+    drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """(..., vocab) logits of the last position -> probabilities after temperature, top-k and top-p."""
+    logits = logits.float() / max(temperature, 1e-5)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, vocab) logits -> (B,) token ids. Temperature 0 is greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = logits_to_probs(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -1,0 +1,1 @@
+"""Checkpoint formats: reading, name mapping, loading into our modules, inspection."""

@@ -1,0 +1,227 @@
+"""From a path on disk to a ready model and its tokenizer.
+
+Detect the layout from the files present, read the config, build the module on the meta device (no
+memory for random init), read the tensors memory-mapped, rename them with the maps in maps.py, check
+names and shapes strictly, and assign them into the module.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmgen.config import GPT2Config, LlamaConfig, ModelConfig
+from llmgen.errors import LLMGenError
+from llmgen.models import build_model
+from llmgen.tokenizers import Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
+from llmgen.weights import maps
+from llmgen.weights.readers import read_json, read_shards, shards_from_index
+
+EXPECTED_FILES = (
+    "params.json + consolidated.*.pth (Meta layout), or config.json + model.safetensors, "
+    "model-*-of-*.safetensors with model.safetensors.index.json, or pytorch_model.bin (Hugging Face layout)"
+)
+HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                   "pytorch_model.bin")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    config: ModelConfig
+    layout: str  # "meta" or "hf"
+    path: Path
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str  # "meta" or "hf"
+    directory: Path
+
+
+def detect_layout(path: Path) -> Layout:
+    path = Path(path)
+    if not path.exists():
+        raise LLMGenError(f"model path not found: {path}")
+    directory = path if path.is_dir() else path.parent
+    if (directory / "config.json").is_file() and any((directory / f).is_file() for f in HF_WEIGHT_FILES):
+        return Layout("hf", directory)
+    if (directory / "config.json").is_file() and list(directory.glob("model-*-of-*.safetensors")):
+        return Layout("hf", directory)
+    for candidate in (directory, directory / "original"):
+        if (candidate / "params.json").is_file():
+            return Layout("meta", candidate)
+    present = sorted(p.name for p in directory.iterdir())[:8]
+    raise LLMGenError(f"{directory} has no model layout llmgen knows; expected {EXPECTED_FILES}; "
+                      f"found: {', '.join(present) or 'nothing'}")
+
+
+def load_weights(path: Path, *, device: str = "cpu", dtype: str = "auto") -> tuple[torch.nn.Module, Layout]:
+    """The model module with its checkpoint's weights, in eval mode on `device`."""
+    layout = detect_layout(Path(path))
+    if layout.kind == "meta":
+        config, state = _read_meta(layout.directory)
+    else:
+        config, state = _read_hf(layout.directory)
+    model = _assign(config, state)
+    stored = next(model.parameters()).dtype
+    return model.to(device=device, dtype=_resolve_dtype(dtype, stored, device)).eval(), layout
+
+
+def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto",
+               tokenizer_path: Path | None = None) -> LoadedModel:
+    """Weights and the tokenizer that goes with them."""
+    started = time.perf_counter()
+    model, layout = load_weights(path, device=device, dtype=dtype)
+    config = model.config
+    tokenizer = tokenizer_from_path(tokenizer_path) if tokenizer_path else _tokenizer_for(layout, config)
+    if tokenizer.n_vocab > config.vocab_size:
+        raise LLMGenError(f"the tokenizer has {tokenizer.n_vocab} tokens but the model's vocabulary only "
+                          f"{config.vocab_size}: they do not belong together")
+    return LoadedModel(model, tokenizer, config, layout.kind, Path(path), time.perf_counter() - started)
+
+
+def _resolve_dtype(requested: str, stored: torch.dtype, device: str) -> torch.dtype:
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise LLMGenError(f"unknown dtype {requested!r}; choose auto, {', '.join(DTYPES)}")
+        return DTYPES[requested]
+    # Keep the checkpoint's precision, except float16 on a CPU, where it has no fast kernels.
+    if stored == torch.float16 and not str(device).startswith("cuda"):
+        return torch.float32
+    return stored if stored in DTYPES.values() else torch.float32
+
+
+# --- Meta layout -----------------------------------------------------------------------------------
+
+def _read_meta(directory: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+    params = read_json(directory / "params.json")
+    shard_paths = sorted(directory.glob("consolidated.*.pth"))
+    if not shard_paths:
+        raise LLMGenError(f"{directory} has params.json but no consolidated.*.pth weights")
+    shards = [read_shards([p]) for p in shard_paths]
+    state = shards[0] if len(shards) == 1 else _merge_model_parallel(shards)
+    state.pop("rope.freqs", None)  # Llama 2 era checkpoints carry precomputed RoPE frequencies
+    config = LlamaConfig.from_meta(params, tie_embeddings="output.weight" not in state)
+    return config, state
+
+
+def _merge_model_parallel(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate model-parallel shards along each tensor's split dimension (maps.META_SHARD_DIM)."""
+    merged = {}
+    for name in shards[0]:
+        parts = [shard.get(name) for shard in shards]
+        if any(p is None for p in parts):
+            raise LLMGenError(f"tensor {name!r} is missing from some of the consolidated.*.pth shards")
+        dim = maps.META_SHARD_DIM.get(_strip_layer(name))
+        merged[name] = parts[0] if dim is None else torch.cat(parts, dim=dim)
+    return merged
+
+
+def _strip_layer(name: str) -> str:
+    return re.sub(r"^layers\.\d+\.", "", name)
+
+
+# --- Hugging Face layout ---------------------------------------------------------------------------
+
+def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    hf_config = read_json(directory / "config.json")
+    model_type = hf_config.get("model_type")
+    state = read_shards(_hf_weight_files(directory))
+    if model_type == "gpt2":
+        return GPT2Config.from_hf(hf_config), _rename(
+            {k.removeprefix("transformer."): v for k, v in state.items()},
+            {k.removeprefix("transformer."): v for k, v in maps.HF_GPT2.items()},
+            transposed=maps.HF_GPT2_TRANSPOSED, ignored=maps.HF_GPT2_IGNORED,
+        )
+    if model_type == "llama":
+        config = LlamaConfig.from_hf(hf_config)
+        heads = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads}
+        permuted = {suffix: heads[count] for suffix, count in maps.HF_LLAMA_ROPE_PERMUTED.items()}
+        ignored = set(maps.HF_LLAMA_IGNORED) | ({"lm_head.weight"} if config.tie_embeddings else set())
+        return config, _rename(state, maps.HF_LLAMA, permuted=permuted, ignored=ignored)
+    raise LLMGenError(f"{directory / 'config.json'}: model_type {model_type!r} is not supported (gpt2 or llama)")
+
+
+def _hf_weight_files(directory: Path) -> list[Path]:
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (directory / index).is_file():
+            return shards_from_index(directory / index)
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / single).is_file():
+            return [directory / single]
+    return sorted(directory.glob("model-*-of-*.safetensors"))
+
+
+def _rename(state: dict[str, torch.Tensor], table: dict[str, str], *, transposed=frozenset(),
+            permuted: dict[str, int] | None = None, ignored=frozenset()) -> dict[str, torch.Tensor]:
+    """Checkpoint names -> ours through a template table; reshape what the maps say must be reshaped."""
+    renamed, unexpected = {}, []
+    for name, tensor in state.items():
+        template = re.sub(r"\.\d+\.", ".{}.", name, count=1)
+        layer = re.search(r"\.(\d+)\.", name)
+        if any(name == s or name.endswith("." + s) for s in ignored):
+            continue
+        if template not in table:
+            unexpected.append(name)
+            continue
+        if any(name.endswith(s) for s in transposed):
+            tensor = tensor.t().contiguous()
+        for s, n_heads in (permuted or {}).items():
+            if name.endswith(s):
+                tensor = _unpermute_rope(tensor, n_heads)
+        renamed[table[template].format(layer.group(1) if layer else "")] = tensor
+    if unexpected:
+        raise LLMGenError(f"unexpected tensor {unexpected[0]!r} in the checkpoint"
+                          + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    return renamed
+
+
+def _unpermute_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF's q/k rows (n_heads, 2, head_dim/2, dim) -> Meta's interleaved (n_heads, head_dim/2, 2, dim)."""
+    rows, cols = weight.shape
+    return weight.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+# --- into the module ---------------------------------------------------------------------------------
+
+def _assign(config: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    with torch.device("meta"):
+        model = build_model(config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise LLMGenError(f"the checkpoint is missing tensor {missing[0]!r}"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise LLMGenError(f"unexpected tensor {unexpected[0]!r} in the checkpoint")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise LLMGenError(f"tensor {name!r} has shape {list(tensor.shape)}, but the config implies "
+                              f"{list(expected[name].shape)}")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+def _tokenizer_for(layout: Layout, config: ModelConfig) -> Tokenizer:
+    directory = layout.directory
+    for candidate in (directory / "tokenizer.model", directory / "original" / "tokenizer.model",
+                      directory.parent / "tokenizer.model"):
+        if candidate.is_file():
+            return load_llama3(candidate)
+    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        return tokenizer_from_path(directory)
+    # No tokenizer shipped with the weights: the family's standard one, when the vocabulary fits it.
+    if config.arch == "gpt2":
+        return get_tokenizer("gpt2")
+    if config.vocab_size >= 128256:
+        return get_tokenizer("llama3")
+    raise LLMGenError(f"no tokenizer found with the model in {directory}; pass --tokenizer PATH")

@@ -1,0 +1,60 @@
+"""Weight-name maps as data: checkpoint names -> our module names, and what must be reshaped.
+
+Templates use `{}` for the layer number. Our names are Meta's for LLaMA and nanoGPT's for GPT-2.
+"""
+
+from __future__ import annotations
+
+# Hugging Face GPT-2 (GPT2LMHeadModel or GPT2Model): our names minus the "transformer." prefix.
+HF_GPT2 = {
+    "transformer.wte.weight": "wte.weight",
+    "transformer.wpe.weight": "wpe.weight",
+    "transformer.ln_f.weight": "ln_f.weight",
+    "transformer.ln_f.bias": "ln_f.bias",
+    **{
+        f"transformer.h.{{}}.{name}": f"h.{{}}.{name}"
+        for name in [
+            "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+            "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+            "mlp.c_proj.weight", "mlp.c_proj.bias",
+        ]
+    },
+}
+# GPT-2 stores these in Conv1D layout (in_features, out_features): transpose for nn.Linear.
+HF_GPT2_TRANSPOSED = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"}
+# Not weights: causal-mask buffers of old checkpoints, and the head tied to wte.
+HF_GPT2_IGNORED = {"attn.bias", "attn.masked_bias", "lm_head.weight"}
+
+# Hugging Face Llama (LlamaForCausalLM).
+HF_LLAMA = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+    "model.layers.{}.input_layernorm.weight": "layers.{}.attention_norm.weight",
+    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attention.wq.weight",
+    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attention.wk.weight",
+    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attention.wv.weight",
+    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attention.wo.weight",
+    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.ffn_norm.weight",
+    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.feed_forward.w1.weight",
+    "model.layers.{}.mlp.down_proj.weight": "layers.{}.feed_forward.w2.weight",
+    "model.layers.{}.mlp.up_proj.weight": "layers.{}.feed_forward.w3.weight",
+}
+# HF's conversion permuted q and k rows so RoPE rotates halves; undo it to rotate interleaved pairs.
+# Value: which head count the rows are grouped by.
+HF_LLAMA_ROPE_PERMUTED = {"self_attn.q_proj.weight": "n_heads", "self_attn.k_proj.weight": "n_kv_heads"}
+HF_LLAMA_IGNORED = {"self_attn.rotary_emb.inv_freq"}
+
+# Meta checkpoints split across model-parallel shards: the dimension each tensor is split along
+# (column-parallel layers by output rows, row-parallel by input columns); absent = replicated.
+META_SHARD_DIM = {
+    "tok_embeddings.weight": 0,  # VocabParallelEmbedding in Llama 3
+    "output.weight": 0,
+    "attention.wq.weight": 0,
+    "attention.wk.weight": 0,
+    "attention.wv.weight": 0,
+    "attention.wo.weight": 1,
+    "feed_forward.w1.weight": 0,
+    "feed_forward.w3.weight": 0,
+    "feed_forward.w2.weight": 1,
+}

@@ -1,0 +1,81 @@
+"""Reading tensors from checkpoint files, safely: no pickle code runs, every failure is one clear error."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmgen.errors import LLMGenError
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LLMGenError(f"{path} is not a readable JSON file: {e}") from None
+    if not isinstance(value, dict):
+        raise LLMGenError(f"{path} must hold a JSON object")
+    return value
+
+
+def read_torch(path: Path) -> dict[str, torch.Tensor]:
+    """A torch.save'd state dict, memory-mapped, with the weights-only unpickler (no code execution)."""
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LLMGenError(f"{path.name} was refused by the weights-only loader (it holds more than tensors): "
+                          f"{reason[:200]}") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise LLMGenError(f"{path.name} is not a readable PyTorch checkpoint (truncated or not a zip archive?): "
+                          f"{reason[:200]}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LLMGenError(f"{path.name} does not hold a state dict of tensors")
+    return state
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise LLMGenError(f"{path.name} is not a readable safetensors file: {reason[:200]}") from None
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return read_safetensors(path) if path.suffix == ".safetensors" else read_torch(path)
+
+
+def read_shards(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Tensors of several files that together hold one state dict (each name in exactly one file)."""
+    merged: dict[str, torch.Tensor] = {}
+    for path in paths:
+        for name, tensor in read_tensors(path).items():
+            if name in merged:
+                raise LLMGenError(f"tensor {name!r} appears in more than one shard (again in {path.name})")
+            merged[name] = tensor
+    return merged
+
+
+def shards_from_index(index_path: Path) -> list[Path]:
+    """The files named by a *.index.json weight map, checked to lie beside it."""
+    weight_map = read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise LLMGenError(f"{index_path.name} has no weight_map")
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name:
+            raise LLMGenError(f"{index_path.name} names a shard outside its directory: {name!r}")
+        if not (index_path.parent / name).is_file():
+            raise LLMGenError(f"shard {name} listed in {index_path.name} is missing")
+    return [index_path.parent / n for n in names]

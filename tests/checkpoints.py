@@ -1,0 +1,99 @@
+"""Tiny checkpoints in each real layout, written with transformers (the reference) and torch.save.
+
+Same random weights go to the reference model and to disk; tests load the disk copy with llmgen.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+META_NAMES = {  # HF Llama name -> Meta name (the inverse of llmgen's map, written out independently)
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+META_LAYER_NAMES = {
+    "input_layernorm.weight": "attention_norm.weight",
+    "self_attn.q_proj.weight": "attention.wq.weight",
+    "self_attn.k_proj.weight": "attention.wk.weight",
+    "self_attn.v_proj.weight": "attention.wv.weight",
+    "self_attn.o_proj.weight": "attention.wo.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "feed_forward.w1.weight",
+    "mlp.down_proj.weight": "feed_forward.w2.weight",
+    "mlp.up_proj.weight": "feed_forward.w3.weight",
+}
+
+
+def hf_gpt2(**overrides):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = dict(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+    config.update(overrides)
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(**config)).eval()
+
+
+def hf_llama(**overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = dict(vocab_size=1000, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False)
+    config.update(overrides)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    with torch.no_grad():  # RMSNorm weights start at 1; randomise them so a wrong mapping shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def save_hf(model, directory: Path, **kwargs) -> Path:
+    model.save_pretrained(directory, **kwargs)
+    return directory
+
+
+def permute_hf_to_meta(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    # Undo transformers' convert_llama_weights_to_hf permute (which maps Meta -> HF).
+    rows, cols = weight.shape
+    return weight.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def save_meta(model, directory: Path, *, shards: int = 1, extra_params: dict | None = None) -> Path:
+    """Write a HF Llama's weights as Meta's consolidated.NN.pth + params.json."""
+    cfg = model.config
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name in META_NAMES:
+            if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                continue
+            state[META_NAMES[name]] = tensor.clone()
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        if rest == "self_attn.q_proj.weight":
+            tensor = permute_hf_to_meta(tensor, cfg.num_attention_heads)
+        elif rest == "self_attn.k_proj.weight":
+            tensor = permute_hf_to_meta(tensor, cfg.num_key_value_heads)
+        state[f"layers.{layer}.{META_LAYER_NAMES[rest]}"] = tensor.clone()
+    directory.mkdir(parents=True, exist_ok=True)
+    split_dims = {"tok_embeddings": 0, "output": 0, "wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "wo": 1, "w2": 1}
+    for shard in range(shards):
+        part = {}
+        for name, tensor in state.items():
+            key = name.split(".")[-2]
+            dim = split_dims.get(key)
+            part[name] = tensor if dim is None else tensor.chunk(shards, dim=dim)[shard].clone()
+        torch.save(part, directory / f"consolidated.{shard:02d}.pth")
+    params = {
+        "dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads,
+        "n_kv_heads": cfg.num_key_value_heads, "vocab_size": cfg.vocab_size, "multiple_of": 32,
+        "ffn_dim_multiplier": None, "norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_parameters["rope_theta"],
+        **(extra_params or {}),
+    }
+    (directory / "params.json").write_text(json.dumps(params))
+    return directory
