@@ -23,3 +23,4 @@ test: install-test
 
 bench: install-test
 	$(PYTHON) benchmarks/startup.py
+	$(PYTHON) benchmarks/generate_gpt2.py

@@ -1,0 +1,198 @@
+"""`llmgen generate` as a user runs it: the real console script on checkpoints in real layouts."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from checkpoints import hf_gpt2, hf_llama, save_hf, save_meta
+from conftest import LLMGEN, assert_one_line_error, run_llmgen
+
+
+@pytest.fixture(scope="module")
+def llama3_dir(tmp_path_factory, llama3_tokenizer_file):
+    """The seed's layout: params.json, consolidated.00.pth, tokenizer.model (real LLaMA-3 vocabulary)."""
+    directory = tmp_path_factory.mktemp("llama3")
+    save_meta(hf_llama(vocab_size=128256, hidden_size=32, intermediate_size=96, num_attention_heads=4,
+                       num_key_value_heads=2), directory)
+    (directory / "tokenizer.model").write_bytes(llama3_tokenizer_file.read_bytes())
+    return directory
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    return save_hf(hf_gpt2(vocab_size=50257, n_embd=32, n_head=2, n_positions=32),
+                   tmp_path_factory.mktemp("gpt2"))
+
+
+def test_seed_run_on_llama3_layout(llama3_dir):
+    result = run_llmgen("generate", "武", "--max-new-tokens", "5", "--model", llama3_dir, "--seed", "1")
+    assert result.returncode == 0, result.err
+    assert result.out.endswith("\n") and len(result.out) > 1
+    assert result.err == ""
+
+
+def test_json_output_and_greedy_determinism(llama3_dir):
+    args = ("generate", "武", "-n", "6", "-m", llama3_dir, "--temperature", "0", "--json")
+    first, second = run_llmgen(*args), run_llmgen(*args)
+    assert first.returncode == 0, first.err
+    payload = json.loads(first.out)
+    assert set(payload) == {"model", "prompt", "text", "ids", "finish_reason", "prompt_tokens",
+                            "generated_tokens", "tokens_per_second"}
+    assert payload["prompt"] == "武" and payload["prompt_tokens"] == 2  # BOS + 武
+    assert payload["generated_tokens"] == len(payload["ids"]) <= 6
+    assert payload["finish_reason"] in ("stop", "length")
+    assert json.loads(second.out)["ids"] == payload["ids"]
+
+
+def test_text_on_a_pipe_is_the_decoded_ids(llama3_dir):
+    from llmgen.tokenizers import get_tokenizer
+
+    ids = json.loads(run_llmgen("generate", "hello", "-n", "8", "-m", llama3_dir, "-t", "0", "--json").out)["ids"]
+    text = run_llmgen("generate", "hello", "-n", "8", "-m", llama3_dir, "-t", "0").out
+    llama3 = get_tokenizer("llama3")
+    visible = [i for i in ids if i not in llama3.stop_ids]
+    assert text == llama3.decode(visible) + "\n"
+
+
+def test_num_samples_and_seed(llama3_dir):
+    result = run_llmgen("generate", "hi", "-n", "4", "-m", llama3_dir, "--num-samples", "3", "--seed", "3",
+                        "--json", "-t", "1.5")
+    samples = [json.loads(line) for line in result.out.splitlines()]
+    assert len(samples) == 3
+    again = [json.loads(l) for l in run_llmgen("generate", "hi", "-n", "4", "-m", llama3_dir, "--num-samples", "3",
+                                                "--seed", "3", "--json", "-t", "1.5").out.splitlines()]
+    assert [s["ids"] for s in samples] == [s["ids"] for s in again]
+
+
+def test_stdin_comes_before_the_argument(llama3_dir):
+    result = run_llmgen("generate", "second", "-n", "1", "-m", llama3_dir, "--json", input="first")
+    assert json.loads(result.out)["prompt"] == "first\nsecond"
+    assert json.loads(run_llmgen("generate", "-", "-n", "1", "-m", llama3_dir, "--json", input="only").out)[
+        "prompt"] == "only"
+
+
+def test_stats_go_to_stderr(llama3_dir):
+    result = run_llmgen("generate", "hi", "-n", "3", "-m", llama3_dir, "--stats", "--json")
+    assert json.loads(result.out)  # stdout is only the JSON
+    assert "tok/s" in result.err and "loaded" in result.err
+
+
+def test_hf_gpt2_directory_and_context_crop_warning(gpt2_dir):
+    result = run_llmgen("generate", "word " * 40, "-n", "3", "-m", gpt2_dir, "-t", "0")
+    assert result.returncode == 0, result.err
+    assert result.err.count("warning:") == 1 and "window of 32" in result.err
+
+
+def test_empty_prompt_on_model_without_bos(gpt2_dir, llama3_dir):
+    assert_one_line_error(run_llmgen("generate", "", "-m", gpt2_dir), "no BOS")
+    # LLaMA-3 starts from BOS, so an empty prompt is fine.
+    assert run_llmgen("generate", "", "-n", "2", "-m", llama3_dir).returncode == 0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--top-p", "0"], "top-p must be in (0, 1]"),
+    (["--top-p", "1.5"], "top-p must be in (0, 1]"),
+    (["--top-k", "0"], "top-k must be >= 1"),
+    (["--max-new-tokens", "-1"], "max-new-tokens must be >= 0"),
+    (["--dtype", "int3"], "unknown dtype"),
+    (["--device", "tpu"], "unknown device"),
+])
+def test_bad_sampling_options(llama3_dir, args, fragment):
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", llama3_dir, *args), fragment)
+
+
+def test_bad_models(tmp_path, llama3_dir):
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", "no-such-model"), "unknown model 'no-such-model'")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", empty), "params.json", "config.json", "notes.txt")
+
+    def broken_copy(name):
+        directory = tmp_path / name
+        directory.mkdir()
+        for f in llama3_dir.iterdir():
+            (directory / f.name).write_bytes(f.read_bytes())
+        return directory
+
+    truncated = broken_copy("truncated")
+    data = (truncated / "consolidated.00.pth").read_bytes()
+    (truncated / "consolidated.00.pth").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", truncated), "consolidated.00.pth")
+
+    not_zip = broken_copy("not_zip")
+    (not_zip / "consolidated.00.pth").write_bytes(b"this is not a zip archive at all" * 10)
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", not_zip), "not a readable PyTorch checkpoint")
+
+    missing_key = broken_copy("missing_key")
+    params = json.loads((missing_key / "params.json").read_text())
+    del params["n_heads"]
+    (missing_key / "params.json").write_text(json.dumps(params))
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", missing_key), "missing the key 'n_heads'")
+
+    wrong_shape = broken_copy("wrong_shape")
+    params = json.loads((wrong_shape / "params.json").read_text())
+    params["dim"] = 64
+    (wrong_shape / "params.json").write_text(json.dumps(params))
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", wrong_shape), "has shape", "config implies")
+
+    bad_json = broken_copy("bad_json")
+    (bad_json / "params.json").write_text("{not json")
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", bad_json), "not a readable JSON file")
+
+
+def test_pickle_with_code_is_refused_and_not_run(tmp_path, llama3_dir):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "params.json").write_text((llama3_dir / "params.json").read_text())
+    torch.save({"tok_embeddings.weight": Exploit()}, hostile / "consolidated.00.pth", pickle_module=pickle)
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", hostile), "refused by the weights-only loader")
+    assert not marker.exists()
+
+
+def test_stop_string(llama3_dir):
+    free = json.loads(run_llmgen("generate", "a", "-n", "12", "-m", llama3_dir, "-t", "0", "--json").out)
+    if len(free["text"]) < 4:
+        pytest.skip("greedy text too short to pick a stop string from")
+    stop = free["text"][2:4]
+    cut = json.loads(run_llmgen("generate", "a", "-n", "12", "-m", llama3_dir, "-t", "0", "--json",
+                                "--stop", stop).out)
+    assert cut["finish_reason"] == "stop"
+    assert cut["text"] == free["text"][: free["text"].find(stop)]
+
+
+def test_ctrl_c_keeps_output_and_exits_130(gpt2_dir):
+    process = subprocess.Popen([LLMGEN, "generate", "hi", "-n", "100000", "-m", gpt2_dir, "--seed", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    first = process.stdout.read(1)  # generation has started
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    rest = process.stdout.read()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=30) == 130
+    assert first and rest.endswith(b"\n")
+    assert b"Traceback" not in stderr
+
+
+def test_broken_pipe_is_quiet(gpt2_dir):
+    process = subprocess.Popen([LLMGEN, "generate", "hi", "-n", "100000", "-m", gpt2_dir, "--seed", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    process.stdout.read(1)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.wait(timeout=60)
+    assert b"Traceback" not in stderr and stderr.strip() == b""
