@@ -1,4 +1,5 @@
-"""llmgen vs Hugging Face transformers on the same GPT-2-124M-shaped random weights, side by side.
+"""llmgen (float32 and weight-only int8) vs Hugging Face transformers on the same GPT-2-124M-shaped
+random weights, side by side.
 
     python benchmarks/generate_gpt2.py [--rounds 3] [--prompt-tokens 128] [--new-tokens 128]
 
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).parent / "out"
-ENGINES = ("llmgen", "transformers")
+ENGINES = ("llmgen", "llmgen int8", "transformers")
 
 
 def make_weights(directory: Path) -> Path:
@@ -38,11 +39,14 @@ def worker(engine: str, directory: Path, prompt_tokens: int, new_tokens: int) ->
 
     prompt = torch.randint(0, 50257, (prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
     started = time.perf_counter()
-    if engine == "llmgen":
+    if engine.startswith("llmgen"):
         from llmgen.generation import SamplingSettings, generate_ids
+        from llmgen.quantize import quantize_int8
         from llmgen.weights.loading import load_weights
 
         model, _ = load_weights(directory)
+        if engine == "llmgen int8":
+            quantize_int8(model)
         loaded = time.perf_counter()
         stamps = []
         for _ in generate_ids(model, prompt, SamplingSettings(max_new_tokens=new_tokens, temperature=0)):
@@ -110,8 +114,9 @@ def main() -> None:
             ratio = "" if engine == "llmgen" else f" ({value / ours:.2f}x)"
             cells.append(f"{value:.1f}{ratio}" if key != "load_s" else f"{value:.2f}{ratio}")
         print(f"| {engine} | " + " | ".join(cells) + " |")
-    print("\nRatios are the engine's value over llmgen's; llmgen decode is "
-          f"{median['llmgen']['decode_tok_s'] / median['transformers']['decode_tok_s']:.2f}x transformers'.")
+    print("\nRatios are the engine's value over llmgen's (float32). Decode against transformers: llmgen "
+          f"{median['llmgen']['decode_tok_s'] / median['transformers']['decode_tok_s']:.2f}x, llmgen int8 "
+          f"{median['llmgen int8']['decode_tok_s'] / median['transformers']['decode_tok_s']:.2f}x.")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ def test_empty_prompt_on_model_without_bos(gpt2_dir, llama3_dir):
     (["--max-new-tokens", "-1"], "max-new-tokens must be >= 0"),
     (["--dtype", "int3"], "unknown dtype"),
     (["--device", "tpu"], "unknown device"),
+    (["--quantize", "int3"], "unknown quantization 'int3'"),
 ])
 def test_bad_sampling_options(llama3_dir, args, fragment):
     assert_one_line_error(run_llmgen("generate", "hi", "-m", llama3_dir, *args), fragment)
@@ -196,6 +197,12 @@ def test_broken_pipe_is_quiet(gpt2_dir):
     stderr = process.stderr.read()
     process.wait(timeout=60)
     assert b"Traceback" not in stderr and stderr.strip() == b""
+
+
+def test_quantized_generation(llama3_dir):
+    result = run_llmgen("generate", "hi", "-n", "4", "-m", llama3_dir, "--quantize", "int8", "--json", "-t", "0")
+    assert result.returncode == 0, result.err
+    assert json.loads(result.out)["generated_tokens"] >= 1
 
 
 def test_default_model_in_a_pipeline():

@@ -59,6 +59,8 @@ class GPT2(nn.Module):
         self.wpe = nn.Embedding(config.context_length, config.dim)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        # The head is tied to wte; quantization may give it its own module (see quantize.py).
+        self.output: nn.Module | None = None
 
     def setup_cache(self, batch_size: int, max_len: int) -> None:
         """Preallocate the KV cache for up to max_len positions (at most the context length)."""
@@ -76,4 +78,4 @@ class GPT2(nn.Module):
         for block in self.h:
             x = block(x, start_pos)
         x = self.ln_f(x[:, -1:] if last_only else x)
-        return F.linear(x, self.wte.weight)  # tied head: (B, T, vocab)
+        return F.linear(x, self.wte.weight) if self.output is None else self.output(x)  # (B, T, vocab)

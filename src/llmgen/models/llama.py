@@ -130,5 +130,4 @@ class Llama(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, start_pos)
         x = self.norm(x[:, -1:] if last_only else x)
-        head = self.tok_embeddings.weight if self.output is None else self.output.weight
-        return F.linear(x, head)  # (B, T, vocab)
+        return F.linear(x, self.tok_embeddings.weight) if self.output is None else self.output(x)  # (B, T, vocab)

@@ -17,6 +17,7 @@ import torch
 from llmgen.config import GPT2Config, LlamaConfig, ModelConfig
 from llmgen.errors import LLMGenError
 from llmgen.models import build_model
+from llmgen.quantize import QUANTIZATIONS, quantize_int8
 from llmgen.tokenizers import Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
 from llmgen.weights import maps
 from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_tokenizer, read_llama_gguf
@@ -82,11 +83,15 @@ def load_weights(path: Path, *, device: str = "cpu", dtype: str = "auto") -> tup
     return model.to(device=device, dtype=_resolve_dtype(dtype, stored, device)).eval(), layout
 
 
-def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto",
+def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize: str = "none",
                tokenizer_path: Path | None = None) -> LoadedModel:
-    """Weights and the tokenizer that goes with them."""
+    """Weights (optionally quantized, see quantize.py) and the tokenizer that goes with them."""
     started = time.perf_counter()
     model, layout = load_weights(path, device=device, dtype=dtype)
+    if quantize == "int8":
+        quantize_int8(model)
+    elif quantize != "none":
+        raise LLMGenError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     config = model.config
     tokenizer = tokenizer_from_path(tokenizer_path) if tokenizer_path else _tokenizer_for(layout, config)
     if tokenizer.n_vocab > config.vocab_size:
