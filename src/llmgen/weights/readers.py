@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,10 @@ def read_json(path: Path) -> dict[str, Any]:
 def read_torch(path: Path) -> dict[str, torch.Tensor]:
     """A torch.save'd state dict, memory-mapped, with the weights-only unpickler (no code execution)."""
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        # Hostile files make torch warn (odd pickle protocols, ...); the outcome is reported in one line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LLMGenError(f"{path.name} was refused by the weights-only loader (it holds more than tensors): "
