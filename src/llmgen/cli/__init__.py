@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from llmgen.cli import download, generate, inspect_weights, tokenize
+from llmgen.cli import download, generate, inspect_weights, tokenize, voices
 from llmgen.cli.console import print_error
 from llmgen.errors import LLMGenError
 
@@ -34,6 +34,7 @@ app.command("generate")(generate.generate)
 app.command("tokenize")(tokenize.tokenize)
 app.command("download")(download.download)
 app.command("inspect-weights")(inspect_weights.inspect_weights)
+app.command("voices")(voices.voices)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C

@@ -39,8 +39,15 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per sample instead of text."),
     stats: bool = typer.Option(False, "--stats", help="Print load time and tokens/s to stderr."),
     allow_special: bool = typer.Option(False, "--allow-special", help="Encode special-token text in the prompt."),
+    speak: bool = typer.Option(False, "--speak", help="Read the generated text aloud afterwards (pyttsx3)."),
+    speak_to: Optional[Path] = typer.Option(None, "--speak-to", help="Write the speech to this WAV file."),
+    voice: Optional[str] = typer.Option(None, "--voice", help="Voice id, name or language code (llmgen voices)."),
+    rate: Optional[int] = typer.Option(None, "--rate", help="Words per minute (default: the engine's minus 50)."),
+    volume: float = typer.Option(1.0, "--volume", help="Speech volume, 0.0 to 1.0."),
 ) -> None:
     """Generate text from a prompt, streaming tokens as they are produced."""
+    if not 0.0 <= volume <= 1.0:
+        raise LLMGenError(f"--volume must be between 0.0 and 1.0, got {volume}")
     if num_samples < 1:
         raise LLMGenError(f"--num-samples must be >= 1, got {num_samples}")
     if device not in ("auto", "cpu", "cuda"):
@@ -83,6 +90,7 @@ def generate(
     else:
         generator.seed()
 
+    texts = []
     for sample_index in range(num_samples):
         ids = generate_ids(loaded.model, prompt_ids, settings, stop_ids=tokenizer.stop_ids,
                            n_valid=tokenizer.n_vocab, generator=generator, on_crop=console.print_warning)
@@ -108,6 +116,10 @@ def generate(
                 f"generated {len(stream.ids)} tokens at {stream.decode_tokens_per_second:.1f} tok/s "
                 f"({stream.finish_reason})"
             )
+        texts.append(stream.text)
+
+    if speak or speak_to is not None:
+        _speak("\n".join(texts), play=speak, to_file=speak_to, voice=voice, rate=rate, volume=volume)
 
 
 DEFAULT_MODEL_ASSET = "smollm2-135m-instruct-q4_1"
@@ -134,6 +146,24 @@ def _resolve_model(model: str | None) -> tuple[Path, bool]:
     if not path.exists():
         raise LLMGenError(f"unknown model {model!r}: no such file or directory")
     return path, False
+
+
+def _speak(text: str, *, play: bool, to_file: Path | None, voice, rate, volume) -> None:
+    """After the text is out: speech failures warn, except a --speak-to file that could not be written."""
+    from llmgen.speech import SpeechError, speak
+
+    if not text.strip():
+        console.print_warning("the generated text is empty; nothing to speak")
+        if to_file is not None:
+            raise LLMGenError(f"nothing was written to {to_file}: the generated text is empty")
+        return
+    try:
+        for warning in speak(text, voice=voice, rate=rate, volume=volume, to_file=to_file, play=play):
+            console.print_warning(warning)
+    except SpeechError as e:
+        if to_file is not None:
+            raise LLMGenError(f"could not write speech to {to_file}: {e}") from None
+        console.print_warning(f"could not speak the text: {e}")
 
 
 def _stream_text(stream) -> None:
