@@ -33,6 +33,7 @@ def _root(ctx: typer.Context) -> None:
 app.command("generate")(generate.generate)
 app.command("tokenize")(tokenize.tokenize)
 app.command("download")(download.download)
+app.command("models")(download.models)
 app.command("inspect-weights")(inspect_weights.inspect_weights)
 app.command("voices")(voices.voices)
 

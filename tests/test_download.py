@@ -1,0 +1,192 @@
+"""`llmgen download` with the real huggingface_hub client against a local server speaking the hub's protocol."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import LLMGEN, assert_one_line_error, run_llmgen
+from hub_server import HubServer, Repo
+
+TOKEN = "hf_test_token_that_must_never_be_printed"
+META_FILES = {
+    "original/params.json": json.dumps({"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+                                        "vocab_size": 128256, "multiple_of": 32, "norm_eps": 1e-5,
+                                        "rope_theta": 500000.0}).encode(),
+    "original/tokenizer.model": os.urandom(3000),
+    "original/consolidated.00.pth": os.urandom(300_000),
+    "config.json": b"{}",
+    "model-00001-of-00004.safetensors": os.urandom(5000),  # not part of the Meta layout: must not be fetched
+    "README.md": b"# Meta Llama 3\n",
+}
+HF_FILES = {
+    "config.json": json.dumps({"model_type": "gpt2"}).encode(),
+    "model.safetensors": os.urandom(200_000),
+    "vocab.json": b'{"a": 0}',
+    "merges.txt": b"#version: 0.2\n",
+    "tokenizer.json": b"{}",
+    "flax_model.msgpack": os.urandom(4000),
+}
+
+
+@pytest.fixture
+def hub(tmp_path):
+    server = HubServer()
+    server.repos["meta-llama/Meta-Llama-3-8B"] = Repo(dict(META_FILES), gated=True)
+    server.repos["openai-community/gpt2"] = Repo(dict(HF_FILES))
+    server.valid_tokens |= {TOKEN, "hf_valid_but_not_accepted"}
+    server.accepted_tokens.add(TOKEN)
+    with server:
+        yield server
+
+
+def env_for(hub, tmp_path, **extra):
+    return {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "", "HF_HUB_OFFLINE": "0",
+            "HF_HUB_DISABLE_XET": "1", "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5", **extra}
+
+
+def files_under(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()
+            and ".cache" not in p.parts}
+
+
+def test_meta_layout_full_download_with_token(hub, tmp_path):
+    result = run_llmgen("download", "llama-3-8B", env=env_for(hub, tmp_path, HF_TOKEN=TOKEN))
+    assert result.returncode == 0, result.err
+    snapshot = result.out.strip()
+    assert files_under(__import__("pathlib").Path(snapshot)) == {
+        k: v for k, v in META_FILES.items() if k.startswith("original/")}
+    assert TOKEN not in result.out + result.err
+
+
+def test_hf_layout_into_a_directory(hub, tmp_path):
+    target = tmp_path / "gpt2"
+    result = run_llmgen("download", "gpt2", "--dir", target, env=env_for(hub, tmp_path))
+    assert result.returncode == 0, result.err
+    assert result.out.strip() == str(target)
+    assert files_under(target) == {k: HF_FILES[k] for k in ("config.json", "model.safetensors", "vocab.json",
+                                                              "merges.txt")}
+
+
+def test_any_repo_with_include(hub, tmp_path):
+    result = run_llmgen("download", "openai-community/gpt2", "--include", "*.json", "--dir", tmp_path / "d",
+                        env=env_for(hub, tmp_path))
+    assert result.returncode == 0, result.err
+    assert sorted(files_under(tmp_path / "d")) == ["config.json", "tokenizer.json", "vocab.json"]
+
+
+def test_gated_without_token_and_with_unaccepted_token(hub, tmp_path):
+    no_token = run_llmgen("download", "llama-3-8B", env=env_for(hub, tmp_path))
+    assert_one_line_error(no_token, "meta-llama/Meta-Llama-3-8B is gated", "accept its licence", "HF_TOKEN")
+    other = run_llmgen("download", "llama-3-8B", "--token", "hf_valid_but_not_accepted", env=env_for(hub, tmp_path))
+    assert_one_line_error(other, "is gated")
+    assert "hf_valid_but_not_accepted" not in other.out + other.err
+    assert not (tmp_path / "hf").exists() or not list((tmp_path / "hf").rglob("consolidated*"))
+
+
+def test_bad_token(hub, tmp_path):
+    result = run_llmgen("download", "gpt2", "--token", "hf_wrong", env=env_for(hub, tmp_path))
+    assert_one_line_error(result, "rejected the token")
+    assert "hf_wrong" not in result.err
+
+
+def test_unknown_repo_and_alias(hub, tmp_path):
+    assert_one_line_error(run_llmgen("download", "nobody/nothing", env=env_for(hub, tmp_path)),
+                          "nobody/nothing was not found")
+    assert_one_line_error(run_llmgen("download", "lama-3-8B", env=env_for(hub, tmp_path)),
+                          "did you mean 'llama-3-8B'")
+
+
+def test_wrong_bytes_are_detected_and_removed(hub, tmp_path):
+    hub.corrupt.add("model.safetensors")
+    target = tmp_path / "gpt2"
+    result = run_llmgen("download", "gpt2", "--dir", target, env=env_for(hub, tmp_path))
+    assert_one_line_error(result, "model.safetensors does not match the hub's hash", "removed")
+    assert not (target / "model.safetensors").exists()
+    hub.corrupt.clear()
+    again = run_llmgen("download", "gpt2", "--dir", target, env=env_for(hub, tmp_path))
+    assert again.returncode == 0 and (target / "model.safetensors").read_bytes() == HF_FILES["model.safetensors"]
+
+
+# huggingface_hub writes downloads in 10 MiB chunks, so only files larger than that resume mid-file.
+BIG = os.urandom(24 * 1024 * 1024)
+
+
+def test_connection_dropped_midway_is_resumed_with_a_range_request(hub, tmp_path):
+    hub.repos["openai-community/gpt2"].files["model.safetensors"] = BIG
+    hub.drop_after["model.safetensors"] = 15 * 1024 * 1024
+    target = tmp_path / "gpt2"
+    result = run_llmgen("download", "gpt2", "--dir", target, env=env_for(hub, tmp_path))
+    if result.returncode != 0:  # the client gave up: a second run must resume, not restart
+        assert_one_line_error(result)
+        result = run_llmgen("download", "gpt2", "--dir", target, env=env_for(hub, tmp_path))
+    assert result.returncode == 0, result.err
+    assert (target / "model.safetensors").read_bytes() == BIG
+    assert any(r.startswith("bytes=") and int(r[6:].split("-")[0]) >= 10 * 1024 * 1024
+               for r in hub.ranges_requested("model.safetensors"))
+
+
+def test_interrupted_then_resumed(hub, tmp_path):
+    hub.repos["meta-llama/Meta-Llama-3-8B"].files["original/consolidated.00.pth"] = BIG
+    hub.bytes_per_second["original/consolidated.00.pth"] = 6 * 1024 * 1024  # 4 s for the whole file
+    env = {**os.environ, **env_for(hub, tmp_path, HF_TOKEN=TOKEN)}
+    process = subprocess.Popen([LLMGEN, "download", "llama-3-8B"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    blobs = tmp_path / "hf" / "hub" / "models--meta-llama--Meta-Llama-3-8B" / "blobs"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        partial = [p for p in blobs.glob("*.part")] if blobs.exists() else []
+        if partial and partial[0].stat().st_size >= 10 * 1024 * 1024:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert b"Traceback" not in err
+    snapshot_files = list((blobs.parent / "snapshots").rglob("consolidated.00.pth")) if blobs.exists() else []
+    assert not snapshot_files  # nothing half-written at a final path
+    assert [p.stat().st_size >= 10 * 1024 * 1024 for p in blobs.glob("*.part")] == [True]  # kept for resuming
+    del hub.bytes_per_second["original/consolidated.00.pth"]
+    result = run_llmgen("download", "llama-3-8B", env=env_for(hub, tmp_path, HF_TOKEN=TOKEN))
+    assert result.returncode == 0, result.err
+    pth = __import__("pathlib").Path(result.out.strip()) / "original" / "consolidated.00.pth"
+    assert hashlib.sha256(pth.read_bytes()).hexdigest() == hashlib.sha256(BIG).hexdigest()
+    resumed = [r for r in hub.ranges_requested("consolidated.00.pth") if int(r[6:].split("-")[0]) >= 10 * 1024 * 1024]
+    assert resumed, hub.ranges_requested("consolidated.00.pth")
+
+
+def test_offline_mode(hub, tmp_path):
+    offline = env_for(hub, tmp_path, HF_HUB_OFFLINE="1")
+    assert_one_line_error(run_llmgen("download", "gpt2", env=offline), "offline (HF_HUB_OFFLINE=1)")
+    assert run_llmgen("download", "gpt2", env=env_for(hub, tmp_path)).returncode == 0
+    cached = run_llmgen("download", "gpt2", env=offline)
+    assert cached.returncode == 0, cached.err
+    assert (__import__("pathlib").Path(cached.out.strip()) / "model.safetensors").is_file()
+
+
+def test_unreachable_hub(tmp_path):
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    assert_one_line_error(run_llmgen("download", "gpt2", env=env), "cannot reach the hub")
+
+
+def test_models_lists_aliases_and_downloads(hub, tmp_path):
+    env = env_for(hub, tmp_path)
+    assert run_llmgen("download", "gpt2", env=env).returncode == 0
+    listing = run_llmgen("models", env=env)
+    assert listing.returncode == 0
+    line = next(l for l in listing.out.splitlines() if "openai-community/gpt2 " in l)
+    assert "MB" in line
+    assert "llama-3.2-1B-instruct" in listing.out
+
+
+def test_disk_space_is_checked_first(tmp_path, monkeypatch):
+    from llmgen.errors import LLMGenError
+    from llmgen.weights.download import check_disk_space
+
+    with pytest.raises(LLMGenError, match="not enough disk space"):
+        check_disk_space(tmp_path / "not" / "yet", 10**18)
+    check_disk_space(tmp_path, 1000)
