@@ -110,6 +110,8 @@ def test_bad_sampling_options(llama3_dir, args, fragment):
 
 def test_bad_models(tmp_path, llama3_dir):
     assert_one_line_error(run_llmgen("generate", "hi", "-m", "no-such-model"), "unknown model 'no-such-model'")
+    assert_one_line_error(run_llmgen("generate", "hi", "-m", "gpt2-xl", env={"HF_HOME": str(tmp_path / "hf")}),
+                          "gpt2-xl is not downloaded yet", "llmgen download gpt2-xl")
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("x")

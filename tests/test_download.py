@@ -190,3 +190,20 @@ def test_disk_space_is_checked_first(tmp_path, monkeypatch):
     with pytest.raises(LLMGenError, match="not enough disk space"):
         check_disk_space(tmp_path / "not" / "yet", 10**18)
     check_disk_space(tmp_path, 1000)
+
+
+def test_generate_with_a_downloaded_alias(tmp_path):
+    """download gpt2 from the (local) hub, then generate with --model gpt2: the whole user path."""
+    from checkpoints import hf_gpt2, save_hf
+
+    directory = save_hf(hf_gpt2(vocab_size=50257, n_embd=32, n_head=2, n_positions=64), tmp_path / "src")
+    files = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+    with HubServer() as hub:
+        hub.repos["openai-community/gpt2"] = Repo(files)
+        env = env_for(hub, tmp_path)
+        assert run_llmgen("download", "gpt2", env=env).returncode == 0
+        offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+        result = run_llmgen("generate", "hello", "--model", "gpt2", "-n", "5", "-t", "0", "--json", env=offline)
+    assert result.returncode == 0, result.err
+    payload = json.loads(result.out)
+    assert payload["model"] == "gpt2" and payload["generated_tokens"] == 5

@@ -143,9 +143,25 @@ def _resolve_model(model: str | None) -> tuple[Path, bool]:
             )
         return path, True
     path = Path(model).expanduser()
-    if not path.exists():
-        raise LLMGenError(f"unknown model {model!r}: no such file or directory")
-    return path, False
+    if path.exists():
+        return path, False
+    from llmgen.registry import lookup
+
+    if (entry := lookup(model)) is not None:
+        return _downloaded(entry), False
+    raise LLMGenError(f"unknown model {model!r}: not a file, a directory or an alias (see `llmgen models`)")
+
+
+def _downloaded(entry) -> Path:
+    """The hub-cache snapshot of an alias that `llmgen download` fetched; never touches the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(entry.repo_id, revision=entry.revision, allow_patterns=list(entry.files),
+                                      local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        raise LLMGenError(f"{entry.alias} is not downloaded yet; run `llmgen download {entry.alias}`") from None
 
 
 def _speak(text: str, *, play: bool, to_file: Path | None, voice, rate, volume) -> None:
