@@ -1,0 +1,44 @@
+"""Shared by the side-by-side benchmarks: run engines in fresh processes, interleaved, print a table."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+METRICS = [("load_s", "load s"), ("prefill_tok_s", "prompt tok/s"), ("ttft_s", "first token s"),
+           ("decode_tok_s", "decode tok/s"), ("peak_rss_mb", "peak RSS MB")]
+
+
+def run_interleaved(script: str, engines: list[str], extra_args: list[str], rounds: int) -> dict[str, dict]:
+    """Median of each metric per engine; each run is `python script --worker ENGINE ...` in a new process."""
+    results: dict[str, list[dict]] = {e: [] for e in engines}
+    for _ in range(rounds):
+        for engine in engines:
+            done = subprocess.run([sys.executable, script, "--worker", engine, *extra_args],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{engine} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                continue
+            results[engine].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {e: {k: statistics.median(r[k] for r in runs) for k, _ in METRICS if k in runs[0]}
+            for e, runs in results.items() if runs}
+
+
+def print_table(medians: dict[str, dict], reference: str = "llmgen") -> None:
+    """Values with each engine's ratio to the reference engine's."""
+    print("| engine | " + " | ".join(label for _, label in METRICS) + " |")
+    print("|---|" + "---|" * len(METRICS))
+    base = medians.get(reference, {})
+    for engine, values in medians.items():
+        cells = []
+        for key, _ in METRICS:
+            if key not in values:
+                cells.append("")
+                continue
+            text = f"{values[key]:.2f}" if key.endswith("_s") else f"{values[key]:.1f}"
+            if engine != reference and base.get(key):
+                text += f" ({values[key] / base[key]:.2f}x)"
+            cells.append(text)
+        print(f"| {engine} | " + " | ".join(cells) + " |")

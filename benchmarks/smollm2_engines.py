@@ -1,0 +1,98 @@
+"""The default model (SmolLM2-135M-Instruct, GGUF Q4_1) in llmgen, transformers and llama.cpp, side by side.
+
+    python benchmarks/smollm2_engines.py [--rounds 3] [--new-tokens 64]
+
+Set-up for the peers (not needed by llmgen): `pip install llama-cpp-python` (compiles llama.cpp, 10+
+minutes on 2 cores) and the test extras (transformers, accelerate). Engines missing are skipped.
+Greedy decoding of the same prompt; 2 threads everywhere (the machine's cores); fresh process per run;
+engines interleaved; medians. Ratios are each engine's value over llmgen's (float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+from common import print_table, run_interleaved
+
+PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. Write a short story about a cat."
+ENGINES = ["llmgen", "llmgen int8", "transformers", "llama.cpp"]
+
+
+def worker(engine: str, new_tokens: int) -> dict:
+    import torch
+
+    from llmgen import assets
+
+    torch.set_num_threads(2)
+    path = assets.locate("smollm2-135m-instruct-q4_1")
+    started = time.perf_counter()
+    if engine.startswith("llmgen"):
+        from llmgen.generation import SamplingSettings, generate_ids
+        from llmgen.weights.loading import load_model
+
+        loaded = load_model(path, quantize="int8" if engine.endswith("int8") else "none")
+        ready = time.perf_counter()
+        prompt = loaded.tokenizer.encode(PROMPT)
+        stamps = [time.perf_counter()]
+        for _ in generate_ids(loaded.model, prompt, SamplingSettings(max_new_tokens=new_tokens, temperature=0)):
+            stamps.append(time.perf_counter())
+    elif engine == "transformers":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        ready = time.perf_counter()
+        prompt = tokenizer(PROMPT)["input_ids"]
+        stamps = [time.perf_counter()]
+        with torch.inference_mode():
+            out = model(torch.tensor([prompt]), use_cache=True)
+            past, token = out.past_key_values, out.logits[0, -1].argmax()
+            stamps.append(time.perf_counter())
+            for _ in range(new_tokens - 1):
+                out = model(token.view(1, 1), past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[0, -1].argmax()
+                int(token)
+                stamps.append(time.perf_counter())
+    else:
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False)
+        ready = time.perf_counter()
+        prompt = llm.tokenize(PROMPT.encode(), add_bos=False)
+        stamps = [time.perf_counter()]
+        llm.eval(prompt)
+        for _ in range(new_tokens):
+            token = llm.sample(top_k=1, temp=0.0)
+            stamps.append(time.perf_counter())
+            llm.eval([token])
+    first = stamps[1] - stamps[0]
+    return {
+        "load_s": ready - started,
+        "prefill_tok_s": len(prompt) / first,
+        "ttft_s": first,
+        "decode_tok_s": (len(stamps) - 2) / (stamps[-1] - stamps[1]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--worker")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.new_tokens)))
+        return
+    medians = run_interleaved(__file__, args.engines.split(","), ["--new-tokens", str(args.new_tokens)], args.rounds)
+    print(f"SmolLM2-135M-Instruct Q4_1 GGUF, greedy, {args.new_tokens} new tokens, 2 threads, "
+          f"median of {args.rounds} interleaved rounds\n")
+    print_table(medians)
+
+
+if __name__ == "__main__":
+    main()
