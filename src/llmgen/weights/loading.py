@@ -86,12 +86,12 @@ def load_weights(path: Path, *, device: str = "cpu", dtype: str = "auto") -> tup
 def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize: str = "none",
                tokenizer_path: Path | None = None) -> LoadedModel:
     """Weights (optionally quantized, see quantize.py) and the tokenizer that goes with them."""
+    if quantize not in QUANTIZATIONS:
+        raise LLMGenError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     started = time.perf_counter()
     model, layout = load_weights(path, device=device, dtype=dtype)
     if quantize == "int8":
         quantize_int8(model)
-    elif quantize != "none":
-        raise LLMGenError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     config = model.config
     tokenizer = tokenizer_from_path(tokenizer_path) if tokenizer_path else _tokenizer_for(layout, config)
     if tokenizer.n_vocab > config.vocab_size:
@@ -191,9 +191,13 @@ def _rename(state: dict[str, torch.Tensor], table: dict[str, str], *, transposed
                 tensor = _unpermute_rope(tensor, n_heads)
         renamed[table[template].format(layer.group(1) if layer else "")] = tensor
     if unexpected:
-        raise LLMGenError(f"unexpected tensor {unexpected[0]!r} in the checkpoint"
-                          + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+        raise LLMGenError(_names_error("has unexpected tensor", unexpected))
     return renamed
+
+
+def _names_error(what: str, names: list[str]) -> str:
+    more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+    return f"the checkpoint {what} {names[0]!r}{more}"
 
 
 def _unpermute_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -210,11 +214,10 @@ def _assign(config: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Mod
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     if missing:
-        raise LLMGenError(f"the checkpoint is missing tensor {missing[0]!r}"
-                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise LLMGenError(_names_error("is missing tensor", missing))
     unexpected = [k for k in state if k not in expected]
     if unexpected:
-        raise LLMGenError(f"unexpected tensor {unexpected[0]!r} in the checkpoint")
+        raise LLMGenError(_names_error("has unexpected tensor", unexpected))
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise LLMGenError(f"tensor {name!r} has shape {list(tensor.shape)}, but the config implies "
