@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmgen.assets import sha256_file
 from llmgen.errors import LLMGenError
 from llmgen.registry import ModelEntry
 
@@ -140,7 +141,7 @@ def _snapshot_root(path: Path, rfilename: str) -> Path:
 def verify(path: Path, sibling) -> None:
     """Compare a downloaded file with the hub's hash; remove it (and its cache blob) on a mismatch."""
     if sibling.lfs is not None:
-        expected, actual = sibling.lfs.sha256, _sha256(path)
+        expected, actual = sibling.lfs.sha256, sha256_file(path)
     elif sibling.blob_id:
         expected, actual = sibling.blob_id, _git_blob_sha1(path)
     else:
@@ -151,14 +152,6 @@ def verify(path: Path, sibling) -> None:
         target.unlink(missing_ok=True)
         raise LLMGenError(f"{sibling.rfilename} does not match the hub's hash (expected {expected[:12]}..., "
                           f"got {actual[:12]}...); the file was removed, run the download again")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _git_blob_sha1(path: Path) -> str:
