@@ -34,7 +34,7 @@ def main() -> None:
             subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             times[name].append(time.perf_counter() - start)
     base = statistics.median(times["bare imports"])
-    print(f"| command | median s | ratio to bare imports |\n|---|---|---|")
+    print("| command | median s | ratio to bare imports |\n|---|---|---|")
     for name, samples in times.items():
         median = statistics.median(samples)
         print(f"| `{name}` | {median:.3f} | {median / base:.2f}x |")

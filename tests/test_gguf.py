@@ -10,7 +10,7 @@ from conftest import assert_one_line_error, run_llmgen
 from llmgen import assets
 from llmgen.errors import LLMGenError
 from llmgen.generation import SamplingSettings, generate_ids
-from llmgen.weights.gguf_format import GGUFFile, read_llama_gguf
+from llmgen.weights.gguf_format import read_llama_gguf
 from llmgen.weights.loading import load_model
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "武汉是一座", "Once upon a time, 🎉"]

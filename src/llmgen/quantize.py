@@ -40,11 +40,11 @@ class Int8Linear(nn.Module):
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Swap every nn.Linear for an Int8Linear, and give a tied head its own int8 copy."""
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(module, child_name, Int8Linear(child.weight, child.bias))
-    if getattr(model, "output", "untied") is None:  # tied: the head reads the embedding matrix
+    if model.output is None:  # tied: the head reads the embedding matrix
         embedding = model.tok_embeddings if hasattr(model, "tok_embeddings") else model.wte
         model.output = Int8Linear(embedding.weight)
     return model

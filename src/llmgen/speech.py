@@ -33,6 +33,11 @@ class SpeechError(LLMGenError):
     pass
 
 
+def check_volume(volume: float) -> None:
+    if not 0.0 <= volume <= 1.0:
+        raise SpeechError(f"--volume must be between 0.0 and 1.0, got {volume}")
+
+
 def language_of(text: str) -> str:
     """'cmn' when the text is mostly CJK ideographs, else 'en' (enough to choose a voice)."""
     letters = [c for c in text if c.isalpha()]
@@ -70,8 +75,7 @@ def speak(text: str, *, voice: str | None = None, rate: int | None = None, volum
 
     Raises SpeechError when the engine is missing, fails or hangs.
     """
-    if not 0.0 <= volume <= 1.0:
-        raise SpeechError(f"--volume must be between 0.0 and 1.0, got {volume}")
+    check_volume(volume)
     request = {"action": "speak", "text": text, "voice": voice, "rate": rate, "volume": volume,
                "language": language_of(text), "play": play}
     if to_file is None:

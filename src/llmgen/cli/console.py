@@ -38,8 +38,8 @@ def print_info(message: str) -> None:
         sys.stderr.flush()
 
 
-def write_stream(text: str) -> None:
-    """Generated text as it arrives: through Rich on a terminal, raw bytes-exact text on a pipe."""
+def write(text: str) -> None:
+    """Results on stdout as they come: through Rich on a terminal, the exact text on a pipe."""
     if stdout.is_terminal:
         stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
         stdout.file.flush()

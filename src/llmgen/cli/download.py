@@ -37,7 +37,7 @@ def download(
         disable_progress_bars()  # quiet on pipes and in logs
         result = fetch(entry, local_dir=local_dir, revision=revision, token=token)
     console.print_info(f"{entry.repo_id}@{result.commit[:12]}: {len(result.files)} files")
-    console.write_stream(f"{result.path}\n")
+    console.write(f"{result.path}\n")
 
 
 def _rich_tqdm(progress):
@@ -76,8 +76,8 @@ def models() -> None:
     for entry in MODELS.values():
         size = cached.get(entry.repo_id)
         table.add_row(entry.alias, entry.repo_id + (" (gated)" if entry.gated else ""), entry.layout,
-                      disk_usage_text(size[0]) if size else "")
-    for repo_id, (size, _) in sorted(cached.items()):
+                      disk_usage_text(size) if size else "")
+    for repo_id, size in sorted(cached.items()):
         if all(e.repo_id != repo_id for e in MODELS.values()):
             table.add_row("", repo_id, "", disk_usage_text(size))
     console.stdout.print(table)

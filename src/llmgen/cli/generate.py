@@ -46,8 +46,9 @@ def generate(
     volume: float = typer.Option(1.0, "--volume", help="Speech volume, 0.0 to 1.0."),
 ) -> None:
     """Generate text from a prompt, streaming tokens as they are produced."""
-    if not 0.0 <= volume <= 1.0:
-        raise LLMGenError(f"--volume must be between 0.0 and 1.0, got {volume}")
+    from llmgen.speech import check_volume
+
+    check_volume(volume)  # before generating, not after
     if num_samples < 1:
         raise LLMGenError(f"--num-samples must be >= 1, got {num_samples}")
     if device not in ("auto", "cpu", "cuda"):
@@ -98,17 +99,17 @@ def generate(
         if as_json:
             for _ in stream:
                 pass
-            _write(json.dumps({
+            console.write(json.dumps({
                 "model": model_name, "prompt": prompt_text, "text": stream.text, "ids": stream.ids,
                 "finish_reason": stream.finish_reason, "prompt_tokens": len(prompt_ids),
                 "generated_tokens": len(stream.ids),
                 "tokens_per_second": round(stream.decode_tokens_per_second, 2),
             }, ensure_ascii=False) + "\n")
         else:
-            if sample_index > 0:
-                _write("\n" if not console.stdout.is_terminal else "")
-                if console.stdout.is_terminal:
-                    console.stdout.rule(style="dim")
+            if sample_index > 0 and console.stdout.is_terminal:
+                console.stdout.rule(style="dim")
+            elif sample_index > 0:
+                console.write("\n")
             _stream_text(stream)
         if stats:
             console.print_info(
@@ -186,12 +187,8 @@ def _stream_text(stream) -> None:
     """Write chunks as they come; on Ctrl-C keep what was printed, end the line, exit 130."""
     try:
         for chunk in stream:
-            _write(chunk)
+            console.write(chunk)
     except KeyboardInterrupt:
-        _write("\n")
+        console.write("\n")
         raise typer.Exit(130) from None
-    _write("\n")
-
-
-def _write(text: str) -> None:
-    console.write_stream(text)
+    console.write("\n")

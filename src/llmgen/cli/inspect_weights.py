@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -23,7 +22,7 @@ def inspect_weights(
 
     inspection = inspect_path(path).filtered(filter_glob)
     if as_json:
-        sys.stdout.write(json.dumps(inspection.to_json(with_tensors=not no_tensors), default=str) + "\n")
+        console.write(json.dumps(inspection.to_json(with_tensors=not no_tensors), default=str) + "\n")
         return
     _render(path, inspection, show_tensors=not no_tensors)
 

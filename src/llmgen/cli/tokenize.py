@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -67,24 +66,24 @@ def tokenize(
     if decode:
         text_out = tok.decode(ids)
         if as_json:
-            _write(json.dumps({"encoding": tok.name, "ids": ids, "text": text_out}, ensure_ascii=False) + "\n")
+            console.write(json.dumps({"encoding": tok.name, "ids": ids, "text": text_out}, ensure_ascii=False) + "\n")
         else:
-            _write(text_out + "\n")
+            console.write(text_out + "\n")
         return
 
     ids = tok.encode(input_text, bos=False, allow_special=allow_special)
     pieces = [piece(tok.token_bytes(i)) for i in ids]
     if count_only:
-        _write(f"{len(ids)}\n")
+        console.write(f"{len(ids)}\n")
     elif ids_only:
-        _write(" ".join(map(str, ids)) + "\n")
+        console.write(" ".join(map(str, ids)) + "\n")
     elif as_json:
         payload = {"encoding": tok.name, "ids": ids, "tokens": pieces, "count": len(ids)}
-        _write(json.dumps(payload, ensure_ascii=False) + "\n")
+        console.write(json.dumps(payload, ensure_ascii=False) + "\n")
     elif console.stdout.is_terminal:
         _print_table(tok.name, ids, pieces)
     else:
-        _write("".join(f"{i}\t{p.translate(_CONTROL_ESCAPES)}\n" for i, p in zip(ids, pieces)))
+        console.write("".join(f"{i}\t{p.translate(_CONTROL_ESCAPES)}\n" for i, p in zip(ids, pieces)))
 
 
 def _parse_id(raw: str) -> int:
@@ -92,11 +91,6 @@ def _parse_id(raw: str) -> int:
         return int(raw.strip(","))
     except ValueError:
         raise LLMGenError(f"--decode takes integer token ids; got {raw!r}") from None
-
-
-def _write(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
 
 
 def _print_table(encoding_name: str, ids: list[int], pieces: list[str]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import typer
 
@@ -25,7 +24,7 @@ def voices(
     if language:
         found = [v for v in found if any(language.lower() in x.lower() for x in v["languages"])]
     if as_json:
-        sys.stdout.write(json.dumps(found, ensure_ascii=False) + "\n")
+        console.write(json.dumps(found, ensure_ascii=False) + "\n")
         return
     from rich.table import Table
 

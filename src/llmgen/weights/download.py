@@ -208,7 +208,7 @@ class hub_errors:
             message = f"the hub answered with an error for {repo}: {str(error).splitlines()[0]}"
         elif isinstance(error, OSError) and error.errno == errno.ENOSPC:
             message = "the disk is full; free some space and run the download again (it resumes)"
-        elif _is_connection_error(error) or isinstance(error, (urllib_error(), ConnectionError)):
+        elif _is_connection_error(error):
             message = (f"cannot reach the hub at {constants.ENDPOINT} ({type(error).__name__}); check the network, "
                        "or set HF_HUB_OFFLINE=1 to use files already downloaded")
         else:
@@ -216,32 +216,23 @@ class hub_errors:
         raise LLMGenError(message) from None
 
 
-def urllib_error() -> type:
+def _is_connection_error(error: BaseException) -> bool:
     import urllib.error
 
-    return urllib.error.URLError
+    import httpx2  # huggingface_hub's HTTP client; urllib carries the resumable weight downloads
+
+    return isinstance(error, (httpx2.TransportError, urllib.error.URLError, ConnectionError, TimeoutError))
 
 
-def _is_connection_error(error: BaseException) -> bool:
-    import httpx2  # huggingface_hub's HTTP client
-
-    return isinstance(error, (httpx2.TransportError, ConnectionError, TimeoutError))
-
-
-def cached_models() -> dict[str, tuple[int, Path]]:
-    """repo id -> (bytes on disk, newest snapshot) for models in the hub cache."""
+def cached_models() -> dict[str, int]:
+    """repo id -> bytes on disk, for models in the hub cache."""
     from huggingface_hub import scan_cache_dir
 
     try:
         cache = scan_cache_dir()
     except Exception:  # noqa: BLE001 - no cache directory yet, or one we cannot read: nothing downloaded
         return {}
-    found = {}
-    for repo in cache.repos:
-        if repo.repo_type == "model" and repo.revisions:
-            newest = max(repo.revisions, key=lambda r: r.last_modified)
-            found[repo.repo_id] = (repo.size_on_disk, Path(newest.snapshot_path))
-    return found
+    return {repo.repo_id: repo.size_on_disk for repo in cache.repos if repo.repo_type == "model"}
 
 
 def disk_usage_text(nbytes: int) -> str:

@@ -8,6 +8,7 @@ is inspected in seconds with little memory.
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,7 +123,7 @@ def _safetensors_tensors(path: Path) -> list[TensorInfo]:
                 piece = f.get_slice(name)
                 shape = list(piece.get_shape())
                 dtype = piece.get_dtype()
-                params = _numel(shape)
+                params = math.prod(shape)
                 torch_name, itemsize = _SAFETENSORS_DTYPES.get(dtype, (dtype.lower(), 0))
                 tensors.append(TensorInfo(name, shape, torch_name, params, params * itemsize))
             return tensors
@@ -154,9 +155,3 @@ def _inspect_gguf(path: Path) -> Inspection:
                           int(t.n_elements), int(t.n_bytes)) for t in gguf_file.tensors]
     return Inspection("gguf", config=gguf_file.metadata(), tensors=tensors)
 
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
