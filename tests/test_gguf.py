@@ -25,7 +25,7 @@ def smollm2_path():
 
 @pytest.fixture(scope="module")
 def ours(smollm2_path):
-    return load_model(smollm2_path)
+    return load_model(smollm2_path, quantize="none")  # dequantized to float32, as transformers does
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,24 @@ def test_written_gguf_round_trips(tmp_path, qtype):
         else:
             expected = dequantize(quantize(original, q), q)
         assert np.array_equal(state[name].numpy(), expected), name
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+def test_4bit_blocks_are_kept_exactly(tmp_path, qtype):
+    import gguf
+    from gguf.quants import dequantize, quantize
+
+    q = gguf.GGMLQuantizationType[qtype]
+    path = tmp_path / f"tiny-{qtype}.gguf"
+    originals = write_tiny_gguf(path, q)
+    _, state, _ = read_llama_gguf(path, keep_int4=True)
+    for name, original in originals.items():
+        if original.ndim == 2:
+            groups = state[name]
+            assert groups.q.dtype == torch.uint8 and groups.shape == original.shape
+            assert np.array_equal(groups.dequantize().numpy(), dequantize(quantize(original, q), q)), name
+        else:
+            assert isinstance(state[name], torch.Tensor)
 
 
 def test_missing_metadata_and_tensors(tmp_path):

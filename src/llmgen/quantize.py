@@ -1,17 +1,30 @@
-"""Weight-only int8 quantization: a quarter of float32's bytes read per decoded token.
+"""Weight-only quantization: fewer bytes read per decoded token.
 
-Decoding one token reads every weight once, so its speed is set by bytes per token. Int8 weights with
-one scale per output channel keep greedy output close to float32 (see tests/test_quantize.py and
-benchmarks/RESULTS.md for the measured agreement).
+Decoding one token reads every weight once, so its speed is set by bytes per token (and, for small
+models whose weights fit in the CPU's cache, by how fast the kernels run). Two formats, both using
+PyTorch's own CPU kernels with bfloat16 activations:
+
+- int8: one scale per output channel, `torch._weight_int8pack_mm`; a quarter of float32's bytes.
+- int4: groups of 32 weights along the input, each with a scale and a minimum (GGUF's Q4_1 form),
+  `torch._weight_int4pack_mm_for_cpu`; an eighth of float32's bytes. GGUF Q4_0/Q4_1 weights are packed
+  straight from their blocks (weights/gguf_format.py), without a detour through float32.
+
+Quantizing also fuses the projections a model declares in its `FUSIONS` (q/k/v, gate/up): one matmul
+instead of three costs one kernel launch instead of three, which matters at ~100 tokens/s.
+The measured agreement with float32 is in tests/test_quantize.py and benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("auto", "none", "int8", "int4")
+INT4_GROUP = 32  # weights per scale/minimum pair, as in GGUF's 4-bit blocks
+INT4_ROWS = 16  # the int4 packing wants the output size to be a multiple of this
 
 
 class Int8Linear(nn.Module):
@@ -31,20 +44,120 @@ class Int8Linear(nn.Module):
         if rows == 1:
             # One-token decode: PyTorch's int8 GEMV kernel (bfloat16 activations) reads 1 byte per weight.
             y = torch._weight_int8pack_mm(x.reshape(1, -1).to(torch.bfloat16), self.weight, self.scales)
-            y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+            y = y.view(*x.shape[:-1], self.out_features)
         else:
             # Prefill is compute-bound; the int8 kernel is slow there, so dequantize for the dense GEMM.
             y = F.linear(x, self.weight.to(x.dtype) * self.scales.to(x.dtype)[:, None])
         return y if self.bias is None else y + self.bias
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Swap every nn.Linear for an Int8Linear, and give a tied head its own int8 copy."""
-    for module in list(model.modules()):
+@dataclass
+class Int4Groups:
+    """4-bit weights before packing: w[n, k] = q[n, k] * scale[n, k // 32] + minimum[n, k // 32]."""
+
+    q: torch.Tensor  # (out, in) uint8, values 0..15
+    scale: torch.Tensor  # (out, in // 32) float32
+    minimum: torch.Tensor  # (out, in // 32) float32
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> Int4Groups:
+        """Round each group of 32 onto 16 levels from its minimum to its maximum (llama.cpp's Q4_1 rule)."""
+        out_features, in_features = weight.shape
+        groups = weight.detach().float().reshape(out_features, in_features // INT4_GROUP, INT4_GROUP)
+        minimum, maximum = groups.aminmax(dim=-1)  # (out, in // 32) each
+        scale = (maximum - minimum) / 15
+        inverse = torch.where(scale > 0, 1 / scale, 0.0)
+        # In place where possible: the head of a small model is the biggest matrix it has.
+        q = (groups - minimum[..., None]).mul_(inverse[..., None]).round_().clamp_(0, 15).to(torch.uint8)
+        return cls(q.reshape(out_features, in_features), scale, minimum)
+
+    @classmethod
+    def cat(cls, parts: list[Int4Groups]) -> Int4Groups:
+        """Stack along the output dimension: one matmul computes all parts' outputs side by side."""
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("q", "scale", "minimum")))
+
+    def dequantize(self) -> torch.Tensor:
+        scale = self.scale.repeat_interleave(INT4_GROUP, dim=1)
+        return self.q.float() * scale + self.minimum.repeat_interleave(INT4_GROUP, dim=1)  # (out, in)
+
+
+def int4_fits(weight_shape: tuple[int, ...]) -> bool:
+    """The int4 kernel needs whole groups along the input."""
+    return len(weight_shape) == 2 and weight_shape[1] % INT4_GROUP == 0
+
+
+class Int4Linear(nn.Module):
+    """y = x W^T (+ b) with W packed as 4-bit groups for PyTorch's CPU int4 kernel."""
+
+    def __init__(self, groups: Int4Groups, bias: torch.Tensor | None = None):
+        super().__init__()
+        out_features, in_features = groups.shape
+        padded = -out_features % INT4_ROWS  # zero rows, sliced off the output again
+        q, scale, minimum = (F.pad(t, (0, 0, 0, padded)) for t in (groups.q, groups.scale, groups.minimum))
+        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q.int(), 1))
+        # The kernel computes (q - 8) * scale + zero, so zero = minimum + 8 * scale.
+        scales_and_zeros = torch.stack((scale, minimum + 8 * scale), dim=-1)  # (out, in // 32, 2)
+        self.register_buffer("scales_and_zeros", scales_and_zeros.transpose(0, 1).contiguous().to(torch.bfloat16))
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> (..., out) in bfloat16, the kernel's own output: at ~100 tokens/s a cast per layer
+        is worth saving, and the next op (a residual add, SwiGLU, the next int4 layer) takes it as is."""
+        x2d = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (rows, in)
+        y = torch._weight_int4pack_mm_for_cpu(x2d, self.packed, INT4_GROUP, self.scales_and_zeros)
+        if y.size(1) != self.out_features:
+            y = y[:, :self.out_features]
+        y = y.view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Groups] | None = None) -> nn.Module:
+    """Swap linear layers for quantized ones in place (`kind` is "int8" or "int4").
+
+    int4_groups: weights already in 4-bit groups (GGUF Q4_0/Q4_1), by parameter name; their nn.Linear
+    modules were left empty by the loader. Everything else is quantized from its float weight.
+    """
+    int4_groups = dict(int4_groups or {})
+    # The head picks the token: in 4 bits it costs SmolLM2 8 points of top-1 agreement with float32, in
+    # 8 bits none (tests/test_quantize.py), for 0.3 ms a token. So it gets 8 bits unless the file has 4.
+    head = model.output if model.output is not None else (
+        model.tok_embeddings if hasattr(model, "tok_embeddings") else model.wte)
+    if "output.weight" not in int4_groups:
+        model.output = Int8Linear(head.weight, getattr(head, "bias", None))
+
+    def int4_of(name: str, linear: nn.Linear) -> Int4Groups | None:
+        if f"{name}.weight" in int4_groups:
+            return int4_groups.pop(f"{name}.weight")
+        return Int4Groups.from_float(linear.weight) if int4_fits(tuple(linear.weight.shape)) else None
+
+    for prefix, module in list(model.named_modules()):
+        prefix = f"{prefix}." if prefix else ""
+        if kind == "int4":  # fused projections first: they need the parts' groups before packing
+            for fused_name, part_names in getattr(module, "FUSIONS", {}).items():
+                parts = [getattr(module, n) for n in part_names]
+                if any(p.bias is not None for p in parts):
+                    continue
+                groups = [int4_of(f"{prefix}{n}", p) for n, p in zip(part_names, parts)]
+                if all(g is not None for g in groups):
+                    setattr(module, fused_name, Int4Linear(Int4Groups.cat(groups)))
+                    for n in part_names:
+                        setattr(module, n, None)
         for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
+            if not isinstance(child, nn.Linear):
+                continue
+            if kind == "int8":
                 setattr(module, child_name, Int8Linear(child.weight, child.bias))
-    if model.output is None:  # tied: the head reads the embedding matrix
-        embedding = model.tok_embeddings if hasattr(model, "tok_embeddings") else model.wte
-        model.output = Int8Linear(embedding.weight)
+            elif (groups := int4_of(f"{prefix}{child_name}", child)) is not None:
+                setattr(module, child_name, Int4Linear(groups, child.bias))
+    if int4_groups:
+        raise ValueError(f"4-bit weights left without a linear layer: {sorted(int4_groups)[:3]}")
     return model
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    return quantize_model(model, "int8")

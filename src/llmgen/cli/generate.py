@@ -33,7 +33,8 @@ def generate(
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     quantize: str = typer.Option(
-        "none", "--quantize", "-q", help="none, or int8: weight-only int8, about 2x faster decoding on a CPU."
+        "auto", "--quantize", "-q",
+        help="auto (a GGUF's 4-bit weights stay 4-bit), none, int8 or int4: weight-only, faster CPU decoding.",
     ),
     tokenizer_path: Optional[Path] = typer.Option(None, "--tokenizer", help="Use this tokenizer file instead."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per sample instead of text."),

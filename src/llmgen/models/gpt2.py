@@ -78,4 +78,5 @@ class GPT2(nn.Module):
         for block in self.h:
             x = block(x, start_pos)
         x = self.ln_f(x[:, -1:] if last_only else x)
-        return F.linear(x, self.wte.weight) if self.output is None else self.output(x)  # (B, T, vocab)
+        logits = F.linear(x, self.wte.weight) if self.output is None else self.output(x)
+        return logits.float()  # (B, T, vocab)

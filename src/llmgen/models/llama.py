@@ -24,10 +24,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused call
         # Normalise in float32 (as Meta and HF do), then scale in the model's dtype.
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        return F.rms_norm(x.float(), self.weight.shape, eps=self.eps).type_as(x) * self.weight
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -46,29 +46,42 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -
     return torch.where(wavelen < high_freq_wavelen, freqs, scaled).float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, n_heads, head_dim); cos, sin: (T, head_dim / 2). Rotates each pair (x[2i], x[2i+1])."""
-    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, n_heads, head_dim / 2) each
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, n_heads, head_dim); rotations: (T, head_dim / 2) complex, e^(i * position * frequency).
+
+    Each pair (x[2j], x[2j+1]) is a complex number, turned by its position's angle: one multiply.
+    Returns float32 (the caller casts to its own dtype).
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, n_heads, head_dim / 2)
+    return torch.view_as_real(pairs * rotations[:, None]).flatten(-2)
 
 
 class Attention(nn.Module):
+    # Quantization may fuse these into one matmul (quantize.py). Loading keeps them apart, so that
+    # float weights stay memory-mapped instead of being copied into a concatenation.
+    FUSIONS = {"wqkv": ("wq", "wk", "wv")}
+
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
         self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wqkv: nn.Module | None = None
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor, start_pos: int) -> torch.Tensor:
         B, T, _ = x.shape
-        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.wqkv is None:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        else:
+            kv_size = self.n_kv_heads * self.head_dim
+            q, k, v = self.wqkv(x).split((self.n_heads * self.head_dim, kv_size, kv_size), dim=-1)
+        dtype = self.kv_cache.k.dtype  # the model's: quantized layers compute in bfloat16
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), rotations).to(dtype)
+        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), rotations).to(dtype)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
         k, v = self.kv_cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos + T, head_dim)
         y = causal_attention(q, k, v, start_pos)  # (B, n_heads, T, head_dim)
@@ -76,14 +89,18 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    FUSIONS = {"w13": ("w1", "w3")}  # see Attention
+
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.w1 = nn.Linear(config.dim, config.ffn_dim, bias=False)  # gate
         self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)  # down
         self.w3 = nn.Linear(config.dim, config.ffn_dim, bias=False)  # up
+        self.w13: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # SwiGLU
+        gate, up = (self.w1(x), self.w3(x)) if self.w13 is None else self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)  # SwiGLU
 
 
 class TransformerBlock(nn.Module):
@@ -94,8 +111,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, start_pos)
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor, start_pos: int) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), rotations, start_pos)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -117,17 +134,17 @@ class Llama(nn.Module):
             layer.attention.kv_cache = KVCache(batch_size, self.config.n_kv_heads, max_len, self.config.head_dim,
                                                weight.dtype, weight.device)
         freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs).to(weight.device)
-        self.register_buffer("rope_cos", angles.cos(), persistent=False)  # (max_len, head_dim / 2)
-        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)  # (max_len, head_dim / 2)
+        rotations = torch.polar(torch.ones_like(angles), angles).to(weight.device)  # complex64
+        self.register_buffer("rope_rotations", rotations, persistent=False)
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
         """tokens: (B, T) at positions start_pos.. -> logits (B, T, vocab), or (B, 1, vocab) with last_only."""
         T = tokens.size(1)
-        cos = self.rope_cos[start_pos:start_pos + T]
-        sin = self.rope_sin[start_pos:start_pos + T]
+        rotations = self.rope_rotations[start_pos:start_pos + T]
         x = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
-            x = layer(x, cos, sin, start_pos)
+            x = layer(x, rotations, start_pos)
         x = self.norm(x[:, -1:] if last_only else x)
-        return F.linear(x, self.tok_embeddings.weight) if self.output is None else self.output(x)  # (B, T, vocab)
+        logits = F.linear(x, self.tok_embeddings.weight) if self.output is None else self.output(x)
+        return logits.float()  # (B, T, vocab)

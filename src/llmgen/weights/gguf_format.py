@@ -1,7 +1,10 @@
 """GGUF (llama.cpp's format): LLaMA-architecture config, weights and tokenizer from one file.
 
-Quantized tensors (Q8_0, Q4_0, Q4_1, ...) are dequantized to float32 at load with the `gguf` package. GGUF lists shapes innermost-first, the reverse of torch, and llama.cpp's converter
-already stores q/k rows in Meta's interleaved RoPE order, which is ours, so no permutation is needed.
+Quantized tensors are dequantized to float32 at load (torch code for the common block types, the `gguf`
+package for the rest), except that Q4_0/Q4_1 matrices can be kept in 4 bits: their blocks become
+Int4Groups for the int4 kernel (quantize.py) with no float32 detour. GGUF lists shapes innermost-first,
+the reverse of torch, and llama.cpp's converter already stores q/k rows in Meta's interleaved RoPE order,
+which is ours, so no permutation is needed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from llmgen.config import LlamaConfig
 from llmgen.errors import LLMGenError
+from llmgen.quantize import Int4Groups
 from llmgen.tokenizers import GPT2_PATTERN, LLAMA3_PATTERN, Tokenizer, encoding_from_vocab
 
 # GGUF tensor names -> ours (Meta's), `{}` for the layer number.
@@ -51,6 +55,7 @@ STOP_TOKEN_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|
 # GGUF metadata value types (ggml/docs/gguf.md): fixed-size scalars by struct format; 8 string; 9 array.
 SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
+LENGTH = struct.Struct("<Q")  # string lengths and counts
 MAX_DIMS = 4
 
 
@@ -100,6 +105,20 @@ class GGUFFile:
         self._pos += n
         return text
 
+    def _read_strings(self, count: int) -> list[str]:
+        # The vocabulary and merges: ~100k strings, so the loop is kept tight.
+        data, pos, end, unpack = self._map, self._pos, len(self._map), LENGTH.unpack_from
+        strings = []
+        for _ in range(count):
+            (n,) = unpack(data, pos)
+            pos += 8
+            if pos + n > end:
+                raise ValueError(f"a string of {n} bytes runs past the end of the file")
+            strings.append(data[pos:pos + n].decode("utf-8"))
+            pos += n
+        self._pos = pos
+        return strings
+
     def _read_value(self, kind: int):
         if kind in SCALAR_FORMATS:
             return self._read(SCALAR_FORMATS[kind])
@@ -117,6 +136,8 @@ class GGUFFile:
                 values = list(struct.unpack_from(f"<{count}{fmt[1]}", self._map, self._pos))
                 self._pos += size
                 return values
+            if item_kind == STRING:
+                return self._read_strings(count)
             return [self._read_value(item_kind) for _ in range(count)]
         raise ValueError(f"unknown metadata value type {kind}")
 
@@ -179,19 +200,36 @@ class GGUFFile:
         skip = {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.scores"}
         return {k: v for k, v in self.fields.items() if k not in skip}
 
+    def _raw(self, t: GGUFTensor) -> torch.Tensor:
+        # A copy of the stored bytes: the map is read-only, and torch wants writable memory.
+        return torch.from_numpy(np.frombuffer(self._map, dtype=np.uint8, count=t.n_bytes, offset=t.offset).copy())
+
+    def int4_groups(self, index: int) -> Int4Groups | None:
+        """A Q4_0/Q4_1 matrix as 4-bit groups, exactly as stored; None for any other tensor."""
+        t = self.tensors[index]
+        kind = t.tensor_type.name
+        if kind not in ("Q4_0", "Q4_1") or len(t.shape) != 2:
+            return None
+        out_features, in_features = int(t.shape[1]), int(t.shape[0])
+        blocks = self._raw(t).view(-1, 18 if kind == "Q4_0" else 20)
+        scale = _f16(blocks, 0).view(out_features, -1)  # (out, in // 32)
+        # Q4_0 stores (q - 8) * scale; Q4_1 stores q * scale + minimum.
+        minimum = -8 * scale if kind == "Q4_0" else _f16(blocks, 2).view(out_features, -1)
+        q = _nibbles(blocks[:, 2 if kind == "Q4_0" else 4:])  # (n_blocks, 32)
+        return Int4Groups(q.view(out_features, in_features), scale, minimum)
+
     def tensor(self, index: int) -> torch.Tensor:
         """One tensor dequantized to float32, in torch's shape order."""
         from gguf.quants import dequantize
 
         t = self.tensors[index]
         shape = [int(d) for d in reversed(t.shape)]
-        # A copy of the stored bytes: the map is read-only, and torch wants writable memory.
-        raw = np.frombuffer(self._map, dtype=np.uint8, count=t.n_bytes, offset=t.offset).copy()
+        raw = self._raw(t)
         kind = t.tensor_type.name
         if kind in TORCH_DEQUANTIZERS:
-            return TORCH_DEQUANTIZERS[kind](torch.from_numpy(raw)).reshape(shape)
+            return TORCH_DEQUANTIZERS[kind](raw).reshape(shape)
         try:
-            return torch.from_numpy(dequantize(raw.reshape(shape[:-1] + [-1]), t.tensor_type).astype(np.float32))
+            return torch.from_numpy(dequantize(raw.numpy().reshape(shape[:-1] + [-1]), t.tensor_type).astype(np.float32))
         except (NotImplementedError, ValueError) as e:
             raise LLMGenError(f"{self.path.name}: tensor {t.name} of type {kind} cannot be read: {e}") from None
 
@@ -204,7 +242,7 @@ def _f16(blocks: torch.Tensor, start: int) -> torch.Tensor:
 
 def _nibbles(packed: torch.Tensor) -> torch.Tensor:
     # Weight j of a block sits in the low nibble of byte j (j < 16), weight 16 + j in its high nibble.
-    return torch.cat((packed & 0x0F, packed >> 4), dim=1).float()  # (n_blocks, 32)
+    return torch.cat((packed & 0x0F, packed >> 4), dim=1)  # (n_blocks, 32) uint8
 
 
 def _q8_0(raw: torch.Tensor) -> torch.Tensor:
@@ -214,12 +252,12 @@ def _q8_0(raw: torch.Tensor) -> torch.Tensor:
 
 def _q4_0(raw: torch.Tensor) -> torch.Tensor:
     blocks = raw.view(-1, 18)  # f16 scale, 16 bytes of 4-bit weights offset by 8
-    return _f16(blocks, 0) * (_nibbles(blocks[:, 2:]) - 8)
+    return _f16(blocks, 0) * (_nibbles(blocks[:, 2:]).float() - 8)
 
 
 def _q4_1(raw: torch.Tensor) -> torch.Tensor:
     blocks = raw.view(-1, 20)  # f16 scale, f16 minimum, 16 bytes of 4-bit weights
-    return _f16(blocks, 0) * _nibbles(blocks[:, 4:]) + _f16(blocks, 2)
+    return _f16(blocks, 0) * _nibbles(blocks[:, 4:]).float() + _f16(blocks, 2)
 
 
 TORCH_DEQUANTIZERS = {
@@ -232,7 +270,9 @@ TORCH_DEQUANTIZERS = {
 }
 
 
-def read_llama_gguf(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], GGUFFile]:
+def read_llama_gguf(path: Path, keep_int4: bool = False
+                    ) -> tuple[LlamaConfig, dict[str, torch.Tensor | Int4Groups], GGUFFile]:
+    """Config, tensors by GGUF name (Q4_0/Q4_1 matrices as Int4Groups with keep_int4), and the open file."""
     gguf_file = GGUFFile(path)
     arch = gguf_file.require("general.architecture")
     if arch != "llama":
@@ -256,7 +296,10 @@ def read_llama_gguf(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], G
     )
     if config.vocab_size <= 0:
         raise LLMGenError(f"{gguf_file.path.name}: GGUF metadata gives no vocabulary size")
-    state = {name: gguf_file.tensor(i) for i, name in enumerate(names)}
+    state = {}
+    for i, name in enumerate(names):
+        groups = gguf_file.int4_groups(i) if keep_int4 else None
+        state[name] = groups if groups is not None else gguf_file.tensor(i)
     return config, state, gguf_file
 
 

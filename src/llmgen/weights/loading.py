@@ -17,7 +17,7 @@ import torch
 from llmgen.config import GPT2Config, LlamaConfig, ModelConfig
 from llmgen.errors import LLMGenError
 from llmgen.models import build_model
-from llmgen.quantize import QUANTIZATIONS, quantize_int8
+from llmgen.quantize import QUANTIZATIONS, Int4Groups, quantize_model
 from llmgen.tokenizers import Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
 from llmgen.weights import maps
 from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_tokenizer, read_llama_gguf
@@ -69,29 +69,49 @@ def detect_layout(path: Path) -> Layout:
 
 
 def load_weights(path: Path, *, device: str = "cpu", dtype: str = "auto") -> tuple[torch.nn.Module, Layout]:
-    """The model module with its checkpoint's weights, in eval mode on `device`."""
+    """The model module with its checkpoint's weights (all dequantized), in eval mode on `device`."""
+    model, layout, _ = _load_weights(path, device, dtype, keep_int4=False)
+    return model, layout
+
+
+def _load_weights(path: Path, device: str, dtype: str, keep_int4: bool
+                  ) -> tuple[torch.nn.Module, Layout, dict[str, Int4Groups]]:
+    """With keep_int4, a GGUF file's 4-bit matrices come back as Int4Groups by parameter name, and their
+    linear layers stay empty (on the meta device) for quantize_model to fill."""
     layout = detect_layout(Path(path))
     if layout.kind == "meta":
         config, state = _read_meta(layout.directory)
     elif layout.kind == "gguf":
-        config, state, layout.gguf_file = read_llama_gguf(layout.directory)
+        config, state, layout.gguf_file = read_llama_gguf(layout.directory, keep_int4=keep_int4)
         state = _rename(state, GGUF_LLAMA)
     else:
         config, state = _read_hf(layout.directory)
+    int4_groups = {name: value for name, value in state.items() if isinstance(value, Int4Groups)}
     model = _assign(config, state)
-    stored = next(model.parameters()).dtype
-    return model.to(device=device, dtype=_resolve_dtype(dtype, stored, device)).eval(), layout
+    stored = next(p for p in model.parameters() if not p.is_meta).dtype
+    model.to(dtype=_resolve_dtype(dtype, stored, device))
+    if not int4_groups:
+        model.to(device=device)
+    return model.eval(), layout, int4_groups
 
 
-def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize: str = "none",
+def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize: str = "auto",
                tokenizer_path: Path | None = None) -> LoadedModel:
-    """Weights (optionally quantized, see quantize.py) and the tokenizer that goes with them."""
+    """Weights (quantized as asked, see quantize.py) and the tokenizer that goes with them.
+
+    quantize "auto" keeps a GGUF file's 4-bit weights in 4 bits on a CPU, and everything else as stored.
+    """
     if quantize not in QUANTIZATIONS:
         raise LLMGenError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
+    on_cpu = not str(device).startswith("cuda")
+    if quantize in ("int8", "int4") and not on_cpu:
+        raise LLMGenError(f"--quantize {quantize} uses PyTorch's CPU kernels; use it with --device cpu")
     started = time.perf_counter()
-    model, layout = load_weights(path, device=device, dtype=dtype)
-    if quantize == "int8":
-        quantize_int8(model)
+    model, layout, int4_groups = _load_weights(path, device, dtype, keep_int4=on_cpu and quantize in ("auto", "int4"))
+    if quantize == "auto":
+        quantize = "int4" if int4_groups else "none"
+    if quantize != "none":
+        quantize_model(model, quantize, int4_groups)
     config = model.config
     tokenizer = tokenizer_from_path(tokenizer_path) if tokenizer_path else _tokenizer_for(layout, config)
     if tokenizer.n_vocab > config.vocab_size:
@@ -208,7 +228,8 @@ def _unpermute_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 # --- into the module ---------------------------------------------------------------------------------
 
-def _assign(config: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+def _assign(config: ModelConfig, state: dict[str, torch.Tensor | Int4Groups]) -> torch.nn.Module:
+    """Check names and shapes against the config, then assign; Int4Groups stay out (see load_weights)."""
     with torch.device("meta"):
         model = build_model(config)
     expected = model.state_dict()
@@ -222,7 +243,8 @@ def _assign(config: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Mod
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise LLMGenError(f"tensor {name!r} has shape {list(tensor.shape)}, but the config implies "
                               f"{list(expected[name].shape)}")
-    model.load_state_dict(state, strict=True, assign=True)
+    tensors = {name: t for name, t in state.items() if isinstance(t, torch.Tensor)}
+    model.load_state_dict(tensors, strict=len(tensors) == len(state), assign=True)
     return model
 
 
