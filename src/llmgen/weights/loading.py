@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,7 +231,7 @@ def _unpermute_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def _assign(config: ModelConfig, state: dict[str, torch.Tensor | Int4Groups]) -> torch.nn.Module:
     """Check names and shapes against the config, then assign; Int4Groups stay out (see load_weights)."""
-    with torch.device("meta"):
+    with torch.device("meta"), _no_random_init():
         model = build_model(config)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -246,6 +247,22 @@ def _assign(config: ModelConfig, state: dict[str, torch.Tensor | Int4Groups]) ->
     tensors = {name: t for name, t in state.items() if isinstance(t, torch.Tensor)}
     model.load_state_dict(tensors, strict=len(tensors) == len(state), assign=True)
     return model
+
+
+@contextmanager
+def _no_random_init():
+    """Build modules without their random initialisation: every weight comes from the checkpoint, and on
+    the meta device nn.Embedding's normal_ goes through a decomposition that imports torch._dynamo
+    (about 2 s, most of a small model's load time)."""
+    classes = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)
+    saved = [cls.reset_parameters for cls in classes]
+    for cls in classes:
+        cls.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        for cls, method in zip(classes, saved):
+            cls.reset_parameters = method
 
 
 def _tokenizer_for(layout: Layout, config: ModelConfig) -> Tokenizer:
