@@ -1,11 +1,11 @@
-"""llmgen (float32 and weight-only int8) vs Hugging Face transformers on the same GPT-2-124M-shaped
+"""llmgen (float32, weight-only int8 and int4) vs Hugging Face transformers on the same GPT-2-124M-shaped
 random weights, side by side.
 
     python benchmarks/generate_gpt2.py [--rounds 3] [--prompt-tokens 128] [--new-tokens 128]
 
 Each measurement runs in a fresh process (so peak RSS is that engine's own), engines alternate within
 each round (so drift in machine load hits both alike), and the table reports medians and ratios to
-llmgen. Greedy decoding; both use torch's default thread count.
+llmgen (float32). Greedy decoding; both use torch's default thread count (the machine's cores).
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from common import print_table, run_interleaved
+
 OUT = Path(__file__).parent / "out"
-ENGINES = ("llmgen", "llmgen int8", "transformers")
+QUANTIZE = {"llmgen": "auto", "llmgen int8": "int8", "llmgen int4": "int4"}  # auto: float32 as stored
+ENGINES = ("llmgen", "llmgen int8", "llmgen int4", "transformers")
 
 
 def make_weights(directory: Path) -> Path:
@@ -41,38 +41,34 @@ def worker(engine: str, directory: Path, prompt_tokens: int, new_tokens: int) ->
     started = time.perf_counter()
     if engine.startswith("llmgen"):
         from llmgen.generation import SamplingSettings, generate_ids
-        from llmgen.quantize import quantize_int8
-        from llmgen.weights.loading import load_weights
+        from llmgen.weights.loading import load_model
 
-        model, _ = load_weights(directory)
-        if engine == "llmgen int8":
-            quantize_int8(model)
+        model = load_model(directory, quantize=QUANTIZE[engine]).model
         loaded = time.perf_counter()
-        stamps = []
+        stamps = [loaded]
         for _ in generate_ids(model, prompt, SamplingSettings(max_new_tokens=new_tokens, temperature=0)):
             stamps.append(time.perf_counter())
-        first, last = stamps[0], stamps[-1]
-        prefill_s = first - loaded
     else:
         from transformers import GPT2LMHeadModel
 
         model = GPT2LMHeadModel.from_pretrained(directory, dtype=torch.float32).eval()
         loaded = time.perf_counter()
-        ids = torch.tensor([prompt])
-        kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
-            first = time.perf_counter()
-            prefill_s = first - t0
-            t1 = time.perf_counter()
-            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-            last = time.perf_counter()
-            first = t1 + prefill_s  # decode time = full run minus its prefill
+        stamps = [loaded]
+        with torch.inference_mode():  # the same greedy loop with transformers' own KV cache
+            out = model(torch.tensor([prompt]), use_cache=True)
+            past, token = out.past_key_values, out.logits[0, -1].argmax()
+            stamps.append(time.perf_counter())
+            for _ in range(new_tokens - 1):
+                out = model(token.view(1, 1), past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[0, -1].argmax()
+                int(token)
+                stamps.append(time.perf_counter())
+    first = stamps[1] - stamps[0]
     return {
         "load_s": loaded - started,
-        "prefill_tok_s": prompt_tokens / prefill_s,
-        "decode_tok_s": (new_tokens - 1) / (last - first),
+        "prefill_tok_s": prompt_tokens / first,
+        "ttft_s": first,
+        "decode_tok_s": (len(stamps) - 2) / (stamps[-1] - stamps[1]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -85,38 +81,15 @@ def main() -> None:
     parser.add_argument("--worker", choices=ENGINES)
     parser.add_argument("--dir", type=Path, default=OUT / "gpt2-124m-random")
     args = parser.parse_args()
+    sizes = ["--dir", str(args.dir), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)]
     if args.worker:
         print(json.dumps(worker(args.worker, args.dir, args.prompt_tokens, args.new_tokens)))
         return
-
     make_weights(args.dir)
-    results: dict[str, list[dict]] = {e: [] for e in ENGINES}
-    for _ in range(args.rounds):
-        for engine in ENGINES:
-            done = subprocess.run(
-                [sys.executable, __file__, "--worker", engine, "--dir", str(args.dir),
-                 "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)],
-                capture_output=True, text=True, check=True,
-            )
-            results[engine].append(json.loads(done.stdout.strip().splitlines()[-1]))
-
-    metrics = [("load_s", "load s", False), ("prefill_tok_s", "prefill tok/s", True),
-               ("decode_tok_s", "decode tok/s", True), ("peak_rss_mb", "peak RSS MB", False)]
-    median = {e: {k: statistics.median(r[k] for r in results[e]) for k, _, _ in metrics} for e in ENGINES}
-    print(f"GPT-2-124M-shaped random weights, fp32, greedy, prompt {args.prompt_tokens} tokens, "
+    medians = run_interleaved(__file__, list(ENGINES), sizes, args.rounds)
+    print(f"GPT-2-124M-shaped random weights (float32 safetensors), greedy, prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, median of {args.rounds} interleaved rounds\n")
-    print("| engine | " + " | ".join(label for _, label, _ in metrics) + " |")
-    print("|---|" + "---|" * len(metrics))
-    for engine in ENGINES:
-        cells = []
-        for key, _, _ in metrics:
-            value, ours = median[engine][key], median["llmgen"][key]
-            ratio = "" if engine == "llmgen" else f" ({value / ours:.2f}x)"
-            cells.append(f"{value:.1f}{ratio}" if key != "load_s" else f"{value:.2f}{ratio}")
-        print(f"| {engine} | " + " | ".join(cells) + " |")
-    print("\nRatios are the engine's value over llmgen's (float32). Decode against transformers: llmgen "
-          f"{median['llmgen']['decode_tok_s'] / median['transformers']['decode_tok_s']:.2f}x, llmgen int8 "
-          f"{median['llmgen int8']['decode_tok_s'] / median['transformers']['decode_tok_s']:.2f}x.")
+    print_table(medians)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,27 @@ def test_kv_cache_decode_equals_full_recomputation(llama):
     torch.testing.assert_close(torch.stack(steps), expected[8:], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("quantize", ["none", "int8", "int4"])
+@pytest.mark.parametrize("make", [hf_llama, hf_gpt2])
+def test_decode_step_equals_forward(tmp_path, make, quantize):
+    """decode_step, the flat one-token path generation uses, computes what forward computes."""
+    from llmgen.quantize import quantize_model
+
+    model, _ = load_weights(save_hf(make(), tmp_path))
+    if quantize != "none":
+        quantize_model(model, quantize)
+    ids = torch.randint(0, 1000, (14,), generator=torch.Generator().manual_seed(6)).tolist()
+    model.setup_cache(1, len(ids))
+    with torch.inference_mode():
+        model(torch.tensor([ids[:6]]), 0)
+        expected = [model(torch.tensor([[t]]), pos, last_only=True)[0, -1] for pos, t in enumerate(ids[6:], start=6)]
+        model.setup_cache(1, len(ids))
+        model(torch.tensor([ids[:6]]), 0)
+        got = [model.decode_step(t, pos) for pos, t in enumerate(ids[6:], start=6)]
+    assert got[0].shape == (1000,) and got[0].dtype == torch.float32
+    torch.testing.assert_close(torch.stack(got), torch.stack(expected), atol=1e-5, rtol=0)
+
+
 def test_chunked_prefill_after_cache_equals_full(llama):
     # A second multi-token chunk at start_pos > 0 uses the explicit causal mask.
     ids = torch.randint(0, 1000, (16,), generator=torch.Generator().manual_seed(4)).tolist()

@@ -77,7 +77,7 @@ def generate_ids(
         if next_id in stop_ids or step == settings.max_new_tokens - 1:
             return
         if pos < window:
-            logits = model(torch.tensor([[next_id]], device=device), pos, last_only=True)[:, -1]
+            logits = model.decode_step(next_id, pos)[None]  # (1, vocab)
             pos += 1
         else:
             logits = prefill_last_window()

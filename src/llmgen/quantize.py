@@ -16,7 +16,9 @@ The measured agreement with float32 is in tests/test_quantize.py and benchmarks/
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,17 @@ class Int8Linear(nn.Module):
             # Prefill is compute-bound; the int8 kernel is slow there, so dequantize for the dense GEMM.
             y = F.linear(x, self.weight.to(x.dtype) * self.scales.to(x.dtype)[:, None])
         return y if self.bias is None else y + self.bias
+
+    def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """(1, in) -> (1, out) for one-token decode steps, with the attribute lookups done once."""
+        weight, scales, bias = self.weight, self.scales, self.bias
+        int8_mm = torch._weight_int8pack_mm
+
+        def matmul(x: torch.Tensor) -> torch.Tensor:
+            y = int8_mm(x.to(torch.bfloat16), weight, scales)
+            return y if bias is None else y + bias
+
+        return matmul
 
 
 @dataclass
@@ -85,6 +98,14 @@ class Int4Groups:
         return self.q.float() * scale + self.minimum.repeat_interleave(INT4_GROUP, dim=1)  # (out, in)
 
 
+def linear_function(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Any linear layer here as a plain function of a (1, in) input, for decode steps: an nn.Module
+    attribute lookup costs about a microsecond, and a step makes hundreds of them otherwise."""
+    if isinstance(module, nn.Linear):
+        return partial(F.linear, weight=module.weight, bias=module.bias)
+    return module.as_function()
+
+
 def int4_fits(weight_shape: tuple[int, ...]) -> bool:
     """The int4 kernel needs whole groups along the input."""
     return len(weight_shape) == 2 and weight_shape[1] % INT4_GROUP == 0
@@ -114,6 +135,19 @@ class Int4Linear(nn.Module):
             y = y[:, :self.out_features]
         y = y.view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
+
+    def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """(1, in) -> (1, out) bfloat16 for one-token decode steps, with the attribute lookups done once."""
+        packed, scales_and_zeros, bias, out_features = self.packed, self.scales_and_zeros, self.bias, self.out_features
+        padded = packed.size(0) != out_features
+        int4_mm = torch._weight_int4pack_mm_for_cpu
+
+        def matmul(x: torch.Tensor) -> torch.Tensor:
+            y = int4_mm(x.to(torch.bfloat16), packed, INT4_GROUP, scales_and_zeros)
+            y = y[:, :out_features] if padded else y
+            return y if bias is None else y + bias
+
+        return matmul
 
 
 def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Groups] | None = None) -> nn.Module:

@@ -80,3 +80,7 @@ class GPT2(nn.Module):
         x = self.ln_f(x[:, -1:] if last_only else x)
         logits = F.linear(x, self.wte.weight) if self.output is None else self.output(x)
         return logits.float()  # (B, T, vocab)
+
+    def decode_step(self, token: int, pos: int) -> torch.Tensor:
+        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits."""
+        return self(torch.tensor([[token]], device=self.wte.weight.device), pos, last_only=True)[0, -1]
