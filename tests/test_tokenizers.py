@@ -177,3 +177,29 @@ def test_missing_ranks_and_no_network_says_how_to_get_them(tmp_path, monkeypatch
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
     with pytest.raises(LLMGenError, match="python -m llmgen.assets fetch r50k_base"):
         get_tokenizer("gpt2")
+
+
+@pytest.mark.parametrize("name", ["cl100k_base", "r50k_base"])
+def test_binary_ranks_cache_gives_tiktokens_encoding(tmp_path, monkeypatch, name):
+    """llmgen's fast load (a binary copy of the ranks) builds the same encoding tiktoken builds."""
+    import tiktoken
+
+    from llmgen import tokenizers
+
+    monkeypatch.setattr(tokenizers, "binary_ranks_path", lambda name: tmp_path / "ranks" / f"{name}.bin")
+    texts = ["hello world!", "武汉 🎉 <|endoftext|> 'll 12345\n\n  x", "def f(a, b):\n    return a+b  # ok"]
+    reference = tiktoken.get_encoding(name)
+    for attempt in ("builds the cache", "reads the cache"):
+        ours = tokenizers._tiktoken_encoding(name)
+        assert (tmp_path / "ranks" / f"{name}.bin").is_file(), attempt
+        assert ours.n_vocab == reference.n_vocab and ours.special_tokens_set == reference.special_tokens_set
+        for text in texts:
+            assert ours.encode(text, allowed_special="all") == reference.encode(text, allowed_special="all")
+    # A damaged cache is rebuilt, not trusted.
+    path = tmp_path / "ranks" / f"{name}.bin"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert tokenizers._read_binary_ranks(path, assets.ASSETS[name].sha256) is None
+    assert tokenizers._tiktoken_encoding(name).encode("hello world!") == reference.encode("hello world!")
+    assert tokenizers._read_binary_ranks(path, assets.ASSETS[name].sha256) is not None
