@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-test assets demo test bench
+.PHONY: install install-test assets demo test bench bench-peers
 
 # torch first, pinned: a looser spec with no torch installed pulls several GB of CUDA wheels.
 # espeak-ng is the speech engine pyttsx3 drives on Linux (`--speak`, `--speak-to`).
@@ -27,6 +27,10 @@ demo: install
 test: install-test
 	$(PYTHON) -m pytest -q
 
-bench: install-test
-	$(PYTHON) benchmarks/startup.py
-	$(PYTHON) benchmarks/generate_gpt2.py
+# The peers llmgen is measured against: transformers (test extras) and llama.cpp through
+# llama-cpp-python, which compiles llama.cpp from source (10+ minutes on 2 cores, once).
+bench-peers: install-test
+	$(PYTHON) -c "import llama_cpp" 2>/dev/null || $(PIP) install --quiet llama-cpp-python==0.3.36
+
+bench: bench-peers
+	$(PYTHON) benchmarks/run.py
