@@ -7,7 +7,7 @@ from torch import nn
 from checkpoints import hf_gpt2, hf_llama, save_hf
 from llmgen import assets
 from llmgen.generation import SamplingSettings, generate_ids
-from llmgen.quantize import Int4Groups, Int4Linear, Int8Linear, quantize_model
+from llmgen.quantize import Int4Groups, Int4Head, Int4Linear, Int8Linear, quantize_model
 from llmgen.weights.loading import load_model, load_weights
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is the "
@@ -55,6 +55,21 @@ def test_int4_linear_matches_its_dequantized_weights(out_features):
     assert batch.shape == (5, out_features)
     torch.testing.assert_close(batch.float(), expected, atol=0.02, rtol=0.01)  # bfloat16 output
     torch.testing.assert_close(rows.float(), batch.float(), atol=0.02, rtol=0.01)
+
+
+def test_int4_head_is_exact_to_8_bits_on_its_top_rows():
+    torch.manual_seed(0)
+    weight = torch.randn(500, 64)
+    head, fine = Int4Head(weight, top=16), Int8Linear(weight)
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        got, coarse = head(x), head.coarse(x).float()
+        exact = x @ (fine.weight.float() * fine.scales.float()[:, None]).T
+    top = coarse.topk(16, dim=-1).indices
+    torch.testing.assert_close(got.gather(-1, top), exact.gather(-1, top), atol=1e-4, rtol=1e-4)
+    assert torch.equal(got.argmax(-1), exact.argmax(-1))
+    rest = torch.ones_like(got, dtype=torch.bool).scatter_(-1, top, False)
+    assert torch.equal(got[rest], coarse[rest])  # everything else keeps its 4-bit logit
 
 
 def on_int4_grid(model: nn.Module) -> nn.Module:
@@ -109,7 +124,7 @@ def test_auto_keeps_the_gguf_4bit_weights(smollm2_models):
     model = smollm2_models["auto"].model
     assert isinstance(model.layers[0].attention.wqkv, Int4Linear)
     assert isinstance(model.layers[0].feed_forward.w13, Int4Linear)
-    assert model.layers[0].attention.wq is None and isinstance(model.output, Int8Linear)  # see quantize.py
+    assert model.layers[0].attention.wq is None and isinstance(model.output, Int4Head)  # see quantize.py
 
 
 @pytest.mark.parametrize("kind", ["int8", "auto"])
