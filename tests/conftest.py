@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,13 @@ import pytest
 from llmgen import assets
 
 LLMGEN = shutil.which("llmgen", path=str(Path(sys.executable).parent)) or shutil.which("llmgen")
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child that a test will Ctrl-C: SIGINT as from a terminal. A test runner started
+    in the background (`pytest &`) passes SIGINT on ignored, and Python keeps ignoring it, as a background
+    job should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_llmgen(*args, input=None, env=None, timeout=120):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from checkpoints import hf_gpt2, hf_llama, save_hf, save_meta
-from conftest import LLMGEN, assert_one_line_error, run_llmgen
+from conftest import LLMGEN, assert_one_line_error, default_sigint, run_llmgen
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,8 @@ def test_stop_string(llama3_dir):
 
 def test_ctrl_c_keeps_output_and_exits_130(gpt2_dir):
     process = subprocess.Popen([LLMGEN, "generate", "hi", "-n", "100000", "-m", gpt2_dir, "--seed", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                               preexec_fn=default_sigint)
     first = process.stdout.read(1)  # generation has started
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)

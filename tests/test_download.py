@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import LLMGEN, assert_one_line_error, run_llmgen
+from conftest import LLMGEN, assert_one_line_error, default_sigint, run_llmgen
 from hub_server import HubServer, Repo
 
 TOKEN = "hf_test_token_that_must_never_be_printed"
@@ -135,7 +135,7 @@ def test_interrupted_then_resumed(hub, tmp_path):
     hub.bytes_per_second["original/consolidated.00.pth"] = 6 * 1024 * 1024  # 4 s for the whole file
     env = {**os.environ, **env_for(hub, tmp_path, HF_TOKEN=TOKEN)}
     process = subprocess.Popen([LLMGEN, "download", "llama-3-8B"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=default_sigint)
     blobs = tmp_path / "hf" / "hub" / "models--meta-llama--Meta-Llama-3-8B" / "blobs"
     deadline = time.time() + 30
     while time.time() < deadline:
