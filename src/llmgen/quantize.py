@@ -98,32 +98,6 @@ class Int4Groups:
         return self.q.float() * scale + self.minimum.repeat_interleave(INT4_GROUP, dim=1)  # (out, in)
 
 
-class Int4Head(nn.Module):
-    """The output head: logits for the whole vocabulary from 4-bit weights, then the `top` largest
-    recomputed from 8-bit rows.
-
-    The head picks the token. Plain 4 bits cost SmolLM2 8 points of top-1 agreement with float32 and
-    9% perplexity; 8 bits cost nothing but read twice the bytes (a fifth of a decode step). Recomputing
-    the top 64 keeps the candidates exact to 8 bits (100% agreement, perplexity within 1%; see
-    tests/test_quantize.py) for 4 bits a weight plus 64 rows.
-    """
-
-    def __init__(self, weight: torch.Tensor, top: int = 64):
-        super().__init__()
-        self.coarse = Int4Linear(Int4Groups.from_float(weight))
-        fine = Int8Linear(weight)
-        self.register_buffer("fine_rows", fine.weight)  # (vocab, in) int8
-        self.register_buffer("fine_scales", fine.scales.float())  # (vocab,)
-        self.top = min(top, weight.shape[0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.coarse(x).float()  # (..., vocab)
-        top = logits.topk(self.top, dim=-1).indices  # (..., top)
-        rows = self.fine_rows[top].float() * self.fine_scales[top][..., None]  # (..., top, in)
-        exact = (rows @ x.float()[..., :, None])[..., 0]  # (..., top)
-        return logits.scatter_(-1, top, exact)
-
-
 def linear_function(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """Any linear layer here as a plain function of a (1, in) input, for decode steps: an nn.Module
     attribute lookup costs about a microsecond, and a step makes hundreds of them otherwise."""
@@ -176,6 +150,32 @@ class Int4Linear(nn.Module):
         return matmul
 
 
+class Int4Head(nn.Module):
+    """The output head: logits for the whole vocabulary from 4-bit weights, then the `top` largest
+    recomputed from 8-bit rows.
+
+    The head picks the token. Plain 4 bits cost SmolLM2 8 points of top-1 agreement with float32 and
+    9% perplexity; 8 bits cost nothing but read twice the bytes (a fifth of a decode step). Recomputing
+    the top 64 keeps the candidates exact to 8 bits (100% agreement, perplexity within 1%; see
+    tests/test_quantize.py) for 4 bits a weight plus 64 rows.
+    """
+
+    def __init__(self, weight: torch.Tensor, top: int = 64):
+        super().__init__()
+        self.coarse = Int4Linear(Int4Groups.from_float(weight))
+        fine = Int8Linear(weight)
+        self.register_buffer("fine_rows", fine.weight)  # (vocab, in) int8
+        self.register_buffer("fine_scales", fine.scales.float())  # (vocab,)
+        self.top = min(top, weight.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.coarse(x).float()  # (..., vocab)
+        top = logits.topk(self.top, dim=-1).indices  # (..., top)
+        rows = self.fine_rows[top].float() * self.fine_scales[top][..., None]  # (..., top, in)
+        exact = (rows @ x.float()[..., :, None])[..., 0]  # (..., top)
+        return logits.scatter_(-1, top, exact)
+
+
 def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Groups] | None = None) -> nn.Module:
     """Swap linear layers for quantized ones in place (`kind` is "int8" or "int4").
 
@@ -216,7 +216,3 @@ def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Group
     if int4_groups:
         raise ValueError(f"4-bit weights left without a linear layer: {sorted(int4_groups)[:3]}")
     return model
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    return quantize_model(model, "int8")
