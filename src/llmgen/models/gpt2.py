@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from llmgen.config import GPT2Config
 from llmgen.models.kv_cache import KVCache, causal_attention
+from llmgen.quantize import linear_function
 
 
 class CausalSelfAttention(nn.Module):
@@ -61,6 +66,7 @@ class GPT2(nn.Module):
         self.ln_f = nn.LayerNorm(config.dim, eps=config.norm_eps)
         # The head is tied to wte; quantization may give it its own module (see quantize.py).
         self.output: nn.Module | None = None
+        self._decode_plan: list[DecodeBlock] | None = None
 
     def setup_cache(self, batch_size: int, max_len: int) -> None:
         """Preallocate the KV cache for up to max_len positions (at most the context length)."""
@@ -69,6 +75,7 @@ class GPT2(nn.Module):
         for block in self.h:
             block.attn.kv_cache = KVCache(batch_size, self.config.n_heads, max_len, self.config.head_dim,
                                           weight.dtype, weight.device)
+        self._decode_plan = None  # built on the first decode_step
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
         """tokens: (B, T) at positions start_pos.. -> logits (B, T, vocab), or (B, 1, vocab) with last_only."""
@@ -82,5 +89,50 @@ class GPT2(nn.Module):
         return logits.float()  # (B, T, vocab)
 
     def decode_step(self, token: int, pos: int) -> torch.Tensor:
-        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits."""
-        return self(torch.tensor([[token]], device=self.wte.weight.device), pos, last_only=True)[0, -1]
+        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits.
+
+        The same math as forward() for B = T = 1, written flat over a plan of plain functions (see
+        Llama.decode_step for why); tests hold the two equal.
+        """
+        if self._decode_plan is None:
+            self._decode_plan = [DecodeBlock.of(block) for block in self.h]
+        n_heads, head_dim = self.config.n_heads, self.config.head_dim
+        x = (self.wte.weight[token] + self.wpe.weight[pos])[None]  # (1, dim)
+        for block in self._decode_plan:
+            qkv = block.qkv(block.ln_1(x)).to(block.k_cache.dtype)  # (1, 3 dim)
+            q, k, v = qkv.view(3, n_heads, head_dim)
+            block.k_cache[0, :, pos] = k
+            block.v_cache[0, :, pos] = v
+            y = F.scaled_dot_product_attention(q[None, :, None], block.k_cache[:, :, :pos + 1],
+                                               block.v_cache[:, :, :pos + 1])  # (1, n_heads, 1, head_dim)
+            x = x + block.attention_proj(y.view(1, n_heads * head_dim))
+            x = x + block.mlp_proj(F.gelu(block.fc(block.ln_2(x)), approximate="tanh"))
+        x = self.ln_f(x)
+        logits = F.linear(x, self.wte.weight) if self.output is None else self.output(x)
+        return logits[0].float()  # (vocab,)
+
+
+@dataclass(slots=True)
+class DecodeBlock:
+    """What a decode step needs of one Block, looked up once per setup_cache: plain functions of
+    (1, features) inputs and the cache tensors."""
+
+    ln_1: Callable[[torch.Tensor], torch.Tensor]
+    qkv: Callable[[torch.Tensor], torch.Tensor]
+    attention_proj: Callable[[torch.Tensor], torch.Tensor]
+    ln_2: Callable[[torch.Tensor], torch.Tensor]
+    fc: Callable[[torch.Tensor], torch.Tensor]
+    mlp_proj: Callable[[torch.Tensor], torch.Tensor]
+    k_cache: torch.Tensor  # (1, n_heads, max_len, head_dim)
+    v_cache: torch.Tensor
+
+    @classmethod
+    def of(cls, block: Block) -> DecodeBlock:
+        def layer_norm(norm: nn.LayerNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+            return partial(F.layer_norm, normalized_shape=norm.normalized_shape, weight=norm.weight,
+                           bias=norm.bias, eps=norm.eps)
+
+        attention, mlp = block.attn, block.mlp
+        return cls(layer_norm(block.ln_1), linear_function(attention.c_attn), linear_function(attention.c_proj),
+                   layer_norm(block.ln_2), linear_function(mlp.c_fc), linear_function(mlp.c_proj),
+                   attention.kv_cache.k, attention.kv_cache.v)
