@@ -3,12 +3,53 @@
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import subprocess
 import sys
+import time
 
 METRICS = [("load_s", "load s"), ("prefill_tok_s", "prompt tok/s"), ("ttft_s", "first token s"),
            ("decode_tok_s", "decode tok/s"), ("peak_rss_mb", "peak RSS MB")]
+
+
+def llmgen_greedy(model, prompt: list[int], new_tokens: int) -> list[float]:
+    """Greedy generation with llmgen; the start time, then the time each token arrived."""
+    from llmgen.generation import SamplingSettings, generate_ids
+
+    stamps = [time.perf_counter()]
+    for _ in generate_ids(model, prompt, SamplingSettings(max_new_tokens=new_tokens, temperature=0)):
+        stamps.append(time.perf_counter())
+    return stamps
+
+
+def transformers_greedy(model, prompt: list[int], new_tokens: int) -> list[float]:
+    """The same greedy loop with a transformers model and its own KV cache; stamps as llmgen_greedy."""
+    import torch
+
+    stamps = [time.perf_counter()]
+    with torch.inference_mode():
+        out = model(torch.tensor([prompt]), use_cache=True)
+        past, token = out.past_key_values, out.logits[0, -1].argmax()
+        stamps.append(time.perf_counter())
+        for _ in range(new_tokens - 1):
+            out = model(token.view(1, 1), past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[0, -1].argmax()
+            int(token)
+            stamps.append(time.perf_counter())
+    return stamps
+
+
+def measurements(load_s: float, prompt_tokens: int, stamps: list[float]) -> dict:
+    """A worker's result: stamps[0] is when the prompt went in, stamps[1:] when each token came out."""
+    first = stamps[1] - stamps[0]
+    return {
+        "load_s": load_s,
+        "prefill_tok_s": prompt_tokens / first,
+        "ttft_s": first,
+        "decode_tok_s": (len(stamps) - 2) / (stamps[-1] - stamps[1]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def run_interleaved(script: str, engines: list[str], extra_args: list[str], rounds: int) -> dict[str, dict]:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
-from common import print_table, run_interleaved
+from common import llmgen_greedy, measurements, print_table, run_interleaved, transformers_greedy
 
 OUT = Path(__file__).parent / "out"
 QUANTIZE = {"llmgen": "auto", "llmgen int8": "int8", "llmgen int4": "int4"}  # auto: float32 as stored
@@ -40,37 +39,18 @@ def worker(engine: str, directory: Path, prompt_tokens: int, new_tokens: int) ->
     prompt = torch.randint(0, 50257, (prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
     started = time.perf_counter()
     if engine.startswith("llmgen"):
-        from llmgen.generation import SamplingSettings, generate_ids
         from llmgen.weights.loading import load_model
 
         model = load_model(directory, quantize=QUANTIZE[engine]).model
         loaded = time.perf_counter()
-        stamps = [loaded]
-        for _ in generate_ids(model, prompt, SamplingSettings(max_new_tokens=new_tokens, temperature=0)):
-            stamps.append(time.perf_counter())
+        stamps = llmgen_greedy(model, prompt, new_tokens)
     else:
         from transformers import GPT2LMHeadModel
 
         model = GPT2LMHeadModel.from_pretrained(directory, dtype=torch.float32).eval()
         loaded = time.perf_counter()
-        stamps = [loaded]
-        with torch.inference_mode():  # the same greedy loop with transformers' own KV cache
-            out = model(torch.tensor([prompt]), use_cache=True)
-            past, token = out.past_key_values, out.logits[0, -1].argmax()
-            stamps.append(time.perf_counter())
-            for _ in range(new_tokens - 1):
-                out = model(token.view(1, 1), past_key_values=past, use_cache=True)
-                past, token = out.past_key_values, out.logits[0, -1].argmax()
-                int(token)
-                stamps.append(time.perf_counter())
-    first = stamps[1] - stamps[0]
-    return {
-        "load_s": loaded - started,
-        "prefill_tok_s": prompt_tokens / first,
-        "ttft_s": first,
-        "decode_tok_s": (len(stamps) - 2) / (stamps[-1] - stamps[1]),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+        stamps = transformers_greedy(model, prompt, new_tokens)
+    return measurements(loaded - started, prompt_tokens, stamps)
 
 
 def main() -> None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
-from common import print_table, run_interleaved
+from common import llmgen_greedy, measurements, print_table, run_interleaved, transformers_greedy
 
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. Write a short story about a cat."
 # llmgen: its default for this file (--quantize auto: the Q4_1 weights stay 4-bit, int4 kernel).
@@ -32,15 +31,12 @@ def worker(engine: str, new_tokens: int) -> dict:
     path = assets.locate("smollm2-135m-instruct-q4_1")
     started = time.perf_counter()
     if engine.startswith("llmgen"):
-        from llmgen.generation import SamplingSettings, generate_ids
         from llmgen.weights.loading import load_model
 
         loaded = load_model(path, quantize=QUANTIZE[engine])
         ready = time.perf_counter()
         prompt = loaded.tokenizer.encode(PROMPT)
-        stamps = [time.perf_counter()]
-        for _ in generate_ids(loaded.model, prompt, SamplingSettings(max_new_tokens=new_tokens, temperature=0)):
-            stamps.append(time.perf_counter())
+        stamps = llmgen_greedy(loaded.model, prompt, new_tokens)
     elif engine == "transformers":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,16 +44,7 @@ def worker(engine: str, new_tokens: int) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         ready = time.perf_counter()
         prompt = tokenizer(PROMPT)["input_ids"]
-        stamps = [time.perf_counter()]
-        with torch.inference_mode():
-            out = model(torch.tensor([prompt]), use_cache=True)
-            past, token = out.past_key_values, out.logits[0, -1].argmax()
-            stamps.append(time.perf_counter())
-            for _ in range(new_tokens - 1):
-                out = model(token.view(1, 1), past_key_values=past, use_cache=True)
-                past, token = out.past_key_values, out.logits[0, -1].argmax()
-                int(token)
-                stamps.append(time.perf_counter())
+        stamps = transformers_greedy(model, prompt, new_tokens)
     else:
         from llama_cpp import Llama
 
@@ -70,14 +57,7 @@ def worker(engine: str, new_tokens: int) -> dict:
             token = llm.sample(top_k=1, temp=0.0)
             stamps.append(time.perf_counter())
             llm.eval([token])
-    first = stamps[1] - stamps[0]
-    return {
-        "load_s": ready - started,
-        "prefill_tok_s": len(prompt) / first,
-        "ttft_s": first,
-        "decode_tok_s": (len(stamps) - 2) / (stamps[-1] - stamps[1]),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    return measurements(ready - started, len(prompt), stamps)
 
 
 def main() -> None:
