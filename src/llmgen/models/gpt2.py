@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmgen.config import GPT2Config
-from llmgen.models.kv_cache import KVCache, causal_attention
+from llmgen.models.kv_cache import KVCache, causal_attention, decode_attention
 from llmgen.quantize import linear_function
 
 
@@ -99,13 +99,12 @@ class GPT2(nn.Module):
         n_heads, head_dim = self.config.n_heads, self.config.head_dim
         x = (self.wte.weight[token] + self.wpe.weight[pos])[None]  # (1, dim)
         for block in self._decode_plan:
-            qkv = block.qkv(block.ln_1(x)).to(block.k_cache.dtype)  # (1, 3 dim)
+            qkv = block.qkv(block.ln_1(x)).to(block.v_cache.dtype)  # (1, 3 dim)
             q, k, v = qkv.view(3, n_heads, head_dim)
-            block.k_cache[0, :, pos] = k
-            block.v_cache[0, :, pos] = v
-            y = F.scaled_dot_product_attention(q[None, :, None], block.k_cache[:, :, :pos + 1],
-                                               block.v_cache[:, :, :pos + 1])  # (1, n_heads, 1, head_dim)
-            x = x + block.attention_proj(y.view(1, n_heads * head_dim))
+            block.k_cache[:, :, pos] = k  # k_cache: (n_heads, head_dim, max_len)
+            block.v_cache[:, pos] = v  # v_cache: (n_heads, max_len, head_dim)
+            y = decode_attention((q * head_dim ** -0.5)[:, None], block.k_cache, block.v_cache, pos + 1)
+            x = x + block.attention_proj(y.view(1, n_heads * head_dim))  # y: (n_heads, 1, head_dim)
             x = x + block.mlp_proj(F.gelu(block.fc(block.ln_2(x)), approximate="tanh"))
         x = self.ln_f(x)
         logits = F.linear(x, self.wte.weight) if self.output is None else self.output(x)
@@ -123,8 +122,8 @@ class DecodeBlock:
     ln_2: Callable[[torch.Tensor], torch.Tensor]
     fc: Callable[[torch.Tensor], torch.Tensor]
     mlp_proj: Callable[[torch.Tensor], torch.Tensor]
-    k_cache: torch.Tensor  # (1, n_heads, max_len, head_dim)
-    v_cache: torch.Tensor
+    k_cache: torch.Tensor  # (n_heads, head_dim, max_len): keys transposed (see KVCache)
+    v_cache: torch.Tensor  # (n_heads, max_len, head_dim)
 
     @classmethod
     def of(cls, block: Block) -> DecodeBlock:
@@ -135,4 +134,4 @@ class DecodeBlock:
         attention, mlp = block.attn, block.mlp
         return cls(layer_norm(block.ln_1), linear_function(attention.c_attn), linear_function(attention.c_proj),
                    layer_norm(block.ln_2), linear_function(mlp.c_fc), linear_function(mlp.c_proj),
-                   attention.kv_cache.k, attention.kv_cache.v)
+                   attention.kv_cache.k_t[0], attention.kv_cache.v[0])

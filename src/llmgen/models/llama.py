@@ -17,8 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmgen.config import LlamaConfig, RopeScaling
-from llmgen.models.kv_cache import KVCache, causal_attention
+from llmgen.models.kv_cache import KVCache, causal_attention, decode_attention
 from llmgen.quantize import linear_function
+
+
+def rms_norm(x: torch.Tensor, doubled_weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x², last dim) + eps), times the weight, given twice over: [weight, weight].
+
+    Computed as LayerNorm over [x, -x]: that pair has mean 0 and variance mean(x²), so LayerNorm's
+    fused kernel gives RMSNorm. PyTorch's own rms_norm on a CPU is six ops and takes twice as long,
+    and a decode step normalises 2 n_layers + 1 times.
+    """
+    dim = x.size(-1)
+    return F.layer_norm(torch.cat((x, -x), dim=-1), (2 * dim,), doubled_weight, None, eps)[..., :dim]
 
 
 class RMSNorm(nn.Module):
@@ -29,14 +40,14 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused call
+            return rms_norm(x, torch.cat((self.weight, self.weight)), self.eps)
         # Normalise in float32 (as Meta and HF do), then scale in the model's dtype.
-        return F.rms_norm(x.float(), self.weight.shape, eps=self.eps).type_as(x) * self.weight
+        return rms_norm(x.float(), None, self.eps).type_as(x) * self.weight
 
     def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """forward with the attribute lookups done once (for decode steps)."""
         if self.weight.dtype == torch.float32:
-            return partial(F.rms_norm, normalized_shape=self.weight.shape, weight=self.weight, eps=self.eps)
+            return partial(rms_norm, doubled_weight=torch.cat((self.weight, self.weight)), eps=self.eps)
         return self.forward
 
 
@@ -66,6 +77,20 @@ def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rotations[:, None]).flatten(-2)
 
 
+def rope_matrix(rotation: torch.Tensor) -> torch.Tensor:
+    """(head_dim / 2,) complex rotations of one position -> (head_dim, head_dim) R, with x @ R == apply_rope(x).
+
+    R is block diagonal: pair j, (x[2j], x[2j+1]), times [[cos, sin], [-sin, cos]] of its angle. For one
+    token, one small matmul per layer turns all the heads, a quarter of the cost of the complex route.
+    """
+    half = rotation.size(0)
+    cos, sin = rotation.real, rotation.imag
+    blocks = torch.stack((cos, sin, -sin, cos)).view(2, 2, half)  # blocks[:, :, j]: pair j's 2x2
+    matrix = cos.new_zeros(half, 2, half, 2)
+    matrix.diagonal(dim1=0, dim2=2).copy_(blocks)  # matrix[j, a, j, b] = blocks[a, b, j]
+    return matrix.view(2 * half, 2 * half)
+
+
 class Attention(nn.Module):
     # Quantization may fuse these into one matmul (quantize.py). Loading keeps them apart, so that
     # float weights stay memory-mapped instead of being copied into a concatenation.
@@ -88,7 +113,7 @@ class Attention(nn.Module):
         else:
             kv_size = self.n_kv_heads * self.head_dim
             q, k, v = self.wqkv(x).split((self.n_heads * self.head_dim, kv_size, kv_size), dim=-1)
-        dtype = self.kv_cache.k.dtype  # the model's: quantized layers compute in bfloat16
+        dtype = self.kv_cache.v.dtype  # the model's: quantized layers compute in bfloat16
         q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), rotations).to(dtype)
         k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), rotations).to(dtype)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
@@ -170,21 +195,19 @@ class Llama(nn.Module):
         SmolLM2-135M. tests/test_generation.py holds the two equal for float, int8 and int4 weights.
         """
         n_heads, n_kv_heads, head_dim = self.config.n_heads, self.config.n_kv_heads, self.config.head_dim
-        n_rotated = (n_heads + n_kv_heads) * head_dim  # q and k turn together, v does not
-        gqa = n_heads != n_kv_heads
+        n_rotated = n_heads + n_kv_heads  # q and k heads turn, v's do not
         if self._decode_plan is None:
             self._decode_plan = [DecodeLayer.of(layer) for layer in self.layers]
         x = self.tok_embeddings.weight[token][None]  # (1, dim)
-        rotation = self.rope_rotations[pos]  # (head_dim / 2,) complex
+        rope = rope_matrix(self.rope_rotations[pos])  # (head_dim, head_dim)
+        rope_q = rope * head_dim ** -0.5  # q also takes attention's 1 / sqrt(head_dim)
         for layer in self._decode_plan:
-            qkv = layer.qkv(layer.attention_norm(x))  # (1, (n_heads + 2 n_kv_heads) head_dim)
-            qk = torch.view_as_complex(qkv[0, :n_rotated].float().view(-1, head_dim // 2, 2)) * rotation
-            qk = torch.view_as_real(qk).view(n_heads + n_kv_heads, head_dim).to(layer.k_cache.dtype)
-            layer.k_cache[0, :, pos] = qk[n_heads:]
-            layer.v_cache[0, :, pos] = qkv[0, n_rotated:].view(n_kv_heads, head_dim)
-            y = F.scaled_dot_product_attention(qk[None, :n_heads, None], layer.k_cache[:, :, :pos + 1],
-                                               layer.v_cache[:, :, :pos + 1], enable_gqa=gqa)
-            x = x + layer.wo(y.view(1, n_heads * head_dim))  # y: (1, n_heads, 1, head_dim)
+            heads = layer.qkv(layer.attention_norm(x)).float().view(n_rotated + n_kv_heads, head_dim)
+            q = torch.mm(heads[:n_heads], rope_q).view(n_kv_heads, n_heads // n_kv_heads, head_dim)
+            layer.k_cache[:, :, pos] = torch.mm(heads[n_heads:n_rotated], rope)  # into (n_kv_heads, head_dim, max_len)
+            layer.v_cache[:, pos] = heads[n_rotated:]  # v_cache: (n_kv_heads, max_len, head_dim)
+            y = decode_attention(q.to(layer.v_cache.dtype), layer.k_cache, layer.v_cache, pos + 1)  # q's shape
+            x = x + layer.wo(y.view(1, n_heads * head_dim))
             gate, up = layer.gate_up(layer.ffn_norm(x)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         x = self.norm(x)
@@ -203,8 +226,8 @@ class DecodeLayer:
     ffn_norm: Callable[[torch.Tensor], torch.Tensor]
     gate_up: Callable[[torch.Tensor], torch.Tensor]  # -> gate, up side by side
     down: Callable[[torch.Tensor], torch.Tensor]
-    k_cache: torch.Tensor  # (1, n_kv_heads, max_len, head_dim)
-    v_cache: torch.Tensor
+    k_cache: torch.Tensor  # (n_kv_heads, head_dim, max_len): keys transposed (see KVCache)
+    v_cache: torch.Tensor  # (n_kv_heads, max_len, head_dim)
 
     @classmethod
     def of(cls, block: TransformerBlock) -> DecodeLayer:
@@ -221,4 +244,4 @@ class DecodeLayer:
             gate_up = lambda h: torch.cat((w1(h), w3(h)), dim=-1)  # noqa: E731
         return cls(block.attention_norm.as_function(), qkv, linear_function(attention.wo),
                    block.ffn_norm.as_function(), gate_up, linear_function(feed_forward.w2),
-                   attention.kv_cache.k, attention.kv_cache.v)
+                   attention.kv_cache.k_t[0], attention.kv_cache.v[0])
