@@ -7,7 +7,7 @@ from torch import nn
 from checkpoints import hf_gpt2, hf_llama, save_hf
 from llmgen import assets
 from llmgen.generation import SamplingSettings, generate_ids
-from llmgen.quantize import Int4Groups, Int4Head, Int4Linear, Int8Linear, quantize_model
+from llmgen.quantize import Int4Groups, Int4Head, Int4Linear, Int8Linear, quantize_model, top_indices
 from llmgen.weights.loading import load_model, load_weights
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is the "
@@ -70,6 +70,18 @@ def test_int4_head_is_exact_to_8_bits_on_its_top_rows():
     assert torch.equal(got.argmax(-1), exact.argmax(-1))
     rest = torch.ones_like(got, dtype=torch.bool).scatter_(-1, top, False)
     assert torch.equal(got[rest], coarse[rest])  # everything else keeps its 4-bit logit
+
+
+def test_top_indices_finds_the_same_set_as_topk():
+    torch.manual_seed(0)
+    spread = torch.randn(2, 1, 49152)
+    clustered = torch.randn(3, 64 * 100)
+    clustered[0, 640:704] += 10  # the 64 largest all in one block
+    clustered[1, ::64] += 10  # one in each of the first 64 blocks... and 36 more
+    for scores, k in [(spread, 64), (clustered, 64), (clustered, 7), (torch.randn(4, 500), 16)]:
+        got = top_indices(scores, k)
+        assert got.shape == (*scores.shape[:-1], k)
+        assert torch.equal(got.sort(dim=-1).values, scores.topk(k, dim=-1).indices.sort(dim=-1).values)
 
 
 def on_int4_grid(model: nn.Module) -> nn.Module:

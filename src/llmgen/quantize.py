@@ -170,10 +170,27 @@ class Int4Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.coarse(x).float()  # (..., vocab)
-        top = logits.topk(self.top, dim=-1).indices  # (..., top)
+        top = top_indices(logits, self.top)  # (..., top)
         rows = self.fine_rows[top].float() * self.fine_scales[top][..., None]  # (..., top, in)
         exact = (rows @ x.float()[..., :, None])[..., 0]  # (..., top)
         return logits.scatter_(-1, top, exact)
+
+
+def top_indices(scores: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
+    """The indices of the k largest scores along the last dim (as a set; in no particular order).
+
+    Found among the k blocks of `block` scores with the largest maxima: the block holding one of the k
+    largest has a maximum at least as large, and fewer than k other blocks can have a larger one.
+    PyTorch's CPU topk over a 49k vocabulary takes ~175 us; this ~75 us, 1% of a SmolLM2 decode step.
+    """
+    n = scores.size(-1)
+    if n % block or n // block < k:
+        return scores.topk(k, dim=-1).indices
+    blocks = scores.unflatten(-1, (n // block, block))  # (..., n_blocks, block)
+    best = blocks.amax(dim=-1).topk(k, dim=-1).indices  # (..., k) block numbers
+    candidates = blocks.gather(-2, best[..., None].expand(*best.shape, block)).flatten(-2)  # (..., k block)
+    positions = (best[..., None] * block + torch.arange(block, device=scores.device)).flatten(-2)
+    return positions.gather(-1, candidates.topk(k, dim=-1).indices)
 
 
 def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Groups] | None = None) -> nn.Module:
