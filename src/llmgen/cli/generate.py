@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from llmgen.cli import console
+from llmgen.cli.text_input import read_text_argument
 from llmgen.errors import LLMGenError
 
 
@@ -54,7 +55,7 @@ def generate(
         raise LLMGenError(f"--num-samples must be >= 1, got {num_samples}")
     if device not in ("auto", "cpu", "cuda"):
         raise LLMGenError(f"unknown device {device!r}; choose cpu, cuda or auto")
-    prompt_text = console.read_text_argument(prompt, combine_with_stdin=True)
+    prompt_text = read_text_argument(prompt, combine_with_stdin=True)
 
     import torch  # heavy: only once we know there is work to do
 

@@ -9,12 +9,9 @@ from typing import List, Optional
 import typer
 
 from llmgen.cli import console
+from llmgen.cli.text_input import read_text_argument
+from llmgen.cli.tokenize_fast import CONTROL_ESCAPES, listing, read_text
 from llmgen.errors import LLMGenError
-
-# C0 controls and DEL shown as escapes so a piece never breaks a table row or a line of output.
-_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {
-    ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"
-}
 
 
 def tokenize(
@@ -37,7 +34,7 @@ def tokenize(
     ),
 ) -> None:
     """Show the token ids and pieces of TEXT (or the text of token ids with --decode)."""
-    from llmgen.tokenizers import DEFAULT_ENCODING, get_tokenizer, piece, tokenizer_from_path
+    from llmgen.tokenizers import DEFAULT_ENCODING, get_tokenizer, piece, tokenizer_for_text, tokenizer_from_path
 
     if sum(x is not None for x in (encoding, model, tokenizer_path)) > 1:
         raise LLMGenError("choose one of --encoding, --model and --tokenizer")
@@ -45,23 +42,23 @@ def tokenize(
         raise LLMGenError("choose one of --ids, --count and --json")
 
     args = text or []
-    source = " ".join(args) if args and args != ["-"] else ("-" if args else None)
     if decode:
-        raw = console.read_text_argument(source, combine_with_stdin=False).split()
+        source = " ".join(args) if args and args != ["-"] else ("-" if args else None)
+        raw = read_text_argument(source, combine_with_stdin=False).split()
         if not raw:
             raise LLMGenError("no token ids given to --decode")
         ids = [_parse_id(r) for r in raw]
     else:
-        input_text = console.read_text_argument(source, combine_with_stdin=False)
-        if not input_text:
-            raise LLMGenError("no text to tokenize: pass TEXT, or pipe it on stdin")
+        input_text = read_text(args)
 
     if model is not None:
         tok = tokenizer_from_path(Path(model))
     elif tokenizer_path is not None:
         tok = tokenizer_from_path(tokenizer_path)
-    else:
+    elif decode:
         tok = get_tokenizer(encoding or DEFAULT_ENCODING)
+    else:
+        tok = tokenizer_for_text(encoding or DEFAULT_ENCODING, input_text)
 
     if decode:
         text_out = tok.decode(ids)
@@ -73,17 +70,11 @@ def tokenize(
 
     ids = tok.encode(input_text, bos=False, allow_special=allow_special)
     pieces = [piece(tok.token_bytes(i)) for i in ids]
-    if count_only:
-        console.write(f"{len(ids)}\n")
-    elif ids_only:
-        console.write(" ".join(map(str, ids)) + "\n")
-    elif as_json:
-        payload = {"encoding": tok.name, "ids": ids, "tokens": pieces, "count": len(ids)}
-        console.write(json.dumps(payload, ensure_ascii=False) + "\n")
-    elif console.stdout.is_terminal:
+    output = "count" if count_only else "ids" if ids_only else "json" if as_json else None
+    if output is None and console.stdout.is_terminal:
         _print_table(tok.name, ids, pieces)
     else:
-        console.write("".join(f"{i}\t{p.translate(_CONTROL_ESCAPES)}\n" for i, p in zip(ids, pieces)))
+        console.write(listing(tok.name, ids, pieces, output))
 
 
 def _parse_id(raw: str) -> int:
@@ -103,5 +94,5 @@ def _print_table(encoding_name: str, ids: list[int], pieces: list[str]) -> None:
     table.add_column("piece")
     for n, (token_id, p) in enumerate(zip(ids, pieces)):
         # A background makes leading and trailing spaces of a piece visible.
-        table.add_row(str(n), str(token_id), Text(p.translate(_CONTROL_ESCAPES), style="on grey23"))
+        table.add_row(str(n), str(token_id), Text(p.translate(CONTROL_ESCAPES), style="on grey23"))
     console.stdout.print(table)

@@ -1,0 +1,30 @@
+"""The Typer app: each command's options and help, and the call into its module."""
+
+from __future__ import annotations
+
+import typer
+
+from llmgen.cli import download, generate, inspect_weights, tokenize, voices
+
+app = typer.Typer(
+    name="llmgen",
+    help="Generate text with GPT-2 and LLaMA-3-family models, tokenize, download and inspect weights.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:  # bare `llmgen`: show the help, like --help
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+app.command("generate")(generate.generate)
+app.command("tokenize")(tokenize.tokenize)
+app.command("download")(download.download)
+app.command("models")(download.models)
+app.command("inspect-weights")(inspect_weights.inspect_weights)
+app.command("voices")(voices.voices)

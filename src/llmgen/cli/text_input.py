@@ -1,0 +1,37 @@
+"""Text from an argument or standard input (no Rich here: `llmgen tokenize`'s fast path reads with it)."""
+
+from __future__ import annotations
+
+import sys
+
+from llmgen.errors import LLMGenError
+
+
+def stdin_is_piped() -> bool:
+    return sys.stdin is not None and not sys.stdin.isatty()
+
+
+def read_stdin() -> str:
+    if sys.stdin is None:
+        return ""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LLMGenError(f"standard input is not valid UTF-8 (byte {e.start})") from None
+
+
+def read_text_argument(text: str | None, *, combine_with_stdin: bool) -> str:
+    """TEXT, '-' for stdin, or stdin when TEXT is omitted and stdin is piped.
+
+    With `combine_with_stdin`, piped stdin and an argument are joined like simonw/llm: stdin first,
+    then the argument (`cat notes.txt | llmgen generate "Summarize:"`).
+    """
+    if text == "-":
+        return read_stdin()
+    if text is None:
+        return read_stdin() if stdin_is_piped() else ""
+    if combine_with_stdin and stdin_is_piped():
+        piped = read_stdin()
+        return f"{piped}\n{text}" if piped else text
+    return text
