@@ -40,6 +40,17 @@ def transformers_greedy(model, prompt: list[int], new_tokens: int) -> list[float
     return stamps
 
 
+def llama_cpp_greedy(llm, prompt: list[int], new_tokens: int) -> list[float]:
+    """The same greedy loop in llama.cpp (llama-cpp-python); stamps as llmgen_greedy."""
+    stamps = [time.perf_counter()]
+    llm.eval(prompt)
+    for _ in range(new_tokens):
+        token = llm.sample(top_k=1, temp=0.0)
+        stamps.append(time.perf_counter())
+        llm.eval([token])
+    return stamps
+
+
 def measurements(load_s: float, prompt_tokens: int, stamps: list[float]) -> dict:
     """A worker's result: stamps[0] is when the prompt went in, stamps[1:] when each token came out."""
     first = stamps[1] - stamps[0]

@@ -1,11 +1,12 @@
-"""llmgen (float32, weight-only int8 and int4) vs Hugging Face transformers on the same GPT-2-124M-shaped
-random weights, side by side.
+"""llmgen (float32, weight-only int8 and int4), Hugging Face transformers and llama.cpp (float32 and Q4_1
+GGUF conversions, gguf_export.py) on the same GPT-2-124M-shaped random weights, side by side.
 
     python benchmarks/generate_gpt2.py [--rounds 3] [--prompt-tokens 128] [--new-tokens 128]
 
 Each measurement runs in a fresh process (so peak RSS is that engine's own), engines alternate within
 each round (so drift in machine load hits both alike), and the table reports medians and ratios to
-llmgen (float32). Greedy decoding; both use torch's default thread count (the machine's cores).
+llmgen (float32). Greedy decoding; 2 threads (the machine's cores) for all. llama.cpp's float32 GGUF
+gives the same greedy ids as llmgen on these weights (checked when the file was written).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import json
 import time
 from pathlib import Path
 
-from common import llmgen_greedy, measurements, print_table, run_interleaved, transformers_greedy
+from common import llama_cpp_greedy, llmgen_greedy, measurements, print_table, run_interleaved, transformers_greedy
 
 OUT = Path(__file__).parent / "out"
 QUANTIZE = {"llmgen": "auto", "llmgen int8": "int8", "llmgen int4": "int4"}  # auto: float32 as stored
-ENGINES = ("llmgen", "llmgen int8", "llmgen int4", "transformers")
+GGUF_TYPES = {"llama.cpp": "F32", "llama.cpp Q4_1": "Q4_1"}
+ENGINES = ("llmgen", "llmgen int8", "llmgen int4", "transformers", *GGUF_TYPES)
 
 
 def make_weights(directory: Path) -> Path:
@@ -33,9 +35,14 @@ def make_weights(directory: Path) -> Path:
     return directory
 
 
+def gguf_path(directory: Path, engine: str) -> Path:
+    return directory.with_name(f"{directory.name}.{GGUF_TYPES[engine]}.gguf")
+
+
 def worker(engine: str, directory: Path, prompt_tokens: int, new_tokens: int) -> dict:
     import torch
 
+    torch.set_num_threads(2)
     prompt = torch.randint(0, 50257, (prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
     started = time.perf_counter()
     if engine.startswith("llmgen"):
@@ -44,6 +51,13 @@ def worker(engine: str, directory: Path, prompt_tokens: int, new_tokens: int) ->
         model = load_model(directory, quantize=QUANTIZE[engine]).model
         loaded = time.perf_counter()
         stamps = llmgen_greedy(model, prompt, new_tokens)
+    elif engine in GGUF_TYPES:
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=str(gguf_path(directory, engine)), n_ctx=prompt_tokens + new_tokens, n_threads=2,
+                    n_threads_batch=2, verbose=False)
+        loaded = time.perf_counter()
+        stamps = llama_cpp_greedy(llm, prompt, new_tokens)
     else:
         from transformers import GPT2LMHeadModel
 
@@ -66,6 +80,10 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.dir, args.prompt_tokens, args.new_tokens)))
         return
     make_weights(args.dir)
+    from gguf_export import gpt2_gguf
+
+    for engine in GGUF_TYPES:
+        gpt2_gguf(args.dir, gguf_path(args.dir, engine), GGUF_TYPES[engine])
     medians = run_interleaved(__file__, list(ENGINES), sizes, args.rounds)
     print(f"GPT-2-124M-shaped random weights (float32 safetensors), greedy, prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, median of {args.rounds} interleaved rounds\n")

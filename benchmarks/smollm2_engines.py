@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 
-from common import llmgen_greedy, measurements, print_table, run_interleaved, transformers_greedy
+from common import llama_cpp_greedy, llmgen_greedy, measurements, print_table, run_interleaved, transformers_greedy
 
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. Write a short story about a cat."
 # llmgen: its default for this file (--quantize auto: the Q4_1 weights stay 4-bit, int4 kernel).
@@ -51,12 +51,7 @@ def worker(engine: str, new_tokens: int) -> dict:
         llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False)
         ready = time.perf_counter()
         prompt = llm.tokenize(PROMPT.encode(), add_bos=False)
-        stamps = [time.perf_counter()]
-        llm.eval(prompt)
-        for _ in range(new_tokens):
-            token = llm.sample(top_k=1, temp=0.0)
-            stamps.append(time.perf_counter())
-            llm.eval([token])
+        stamps = llama_cpp_greedy(llm, prompt, new_tokens)
     return measurements(ready - started, len(prompt), stamps)
 
 
