@@ -1,17 +1,19 @@
-"""Llama-3-8B-shaped bfloat16 weights on a 24 GB machine: `llmgen generate` 5 tokens, peak RSS.
+"""Llama-3-8B-shaped bfloat16 weights on a 24 GB machine: 5 tokens with llmgen and llama.cpp, peak RSS.
 
-    python benchmarks/llama8b_memory.py [--dir benchmarks/out/llama-3-8b-shaped]
+    python benchmarks/llama8b_memory.py [--dir benchmarks/out/llama-3-8b-shaped] [--rounds 1]
 
 Writes (once) what `llmgen download llama-3-8B` fetches, Meta's layout: params.json, the real LLaMA-3
 tokenizer.model and one 16 GB consolidated.00.pth of bfloat16 weights (random values: speed and memory
 do not depend on them). llmgen then runs in a fresh process and its peak RSS is read from wait4. It
 memory-maps the checkpoint (torch.load(mmap=True)) and computes in bfloat16, so its RSS is the weights'
-pages plus the runtime; the target (issue #7) is <= 17.5 GB.
+pages plus the runtime; the target (issue #7) is <= 17.5 GB. llama.cpp runs the same weights as a
+BF16 GGUF (gguf_export.py, another 16 GB written once), memory-mapped as well, 2 threads, greedy.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -82,23 +84,52 @@ def run_measured(command: list[str]) -> dict:
             "peak_rss_gb": usage.ru_maxrss / 1024 ** 2, "stdout": stdout, "stderr": stderr}
 
 
+def llama_cpp_worker(gguf: Path) -> None:
+    """One llama.cpp run, reporting what `llmgen --stats` reports."""
+    from llama_cpp import Llama
+
+    from common import llama_cpp_greedy
+
+    started = time.perf_counter()
+    llm = Llama(model_path=str(gguf), n_ctx=64, n_threads=2, n_threads_batch=2, verbose=False)
+    loaded = time.perf_counter()
+    prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
+    stamps = llama_cpp_greedy(llm, prompt, NEW_TOKENS)
+    print(f"load {loaded - started:.2f} s · prompt {len(prompt)} tokens in {stamps[1] - stamps[0]:.2f} s · "
+          f"{NEW_TOKENS - 1} tokens at {(NEW_TOKENS - 1) / (stamps[-1] - stamps[1]):.2f} tok/s", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=OUT / "llama-3-8b-shaped")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--llama-cpp-worker", type=Path)
     args = parser.parse_args()
+    if args.llama_cpp_worker:
+        llama_cpp_worker(args.llama_cpp_worker)
+        return
     directory = write_checkpoint(args.dir)
     size_gb = (directory / "consolidated.00.pth").stat().st_size / 1e9
-    command = [sys.executable, "-m", "llmgen", "generate", PROMPT, "--max-new-tokens", str(NEW_TOKENS),
-               "--model", str(directory), "--temperature", "0", "--stats"]
-    result = run_measured(command)
-    if result["returncode"] != 0:
-        sys.exit(f"llmgen failed: {result['stderr'].strip()}")
-    stats = " ".join(line.strip() for line in result["stderr"].splitlines())
-    print(f"Llama-3-8B-shaped bfloat16, Meta layout ({size_gb:.2f} GB), `llmgen generate {PROMPT} "
-          f"--max-new-tokens {NEW_TOKENS}`\n")
-    print("| engine | wall s | peak RSS GB | llmgen --stats |")
+    commands = {"llmgen": [sys.executable, "-m", "llmgen", "generate", PROMPT, "--max-new-tokens", str(NEW_TOKENS),
+                           "--model", str(directory), "--temperature", "0", "--stats"]}
+    if importlib.util.find_spec("llama_cpp") is not None:
+        from gguf_export import llama_gguf
+
+        gguf = llama_gguf(directory, directory.with_name(f"{directory.name}.BF16.gguf"), PARAMS, "BF16")
+        commands["llama.cpp"] = [sys.executable, __file__, "--llama-cpp-worker", str(gguf)]
+    else:
+        print("llama.cpp: not installed (make bench-peers), skipped", file=sys.stderr)
+    print(f"Llama-3-8B-shaped bfloat16 ({size_gb:.2f} GB), {NEW_TOKENS} new tokens after `{PROMPT}`, greedy, "
+          f"fresh process per run, {args.rounds} round(s) interleaved\n")
+    print("| engine | wall s | peak RSS GB | load, prompt and decode (the engine's own report) |")
     print("|---|---|---|---|")
-    print(f"| llmgen | {result['seconds']:.1f} | {result['peak_rss_gb']:.2f} | {stats} |")
+    for _ in range(args.rounds):
+        for engine, command in commands.items():
+            result = run_measured(command)
+            if result["returncode"] != 0:
+                sys.exit(f"{engine} failed: {result['stderr'].strip()[-500:]}")
+            stats = " ".join(line.strip() for line in result["stderr"].splitlines())
+            print(f"| {engine} | {result['seconds']:.1f} | {result['peak_rss_gb']:.2f} | {stats} |", flush=True)
 
 
 if __name__ == "__main__":
