@@ -126,6 +126,14 @@ def test_fast_path_leaves_everything_else_to_typer(args):
     assert tokenize_fast.run(args) is None
 
 
+def test_first_run_builds_the_ranks_cache_and_later_runs_use_it(tmp_path):
+    env = {"LLMGEN_HOME": str(tmp_path)}
+    first = run_llmgen("tokenize", "--ids", "hello world!", env=env)
+    assert (tmp_path / "ranks" / "cl100k_base.bin").is_file()
+    again = run_llmgen("tokenize", "--ids", "hello world!", env=env)
+    assert first.out == again.out == "15339 1917 0\n" and first.err == again.err == ""
+
+
 def test_tokenize_into_a_pipe_imports_neither_typer_nor_rich():
     import sys
 
