@@ -4,8 +4,8 @@
     python benchmarks/run.py [--rounds 3] [--only smollm2,gpt2,llama8b,startup]
 
 - smollm2: the default model (SmolLM2-135M-Instruct Q4_1 GGUF) in llmgen, transformers and llama.cpp.
-- gpt2: GPT-2-124M-shaped random weights in llmgen and transformers.
-- llama8b: a Llama-3-8B-shaped bfloat16 checkpoint (16 GB, written once) in llmgen: peak RSS.
+- gpt2: GPT-2-124M-shaped random weights in llmgen, transformers and llama.cpp (GGUF conversions).
+- llama8b: a Llama-3-8B-shaped bfloat16 checkpoint (16 GB, written once) in llmgen and llama.cpp: peak RSS.
 - startup: `llmgen tokenize` against bare `import tiktoken`.
 Each engine runs in fresh processes, interleaved with the others; the tables give medians and ratios.
 benchmarks/RESULTS.md discusses the numbers.
@@ -32,10 +32,10 @@ SUITES = {
 
 
 def describe_machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    flags = Path("/proc/cpuinfo").read_text()
-    features = [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f" {f}" in flags]
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+               platform.processor())
+    features = [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f" {f}" in cpuinfo]
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
     versions = []
     for package in ("torch", "transformers", "llama_cpp_python", "tiktoken"):

@@ -161,8 +161,7 @@ def _tiktoken_encoding(name: str) -> tiktoken.Encoding:
     seed_tiktoken_cache(name)  # so that tiktoken.get_encoding(name) works offline too, for anyone
     ranks = _binary_ranks(name)
     if ranks is not None:
-        pattern, special = TIKTOKEN_DEFINITIONS[name]
-        return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks.to_dict(), special_tokens=special)
+        return _encoding_over(name, ranks.to_dict())
     try:
         return tiktoken.get_encoding(name)
     except OSError as e:  # requests' ConnectionError is an OSError
@@ -172,6 +171,12 @@ def _tiktoken_encoding(name: str) -> tiktoken.Encoding:
         ) from None
     except ValueError as e:  # tiktoken's hash mismatch on a download
         raise LLMGenError(f"the {name} ranks failed their integrity check: {e}") from None
+
+
+def _encoding_over(name: str, ranks: dict[bytes, int]) -> tiktoken.Encoding:
+    """tiktoken's encoding `name` (cl100k_base, r50k_base) over these ranks: all of them, or some."""
+    pattern, special = TIKTOKEN_DEFINITIONS[name]
+    return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
 
 
 def binary_ranks_path(name: str) -> Path:
@@ -252,9 +257,11 @@ def get_tokenizer(name: str) -> Tokenizer:
     base = ENCODING_ALIASES.get(key, key)
     if base not in TIKTOKEN_URLS:
         raise LLMGenError(f"unknown encoding {name!r}; choose one of: {', '.join(ENCODINGS)}")
-    encoding = _tiktoken_encoding(base)
-    endoftext = encoding.eot_token
-    return Tokenizer(name=key, encoding=encoding, stop_ids=(endoftext,))
+    return _tiktoken_tokenizer(key, _tiktoken_encoding(base))
+
+
+def _tiktoken_tokenizer(name: str, encoding: tiktoken.Encoding) -> Tokenizer:
+    return Tokenizer(name=name, encoding=encoding, stop_ids=(encoding.eot_token,))
 
 
 def tokenizer_for_text(name: str, text: str) -> Tokenizer:
@@ -264,7 +271,8 @@ def tokenizer_for_text(name: str, text: str) -> Tokenizer:
     encoding of 5 tokens instead of 100k builds in microseconds, not 0.07 s. Anything else (decoding,
     n_vocab, another text) needs get_tokenizer(name).
     """
-    base = ENCODING_ALIASES.get(name.lower(), name.lower())
+    key = name.lower()
+    base = ENCODING_ALIASES.get(key, key)
     if base in TIKTOKEN_DEFINITIONS and (ranks := BinaryRanks.read(binary_ranks_path(base),
                                                                    assets.ASSETS[base].sha256)) is not None:
         try:
@@ -273,9 +281,7 @@ def tokenizer_for_text(name: str, text: str) -> Tokenizer:
             data = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
         used = ranks.within(data)
         if used is not None:
-            pattern, special = TIKTOKEN_DEFINITIONS[base]
-            encoding = tiktoken.Encoding(name=base, pat_str=pattern, mergeable_ranks=used, special_tokens=special)
-            return Tokenizer(name=name.lower(), encoding=encoding, stop_ids=(encoding.eot_token,))
+            return _tiktoken_tokenizer(key, _encoding_over(base, used))
     return get_tokenizer(name)
 
 

@@ -10,7 +10,7 @@ import typer
 
 from llmgen.cli import console
 from llmgen.cli.text_input import read_text_argument
-from llmgen.cli.tokenize_fast import CONTROL_ESCAPES, listing, read_text
+from llmgen.cli.tokenize_fast import CONTROL_ESCAPES, listing, read_text, text_source
 from llmgen.errors import LLMGenError
 
 
@@ -43,8 +43,7 @@ def tokenize(
 
     args = text or []
     if decode:
-        source = " ".join(args) if args and args != ["-"] else ("-" if args else None)
-        raw = read_text_argument(source, combine_with_stdin=False).split()
+        raw = read_text_argument(text_source(args), combine_with_stdin=False).split()
         if not raw:
             raise LLMGenError("no token ids given to --decode")
         ids = [_parse_id(r) for r in raw]

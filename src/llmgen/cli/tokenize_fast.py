@@ -56,11 +56,15 @@ def parse(args: list[str]) -> Request | None:
     return Request(words, encoding, outputs.pop() if outputs else None, allow_special)
 
 
+def text_source(words: list[str] | None) -> str | None:
+    """TEXT words joined by spaces, '-' for stdin, or None (stdin when piped): read_text_argument's input."""
+    if not words:
+        return None
+    return "-" if words == ["-"] else " ".join(words)
+
+
 def read_text(words: list[str] | None) -> str:
-    """TEXT words joined by spaces; '-' or no words with a pipe on stdin: stdin."""
-    words = words or []
-    source = " ".join(words) if words and words != ["-"] else ("-" if words else None)
-    text = read_text_argument(source, combine_with_stdin=False)
+    text = read_text_argument(text_source(words), combine_with_stdin=False)
     if not text:
         raise LLMGenError("no text to tokenize: pass TEXT, or pipe it on stdin")
     return text
