@@ -13,12 +13,13 @@ METRICS = [("load_s", "load s"), ("prefill_tok_s", "prompt tok/s"), ("ttft_s", "
            ("decode_tok_s", "decode tok/s"), ("peak_rss_mb", "peak RSS MB")]
 
 
-def llmgen_greedy(model, prompt: list[int], new_tokens: int) -> list[float]:
+def llmgen_greedy(model, prompt: list[int], new_tokens: int, decoder=None) -> list[float]:
     """Greedy generation with llmgen; the start time, then the time each token arrived."""
     from llmgen.generation import SamplingSettings, generate_ids
 
     stamps = [time.perf_counter()]
-    for _ in generate_ids(model, prompt, SamplingSettings(max_new_tokens=new_tokens, temperature=0)):
+    settings = SamplingSettings(max_new_tokens=new_tokens, temperature=0)
+    for _ in generate_ids(model, prompt, settings, decoder=decoder):
         stamps.append(time.perf_counter())
     return stamps
 

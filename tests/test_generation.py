@@ -59,6 +59,26 @@ def test_decode_step_equals_forward(tmp_path, make, quantize):
     torch.testing.assert_close(torch.stack(got), torch.stack(expected), atol=1e-5, rtol=0)
 
 
+def test_decode_step_across_a_window_step_equals_forward(llama):
+    """Decode steps attend to a window of the cache grown DecodeWindow.STEP positions at a time, with
+    the positions not yet written masked: crossing a step changes nothing."""
+    from llmgen.models.kv_cache import DecodeWindow
+
+    start = DecodeWindow.STEP - 4
+    ids = torch.randint(0, 1000, (start + 8,), generator=torch.Generator().manual_seed(8)).tolist()
+    llama.setup_cache(1, len(ids))
+    with torch.inference_mode():
+        llama(torch.tensor([ids[:start]]), 0)
+        expected = [llama(torch.tensor([[t]]), pos, last_only=True)[0, -1] for pos, t in enumerate(ids[start:], start)]
+        llama(torch.tensor([ids[:start]]), 0)
+        got, sizes = [], set()
+        for pos, t in enumerate(ids[start:], start):
+            got.append(llama.decode_step(t, pos))
+            sizes.add(llama.decode_plan().window.size)
+    assert sizes == {DecodeWindow.STEP, len(ids)}  # the cache's length caps the second window
+    torch.testing.assert_close(torch.stack(got), torch.stack(expected), atol=1e-5, rtol=0)
+
+
 def test_chunked_prefill_after_cache_equals_full(llama):
     # A second multi-token chunk at start_pos > 0 uses the explicit causal mask.
     ids = torch.randint(0, 1000, (16,), generator=torch.Generator().manual_seed(4)).tolist()

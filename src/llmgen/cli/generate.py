@@ -37,6 +37,11 @@ def generate(
         "auto", "--quantize", "-q",
         help="auto (a GGUF's 4-bit weights stay 4-bit), none, int8 or int4: weight-only, faster CPU decoding.",
     ),
+    compile_decode: bool = typer.Option(
+        False, "--compile",
+        help="Compile decode steps with torch.compile (needs g++): ~10% faster decoding, after a compile of "
+             "minutes the first time and seconds later.",
+    ),
     tokenizer_path: Optional[Path] = typer.Option(None, "--tokenizer", help="Use this tokenizer file instead."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per sample instead of text."),
     stats: bool = typer.Option(False, "--stats", help="Print load time and tokens/s to stderr."),
@@ -93,10 +98,16 @@ def generate(
     else:
         generator.seed()
 
+    decoder = None
+    if compile_decode:
+        from llmgen.compiled import CompiledDecoder
+
+        decoder = CompiledDecoder(loaded.model)
     texts = []
     for sample_index in range(num_samples):
         ids = generate_ids(loaded.model, prompt_ids, settings, stop_ids=tokenizer.stop_ids,
-                           n_valid=tokenizer.n_vocab, generator=generator, on_crop=console.print_warning)
+                           n_valid=tokenizer.n_vocab, generator=generator, on_crop=console.print_warning,
+                           decoder=decoder)
         stream = TextStream(ids, tokenizer, stop or [])
         if as_json:
             for _ in stream:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmgen.config import GPT2Config
-from llmgen.models.kv_cache import KVCache, causal_attention, decode_attention
+from llmgen.models.kv_cache import DecodeWindow, KVCache, causal_attention, decode_attention, same_cache
 from llmgen.quantize import linear_function
 
 
@@ -66,12 +66,15 @@ class GPT2(nn.Module):
         self.ln_f = nn.LayerNorm(config.dim, eps=config.norm_eps)
         # The head is tied to wte; quantization may give it its own module (see quantize.py).
         self.output: nn.Module | None = None
-        self._decode_plan: list[DecodeBlock] | None = None
+        self._decode_plan: DecodePlan | None = None
 
     def setup_cache(self, batch_size: int, max_len: int) -> None:
-        """Preallocate the KV cache for up to max_len positions (at most the context length)."""
+        """Preallocate the KV cache for up to max_len positions (at most the context length); one of
+        the same shape is kept (see Llama.setup_cache)."""
         max_len = min(max_len, self.config.context_length)
         weight = self.wte.weight
+        if same_cache(self.h[0].attn.kv_cache, batch_size, max_len, weight):
+            return
         for block in self.h:
             block.attn.kv_cache = KVCache(batch_size, self.config.n_heads, max_len, self.config.head_dim,
                                           weight.dtype, weight.device)
@@ -88,27 +91,46 @@ class GPT2(nn.Module):
         logits = F.linear(x, self.wte.weight) if self.output is None else self.output(x)
         return logits.float()  # (B, T, vocab)
 
+    def decode_plan(self, window_step: int = DecodeWindow.STEP) -> DecodePlan:
+        """What decode steps need, built once per setup_cache; window_step: see DecodeWindow."""
+        if self._decode_plan is None or self._decode_plan.window.step != window_step:
+            blocks = [DecodeBlock.of(block) for block in self.h]
+            self._decode_plan = DecodePlan(blocks, DecodeWindow([block.attn.kv_cache for block in self.h], window_step))
+        return self._decode_plan
+
     def decode_step(self, token: int, pos: int) -> torch.Tensor:
-        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits.
+        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits."""
+        mask, device = self.decode_plan().window.at(pos), self.wte.weight.device
+        return self.decode_tokens(torch.tensor([token], device=device), torch.tensor([pos], device=device), mask)
+
+    def decode_tokens(self, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """decode_step with its inputs as tensors: token and pos (1,), mask from decode_plan().window.at(pos).
 
         The same math as forward() for B = T = 1, written flat over a plan of plain functions (see
-        Llama.decode_step for why); tests hold the two equal.
+        Llama.decode_tokens for why); tests hold the two equal.
         """
-        if self._decode_plan is None:
-            self._decode_plan = [DecodeBlock.of(block) for block in self.h]
         n_heads, head_dim = self.config.n_heads, self.config.head_dim
-        x = (self.wte.weight[token] + self.wpe.weight[pos])[None]  # (1, dim)
-        for block in self._decode_plan:
+        plan = self._decode_plan
+        x = F.embedding(token, self.wte.weight) + F.embedding(pos, self.wpe.weight)  # (1, dim)
+        for block, (keys_t, values) in zip(plan.blocks, plan.window.views):
             qkv = block.qkv(block.ln_1(x)).to(block.v_cache.dtype)  # (1, 3 dim)
             q, k, v = qkv.view(3, n_heads, head_dim)
-            block.k_cache[:, :, pos] = k  # k_cache: (n_heads, head_dim, max_len)
-            block.v_cache[:, pos] = v  # v_cache: (n_heads, max_len, head_dim)
-            y = decode_attention((q * head_dim ** -0.5)[:, None], block.k_cache, block.v_cache, pos + 1)
-            x = x + block.attention_proj(y.view(1, n_heads * head_dim))  # y: (n_heads, 1, head_dim)
+            block.k_cache.index_copy_(2, pos, k[:, :, None])  # k_cache: (n_heads, head_dim, max_len)
+            block.v_cache.index_copy_(1, pos, v[:, None])  # v_cache: (n_heads, max_len, head_dim)
+            y = decode_attention(q[:, None], keys_t, values, mask, head_dim ** -0.5)  # (n_heads, 1, head_dim)
+            x = x + block.attention_proj(y.view(1, n_heads * head_dim))
             x = x + block.mlp_proj(F.gelu(block.fc(block.ln_2(x)), approximate="tanh"))
         x = self.ln_f(x)
         logits = F.linear(x, self.wte.weight) if self.output is None else self.output(x)
         return logits[0].float()  # (vocab,)
+
+
+@dataclass(slots=True)
+class DecodePlan:
+    """What decode steps need of the model, looked up once per setup_cache (see GPT2.decode_tokens)."""
+
+    blocks: list[DecodeBlock]
+    window: DecodeWindow
 
 
 @dataclass(slots=True)

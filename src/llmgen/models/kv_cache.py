@@ -36,6 +36,12 @@ class KVCache(nn.Module):
         return self.k_t[..., :end].transpose(-1, -2), self.v[:, :, :end]  # (B, n_kv_heads, end, head_dim)
 
 
+def same_cache(cache: KVCache | None, batch_size: int, max_len: int, like: torch.Tensor) -> bool:
+    """Whether `cache` already is what setup_cache(batch_size, max_len) would make for weights `like`."""
+    return (cache is not None and cache.v.size(0) == batch_size and cache.max_len == max_len
+            and cache.v.dtype == like.dtype and cache.v.device == like.device)
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
     """q: (B, n_heads, T, head_dim) at positions start_pos.., k/v: (B, n_kv_heads, start_pos + T, head_dim).
 
@@ -52,15 +58,50 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_po
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
-def decode_attention(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
-    """One new position's attention over the first `length` cached ones (a decode step's).
+class DecodeWindow:
+    """The cached positions a decode step attends to: the first `size`, grown `step` at a time.
 
-    q: (n_kv_heads, group, head_dim), already scaled by 1 / sqrt(head_dim), query heads grouped by the
-    KV head they share (group = n_heads / n_kv_heads; 1 without GQA); k_t: (n_kv_heads, head_dim, max_len);
-    v: (n_kv_heads, max_len, head_dim) -> (n_kv_heads, group, head_dim).
-    For one query, SDPA's CPU kernel takes as long as these two matmuls and a softmax at 40 cached
+    Positions inside the window but not yet written are masked out (-inf scores, zero weight), so the
+    per-layer views of the caches change only when the window grows. Slicing every cache at every step
+    costs more than attending to up to step - 1 masked positions (~10 us a layer on SmolLM2). A step of
+    at least max_len makes the window the whole cache: the same shapes at every position (torch.compile).
+    """
+
+    STEP = 128
+
+    def __init__(self, caches: list[KVCache], step: int = STEP):
+        self.caches, self.step = caches, step
+        v = caches[0].v
+        self.full_mask = torch.full((caches[0].max_len,), float("-inf"), dtype=v.dtype, device=v.device)
+        self.size = 0
+        self.mask = self.full_mask[:0]
+        # Each layer's (keys_t (n_kv_heads, head_dim, size), values (n_kv_heads, size, head_dim)), batch row 0.
+        self.views: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def at(self, pos: int) -> torch.Tensor:
+        """For a step writing position `pos`: the (size,) mask, 0 up to pos and -inf after it (views
+        are grown to match)."""
+        size = min(-(-(pos + 1) // self.step) * self.step, self.full_mask.size(0))
+        if size != self.size:
+            self.size, self.mask = size, self.full_mask[:size]
+            self.views = [(cache.k_t[0, :, :, :size], cache.v[0, :, :size]) for cache in self.caches]
+        self.full_mask[:pos + 1] = 0
+        self.full_mask[pos + 1:] = float("-inf")
+        return self.mask
+
+
+def decode_attention(q: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """One new position's attention over a window of cached ones (a decode step's; see DecodeWindow).
+
+    q: (n_kv_heads, group, head_dim), query heads grouped by the KV head they share (group =
+    n_heads / n_kv_heads; 1 without GQA); keys_t: (n_kv_heads, head_dim, window); values: (n_kv_heads,
+    window, head_dim); mask: (window,), 0 or -inf -> (n_kv_heads, group, head_dim).
+    Two batched matmuls and a softmax: for one query, SDPA's CPU kernel takes as long at 40 cached
     positions and twice as long at 500 (SmolLM2's shapes).
     """
-    scores = torch.bmm(q, k_t[:, :, :length])  # (n_kv_heads, group, length)
-    probs = torch.softmax(scores.float(), dim=-1).type_as(v)  # a float32 softmax, as SDPA's
-    return torch.bmm(probs, v[:, :length])
+    scores = torch.baddbmm(mask, q, keys_t, alpha=scale)  # (n_kv_heads, group, window): mask + scale q k
+    if scores.dtype == torch.float32:
+        return torch.bmm(torch.softmax(scores, dim=-1), values)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)  # a float32 softmax, as SDPA's
+    return torch.bmm(probs.type_as(values), values)

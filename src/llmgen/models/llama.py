@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmgen.config import LlamaConfig, RopeScaling
-from llmgen.models.kv_cache import KVCache, causal_attention, decode_attention
+from llmgen.models.kv_cache import DecodeWindow, KVCache, causal_attention, decode_attention, same_cache
 from llmgen.quantize import linear_function
 
 
@@ -77,14 +77,13 @@ def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rotations[:, None]).flatten(-2)
 
 
-def rope_matrix(rotation: torch.Tensor) -> torch.Tensor:
-    """(head_dim / 2,) complex rotations of one position -> (head_dim, head_dim) R, with x @ R == apply_rope(x).
+def rope_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """One position's (head_dim / 2,) cos and sin -> (head_dim, head_dim) R, with x @ R == apply_rope(x).
 
     R is block diagonal: pair j, (x[2j], x[2j+1]), times [[cos, sin], [-sin, cos]] of its angle. For one
-    token, one small matmul per layer turns all the heads: 12 us against 20 us for the complex route.
+    token, one small matmul per layer turns all the q and k heads: 12 us against 20 us for the complex route.
     """
-    half = rotation.size(0)
-    cos, sin = rotation.real, rotation.imag
+    half = cos.size(0)
     blocks = torch.stack((cos, sin, -sin, cos)).view(2, 2, half)  # blocks[:, :, j]: pair j's 2x2
     matrix = cos.new_zeros(half, 2, half, 2)
     matrix.diagonal(dim1=0, dim2=2).copy_(blocks)  # matrix[j, a, j, b] = blocks[a, b, j]
@@ -163,9 +162,15 @@ class Llama(nn.Module):
         self._decode_plan = None
 
     def setup_cache(self, batch_size: int, max_len: int) -> None:
-        """Preallocate KV caches and RoPE tables for up to max_len positions."""
+        """Preallocate KV caches and RoPE tables for up to max_len positions.
+
+        Caches of the same shape are kept, with what they hold: every step writes its positions before
+        anything reads them. Keeping them keeps a compiled decode step's graph valid (compiled.py).
+        """
         max_len = min(max_len, self.config.context_length)
         weight = self.tok_embeddings.weight
+        if same_cache(self.layers[0].attention.kv_cache, batch_size, max_len, weight):
+            return
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(batch_size, self.config.n_kv_heads, max_len, self.config.head_dim,
                                                weight.dtype, weight.device)
@@ -173,7 +178,7 @@ class Llama(nn.Module):
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)  # (max_len, head_dim / 2)
         rotations = torch.polar(torch.ones_like(angles), angles).to(weight.device)  # complex64
         self.register_buffer("rope_rotations", rotations, persistent=False)
-        self._decode_plan: list[DecodeLayer] | None = None  # built on the first decode_step
+        self._decode_plan: DecodePlan | None = None  # built on the first decode_step
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
         """tokens: (B, T) at positions start_pos.. -> logits (B, T, vocab), or (B, 1, vocab) with last_only."""
@@ -186,33 +191,62 @@ class Llama(nn.Module):
         logits = F.linear(x, self.tok_embeddings.weight) if self.output is None else self.output(x)
         return logits.float()  # (B, T, vocab)
 
+    def decode_plan(self, window_step: int = DecodeWindow.STEP) -> DecodePlan:
+        """What decode steps need, built once per setup_cache; window_step: see DecodeWindow."""
+        if self._decode_plan is None or self._decode_plan.window.step != window_step:
+            self._decode_plan = DecodePlan.of(self, window_step)
+        return self._decode_plan
+
     def decode_step(self, token: int, pos: int) -> torch.Tensor:
-        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits.
+        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits."""
+        mask, device = self.decode_plan().window.at(pos), self.tok_embeddings.weight.device
+        return self.decode_tokens(torch.tensor([token], device=device), torch.tensor([pos], device=device), mask)
+
+    def decode_tokens(self, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """decode_step with its inputs as tensors: token and pos (1,), mask from decode_plan().window.at(pos).
 
         The same math as forward() for B = T = 1, written flat over a plan of plain functions and
-        tensors (see DecodeLayer). At ~100 tokens/s a step is ~10 ms, and what forward does to serve any
+        tensors (see DecodePlan). At ~100 tokens/s a step is ~10 ms, and what forward does to serve any
         batch and length (module calls, attribute lookups, reshapes, mask logic) costs a third of it on
-        SmolLM2-135M. tests/test_generation.py holds the two equal for float, int8 and int4 weights.
+        SmolLM2-135M: each tensor op costs 1-3 us of Python and dispatch, and a step makes ~1,000.
+        Positions are tensors so that torch.compile sees one graph for every position (compiled.py).
+        tests/test_generation.py holds this equal to forward for float, int8 and int4 weights.
         """
         n_heads, n_kv_heads, head_dim = self.config.n_heads, self.config.n_kv_heads, self.config.head_dim
         n_rotated = n_heads + n_kv_heads  # q and k heads turn, v's do not
-        if self._decode_plan is None:
-            self._decode_plan = [DecodeLayer.of(layer) for layer in self.layers]
-        x = self.tok_embeddings.weight[token][None]  # (1, dim)
-        rope = rope_matrix(self.rope_rotations[pos])  # (head_dim, head_dim)
-        rope_q = rope * head_dim ** -0.5  # q also takes attention's 1 / sqrt(head_dim)
-        for layer in self._decode_plan:
-            heads = layer.qkv(layer.attention_norm(x)).float().view(n_rotated + n_kv_heads, head_dim)
-            q = torch.mm(heads[:n_heads], rope_q).view(n_kv_heads, n_heads // n_kv_heads, head_dim)
-            layer.k_cache[:, :, pos] = torch.mm(heads[n_heads:n_rotated], rope)  # into (n_kv_heads, head_dim, max_len)
-            layer.v_cache[:, pos] = heads[n_rotated:]  # v_cache: (n_kv_heads, max_len, head_dim)
-            y = decode_attention(q.to(layer.v_cache.dtype), layer.k_cache, layer.v_cache, pos + 1)  # like q
+        plan = self._decode_plan
+        rope = rope_matrix(*plan.rope_cos_sin.index_select(0, pos)[0])  # (head_dim, head_dim)
+        x = F.embedding(token, self.tok_embeddings.weight)  # (1, dim)
+        for layer, (keys_t, values) in zip(plan.layers, plan.window.views):
+            heads = layer.qkv(layer.attention_norm(x)).view(n_rotated + n_kv_heads, head_dim).float()
+            turned = torch.mm(heads[:n_rotated], rope).to(plan.dtype)  # RoPE on the q and k heads
+            layer.k_cache.index_copy_(2, pos, turned[n_heads:, :, None])  # into (n_kv_heads, head_dim, max_len)
+            layer.v_cache.index_copy_(1, pos, heads[n_rotated:, None].to(plan.dtype))  # (n_kv_heads, max_len, hd)
+            q = turned[:n_heads].view(n_kv_heads, n_heads // n_kv_heads, head_dim)
+            y = decode_attention(q, keys_t, values, mask, head_dim ** -0.5)  # like q
             x = x + layer.wo(y.view(1, n_heads * head_dim))
             gate, up = layer.gate_up(layer.ffn_norm(x)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         x = self.norm(x)
         logits = F.linear(x, self.tok_embeddings.weight) if self.output is None else self.output(x)
         return logits[0].float()  # (vocab,)
+
+
+@dataclass(slots=True)
+class DecodePlan:
+    """What decode steps need of the model, looked up once per setup_cache (see Llama.decode_tokens)."""
+
+    layers: list[DecodeLayer]
+    window: DecodeWindow
+    rope_cos_sin: torch.Tensor  # (max_len, 2, head_dim / 2): each position's RoPE cos and sin
+    dtype: torch.dtype  # the caches'
+
+    @classmethod
+    def of(cls, model: Llama, window_step: int) -> DecodePlan:
+        caches = [layer.attention.kv_cache for layer in model.layers]
+        rotations = model.rope_rotations  # (max_len, head_dim / 2) complex
+        return cls([DecodeLayer.of(layer) for layer in model.layers], DecodeWindow(caches, window_step),
+                   torch.stack((rotations.real, rotations.imag), dim=1), caches[0].v.dtype)
 
 
 @dataclass(slots=True)

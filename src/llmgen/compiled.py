@@ -1,0 +1,54 @@
+"""Decode steps through torch.compile: `llmgen generate --compile` (opt-in).
+
+A decode step on a small model is ~1,000 tensor ops of a few microseconds of Python and dispatch each.
+Inductor fuses the small ops between the matmuls into C++ kernels, and its C++ wrapper calls them with no
+Python in between. On SmolLM2-135M (2 cores) that makes a step ~10% faster, 25% in this VM's slow
+phases, but compiling takes ~100 s the first time on a machine and ~7 s in each later process (Inductor
+keeps its kernels on disk), so it pays off only for long generations; benchmarks/RESULTS.md has the
+numbers. The graph is the model's own decode_tokens: the same code as the eager steps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+
+import torch
+
+from llmgen.errors import LLMGenError
+
+CACHE_STEP = 256  # KV caches are sized in steps of this, so that runs of similar length share one graph
+
+
+class CompiledDecoder:
+    """decode_step(token, pos) -> (vocab,) logits for one model, compiled on its first call.
+
+    Shapes must not change from step to step, or each position would compile anew: positions go in as
+    tensors, and attention always covers the whole cache (unwritten positions are masked).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+        if not compiler:
+            raise LLMGenError("--compile needs a C++ compiler (g++ or clang++; or set CXX)")
+        self.model = model
+        self.device = next(model.parameters()).device
+        self._step = torch.compile(model.decode_tokens, fullgraph=True, dynamic=False,
+                                   options={"cpp_wrapper": True})
+
+    def cache_length(self, needed: int) -> int:
+        """The cache to set up for `needed` positions: rounded up to CACHE_STEP, at most the context."""
+        return min(-(-needed // CACHE_STEP) * CACHE_STEP, self.model.config.context_length)
+
+    def __call__(self, token: int, pos: int) -> torch.Tensor:
+        plan = self.model.decode_plan(window_step=self.model.config.context_length)  # the whole cache
+        mask = plan.window.at(pos)
+        token_t, pos_t = torch.tensor([token], device=self.device), torch.tensor([pos], device=self.device)
+        try:
+            with warnings.catch_warnings():  # Inductor's deprecation notices are not the user's business
+                warnings.simplefilter("ignore")
+                return self._step(token_t, pos_t, mask)
+        except Exception as e:  # the compiler's own failures (no headers, a broken toolchain) are long
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LLMGenError(f"--compile failed: {first_line[:300]}") from None
