@@ -33,7 +33,6 @@ class CompiledDecoder:
         if not compiler:
             raise LLMGenError("--compile needs a C++ compiler (g++ or clang++; or set CXX)")
         self.model = model
-        self.device = next(model.parameters()).device
         self._step = torch.compile(model.decode_tokens, fullgraph=True, dynamic=False,
                                    options={"cpp_wrapper": True})
 
@@ -42,13 +41,12 @@ class CompiledDecoder:
         return min(-(-needed // CACHE_STEP) * CACHE_STEP, self.model.config.context_length)
 
     def __call__(self, token: int, pos: int) -> torch.Tensor:
-        plan = self.model.decode_plan(window_step=self.model.config.context_length)  # the whole cache
-        mask = plan.window.at(pos)
-        token_t, pos_t = torch.tensor([token], device=self.device), torch.tensor([pos], device=self.device)
         try:
             with warnings.catch_warnings():  # Inductor's deprecation notices are not the user's business
                 warnings.simplefilter("ignore")
-                return self._step(token_t, pos_t, mask)
+                # A window of the whole cache: the same shapes at every position.
+                return self.model.decode_step(token, pos, window_step=self.model.config.context_length,
+                                              decode_tokens=self._step)
         except Exception as e:  # the compiler's own failures (no headers, a broken toolchain) are long
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LLMGenError(f"--compile failed: {first_line[:300]}") from None

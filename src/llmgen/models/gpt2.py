@@ -98,10 +98,13 @@ class GPT2(nn.Module):
             self._decode_plan = DecodePlan(blocks, DecodeWindow([block.attn.kv_cache for block in self.h], window_step))
         return self._decode_plan
 
-    def decode_step(self, token: int, pos: int) -> torch.Tensor:
-        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits."""
-        mask, device = self.decode_plan().window.at(pos), self.wte.weight.device
-        return self.decode_tokens(torch.tensor([token], device=device), torch.tensor([pos], device=device), mask)
+    def decode_step(self, token: int, pos: int, window_step: int = DecodeWindow.STEP,
+                    decode_tokens: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits,
+        through decode_tokens or a compiled one of it (compiled.py)."""
+        mask, device = self.decode_plan(window_step).window.at(pos), self.wte.weight.device
+        return (decode_tokens or self.decode_tokens)(torch.tensor([token], device=device),
+                                                     torch.tensor([pos], device=device), mask)
 
     def decode_tokens(self, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """decode_step with its inputs as tensors: token and pos (1,), mask from decode_plan().window.at(pos).

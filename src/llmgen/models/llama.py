@@ -197,10 +197,13 @@ class Llama(nn.Module):
             self._decode_plan = DecodePlan.of(self, window_step)
         return self._decode_plan
 
-    def decode_step(self, token: int, pos: int) -> torch.Tensor:
-        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits."""
-        mask, device = self.decode_plan().window.at(pos), self.tok_embeddings.weight.device
-        return self.decode_tokens(torch.tensor([token], device=device), torch.tensor([pos], device=device), mask)
+    def decode_step(self, token: int, pos: int, window_step: int = DecodeWindow.STEP,
+                    decode_tokens: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits,
+        through decode_tokens or a compiled one of it (compiled.py)."""
+        mask, device = self.decode_plan(window_step).window.at(pos), self.tok_embeddings.weight.device
+        return (decode_tokens or self.decode_tokens)(torch.tensor([token], device=device),
+                                                     torch.tensor([pos], device=device), mask)
 
     def decode_tokens(self, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """decode_step with its inputs as tensors: token and pos (1,), mask from decode_plan().window.at(pos).
