@@ -1,10 +1,12 @@
-"""PyTorch's CPU kernels for one-token matmuls, over the 120 matrices of a SmolLM2-135M decode step.
+"""CPU kernels for one-token matmuls, over the 120 matrices of a SmolLM2-135M decode step: PyTorch's
+and llmgen's own int4 kernel (kernels/int4_matmul.cpp).
 
     python benchmarks/linear_kernels.py [--repeats 30]
 
 Each line times all 120 matmuls of a step (30 layers of q/k/v 960x576, o 576x576, gate/up 3072x576,
 down 576x1536; the head is left out), 2 threads, min and median over the repeats. It is why llmgen's
-4-bit layers use `_weight_int4pack_mm_for_cpu` (benchmarks/RESULTS.md).
+4-bit layers use its own kernel where it runs and `_weight_int4pack_mm_for_cpu` elsewhere
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from llmgen import kernels as kernels_module
 from llmgen.quantize import Int4Groups, Int4Linear, Int8Linear
 
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)] * 30  # (out, in)
@@ -59,9 +62,14 @@ def main() -> None:
     kernels = {
         "float32 F.linear (MKL)": ([lambda x, w=w: F.linear(x, w) for w in weights], float_inputs),
         "int4 _weight_int4pack_mm_for_cpu": (
-            [Int4Linear(Int4Groups.from_float(w)).as_function() for w in weights], bf16_inputs),
+            [Int4Linear(Int4Groups.from_float(w), own_kernel=False).as_function() for w in weights], bf16_inputs),
         "int8 _weight_int8pack_mm": ([Int8Linear(w).as_function() for w in weights], bf16_inputs),
     }
+    if kernels_module.int4_library() is not None:
+        kernels["int4 llmgen (int4_matmul.cpp)"] = (
+            [Int4Linear(Int4Groups.from_float(w)).as_function() for w in weights], float_inputs)
+    else:
+        print(f"llmgen's kernel left out: {kernels_module.unavailable_reason()}")
     for engine in ("fbgemm", "x86", "onednn"):
         kernels[f"dynamic int8, {engine}"] = ([dynamic_int8(w, engine) for w in weights], float_inputs)
     print(f"| kernel | min ms | median ms |\n|---|---|---|")

@@ -19,9 +19,13 @@ import time
 from common import llama_cpp_greedy, llmgen_greedy, measurements, print_table, run_interleaved, transformers_greedy
 
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. Write a short story about a cat."
-# llmgen: its default for this file (--quantize auto: the Q4_1 weights stay 4-bit, int4 kernel).
-QUANTIZE = {"llmgen": "auto", "llmgen --compile": "auto", "llmgen int8": "int8", "llmgen fp32": "none"}
-ENGINES = ["llmgen", "llmgen --compile", "llmgen int8", "llmgen fp32", "transformers", "llama.cpp"]
+# llmgen: its default for this file (--quantize auto: the Q4_1 weights stay 4-bit, on llmgen's own kernels).
+QUANTIZE = {"llmgen": "auto", "llmgen pytorch-int4": "auto", "llmgen --compile": "auto", "llmgen int8": "int8",
+            "llmgen fp32": "none"}
+# PyTorch's int4 kernel instead of llmgen's: what LLMGEN_KERNELS=0, or a CPU without AVX-512 VNNI, gets.
+OWN_KERNELS = {"llmgen pytorch-int4": False, "llmgen --compile": False}
+ENGINES = ["llmgen", "llmgen pytorch-int4", "llmgen --compile", "llmgen int8", "llmgen fp32", "transformers",
+           "llama.cpp"]
 
 
 def worker(engine: str, new_tokens: int) -> dict:
@@ -35,7 +39,7 @@ def worker(engine: str, new_tokens: int) -> dict:
     if engine.startswith("llmgen"):
         from llmgen.weights.loading import load_model
 
-        loaded = load_model(path, quantize=QUANTIZE[engine])
+        loaded = load_model(path, quantize=QUANTIZE[engine], own_kernels=OWN_KERNELS.get(engine, True))
         prompt = loaded.tokenizer.encode(PROMPT)
         decoder = None
         if engine == "llmgen --compile":

@@ -14,7 +14,7 @@ from llmgen.weights.loading import load_weights
 def test_compiled_decode_equals_eager(tmp_path, make, quantize):
     model, _ = load_weights(save_hf(make(), tmp_path))
     if quantize != "none":
-        quantize_model(model, quantize)
+        quantize_model(model, quantize, own_kernels=False)  # torch.compile traces PyTorch's kernels, not ours
     decoder = CompiledDecoder(model)
     assert decoder.cache_length(1) == min(CACHE_STEP, model.config.context_length)
     prompt = torch.randint(0, 1000, (5,), generator=torch.Generator().manual_seed(7)).tolist()
@@ -42,4 +42,16 @@ def test_compile_without_a_cxx_compiler_is_one_clear_error(tmp_path, monkeypatch
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no g++ or clang++ here
     with pytest.raises(LLMGenError, match="--compile needs a C\\+\\+ compiler"):
+        CompiledDecoder(model)
+
+
+def test_compile_refuses_llmgens_own_kernels(tmp_path):
+    from llmgen import kernels
+    from llmgen.errors import LLMGenError
+
+    if kernels.int4_library() is None:
+        pytest.skip(f"llmgen's kernels do not run here: {kernels.unavailable_reason()}")
+    model, _ = load_weights(save_hf(hf_llama(), tmp_path))
+    quantize_model(model, "int4")
+    with pytest.raises(LLMGenError, match="own_kernels=False"):
         CompiledDecoder(model)

@@ -38,17 +38,22 @@ def test_kv_cache_decode_equals_full_recomputation(llama):
     torch.testing.assert_close(torch.stack(steps), expected[8:], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("quantize", ["none", "int8", "int4"])
+@pytest.mark.parametrize("quantize", ["none", "int8", "int4", "int4 on PyTorch's kernel"])
 @pytest.mark.parametrize("make", [hf_llama, hf_gpt2])
 def test_decode_step_equals_forward(tmp_path, make, quantize):
-    """decode_step, the flat one-token path generation uses, computes what forward computes."""
+    """decode_step, the flat one-token path generation uses, computes what forward computes; with
+    llmgen's kernels, a LLaMA's int4 steps run through them (Llama.decode_with_kernels)."""
+    from llmgen import kernels
     from llmgen.quantize import quantize_model
 
     model, _ = load_weights(save_hf(make(), tmp_path))
     if quantize != "none":
-        quantize_model(model, quantize)
+        quantize_model(model, quantize.split()[0], own_kernels=quantize == "int4")
     ids = torch.randint(0, 1000, (14,), generator=torch.Generator().manual_seed(6)).tolist()
     model.setup_cache(1, len(ids))
+    if make is hf_llama:
+        kernel_path = quantize == "int4" and kernels.int4_library() is not None
+        assert (model.decode_plan().kernel_layers is not None) == kernel_path
     with torch.inference_mode():
         model(torch.tensor([ids[:6]]), 0)
         expected = [model(torch.tensor([[t]]), pos, last_only=True)[0, -1] for pos, t in enumerate(ids[6:], start=6)]

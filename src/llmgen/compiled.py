@@ -32,6 +32,8 @@ class CompiledDecoder:
         compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
         if not compiler:
             raise LLMGenError("--compile needs a C++ compiler (g++ or clang++; or set CXX)")
+        if any(getattr(m, "own_kernel", False) for m in model.modules()):
+            raise LLMGenError("--compile needs PyTorch's int4 kernel: load the model with own_kernels=False")
         self.model = model
         self._step = torch.compile(model.decode_tokens, fullgraph=True, dynamic=False,
                                    options={"cpp_wrapper": True})

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmgen import kernels
+
 QUANTIZATIONS = ("auto", "none", "int8", "int4")
 INT4_GROUP = 32  # weights per scale/minimum pair, as in GGUF's 4-bit blocks
 INT4_ROWS = 16  # the int4 packing wants the output size to be a multiple of this
@@ -112,23 +114,34 @@ def int4_fits(weight_shape: tuple[int, ...]) -> bool:
 
 
 class Int4Linear(nn.Module):
-    """y = x W^T (+ b) with W packed as 4-bit groups for PyTorch's CPU int4 kernel."""
+    """y = x W^T (+ b) with W in 4-bit groups, computed by llmgen's own kernel where it runs
+    (kernels/: AVX-512 VNNI, int8 activations, float32 out), else by PyTorch's int4 kernel (bfloat16)."""
 
-    def __init__(self, groups: Int4Groups, bias: torch.Tensor | None = None):
+    def __init__(self, groups: Int4Groups, bias: torch.Tensor | None = None, own_kernel: bool = True):
         super().__init__()
         out_features, in_features = groups.shape
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.own_kernel = own_kernel and kernels.int4_library() is not None
+        if self.own_kernel:
+            weights = kernels.pack_int4(groups.q, groups.scale, groups.minimum)
+            for name in ("packed", "scales", "minimums"):
+                self.register_buffer(name, getattr(weights, name))
+            return
         padded = -out_features % INT4_ROWS  # zero rows, sliced off the output again
         q, scale, minimum = (F.pad(t, (0, 0, 0, padded)) for t in (groups.q, groups.scale, groups.minimum))
         self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q.int(), 1))
         # The kernel computes (q - 8) * scale + zero, so zero = minimum + 8 * scale.
         scales_and_zeros = torch.stack((scale, minimum + 8 * scale), dim=-1)  # (out, in // 32, 2)
         self.register_buffer("scales_and_zeros", scales_and_zeros.transpose(0, 1).contiguous().to(torch.bfloat16))
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-        self.in_features, self.out_features = in_features, out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) -> (..., out) in bfloat16, the kernel's own output: at ~100 tokens/s a cast per layer
-        is worth saving, and the next op (a residual add, SwiGLU, the next int4 layer) takes it as is."""
+        """(..., in) -> (..., out): float32 from llmgen's kernel (cast back to a bfloat16 x's dtype), and
+        bfloat16 from PyTorch's, its own output: at ~100 tokens/s a cast per layer is worth saving, and
+        the next op (a residual add, SwiGLU, the next int4 layer) takes it as is."""
+        if self.own_kernel:
+            y = self.kernel_matmul()(x.reshape(-1, self.in_features))
+            return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
         x2d = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (rows, in)
         y = torch._weight_int4pack_mm_for_cpu(x2d, self.packed, INT4_GROUP, self.scales_and_zeros)
         if y.size(1) != self.out_features:
@@ -137,7 +150,9 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """(1, in) -> (1, out) bfloat16 for one-token decode steps, with the attribute lookups done once."""
+        """(1, in) -> (1, out) for one-token decode steps, with the attribute lookups done once."""
+        if self.own_kernel:
+            return self.kernel_matmul()
         packed, scales_and_zeros, bias, out_features = self.packed, self.scales_and_zeros, self.bias, self.out_features
         padded = packed.size(0) != out_features
         int4_mm = torch._weight_int4pack_mm_for_cpu
@@ -148,6 +163,13 @@ class Int4Linear(nn.Module):
             return y if bias is None else y + bias
 
         return matmul
+
+    def kernel_matmul(self, norm_weight: torch.Tensor | None = None, norm_eps: float = 0.0,
+                      gated: bool = False) -> kernels.Int4Matmul:
+        """This layer as a call into llmgen's kernel (own_kernel only), optionally with the RMSNorm or
+        SwiGLU before it done in the same call (see kernels.Int4Matmul)."""
+        weights = kernels.PackedInt4(self.packed, self.scales, self.minimums, self.in_features)
+        return kernels.Int4Matmul(weights, self.bias, norm_weight, norm_eps, gated)
 
 
 class Int4Head(nn.Module):
@@ -160,9 +182,9 @@ class Int4Head(nn.Module):
     tests/test_quantize.py) for 4 bits a weight plus 64 rows.
     """
 
-    def __init__(self, weight: torch.Tensor, top: int = 64):
+    def __init__(self, weight: torch.Tensor, top: int = 64, own_kernel: bool = True):
         super().__init__()
-        self.coarse = Int4Linear(Int4Groups.from_float(weight))
+        self.coarse = Int4Linear(Int4Groups.from_float(weight), own_kernel=own_kernel)
         fine = Int8Linear(weight)
         self.register_buffer("fine_rows", fine.weight)  # (vocab, in) int8
         self.register_buffer("fine_scales", fine.scales.float())  # (vocab,)
@@ -193,18 +215,21 @@ def top_indices(scores: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
     return positions.gather(-1, candidates.topk(k, dim=-1).indices)
 
 
-def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Groups] | None = None) -> nn.Module:
+def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Groups] | None = None,
+                   own_kernels: bool = True) -> nn.Module:
     """Swap linear layers for quantized ones in place (`kind` is "int8" or "int4").
 
     int4_groups: weights already in 4-bit groups (GGUF Q4_0/Q4_1), by parameter name; their nn.Linear
     modules were left empty by the loader. Everything else is quantized from its float weight.
+    own_kernels: int4 layers use llmgen's kernel where it runs (kernels/); False keeps PyTorch's, which
+    torch.compile can trace (compiled.py).
     """
     int4_groups = dict(int4_groups or {})
     head = model.output if model.output is not None else (
         model.tok_embeddings if hasattr(model, "tok_embeddings") else model.wte)
     if "output.weight" not in int4_groups and getattr(head, "bias", None) is None:
         fits = kind == "int4" and int4_fits(tuple(head.weight.shape))
-        model.output = Int4Head(head.weight) if fits else Int8Linear(head.weight)
+        model.output = Int4Head(head.weight, own_kernel=own_kernels) if fits else Int8Linear(head.weight)
 
     def int4_of(name: str, linear: nn.Linear) -> Int4Groups | None:
         if f"{name}.weight" in int4_groups:
@@ -220,7 +245,7 @@ def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Group
                     continue
                 groups = [int4_of(f"{prefix}{n}", p) for n, p in zip(part_names, parts)]
                 if all(g is not None for g in groups):
-                    setattr(module, fused_name, Int4Linear(Int4Groups.cat(groups)))
+                    setattr(module, fused_name, Int4Linear(Int4Groups.cat(groups), own_kernel=own_kernels))
                     for n in part_names:
                         setattr(module, n, None)
         for child_name, child in list(module.named_children()):
@@ -229,7 +254,7 @@ def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Group
             if kind == "int8":
                 setattr(module, child_name, Int8Linear(child.weight, child.bias))
             elif (groups := int4_of(f"{prefix}{child_name}", child)) is not None:
-                setattr(module, child_name, Int4Linear(groups, child.bias))
+                setattr(module, child_name, Int4Linear(groups, child.bias, own_kernels))
     if int4_groups:
         raise ValueError(f"4-bit weights left without a linear layer: {sorted(int4_groups)[:3]}")
     return model

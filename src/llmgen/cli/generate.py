@@ -77,7 +77,9 @@ def generate(
         raise LLMGenError("--device cuda, but torch sees no CUDA device")
 
     model_path, is_default = _resolve_model(model)
-    loaded = load_model(model_path, device=device, dtype=dtype, quantize=quantize, tokenizer_path=tokenizer_path)
+    # torch.compile cannot trace into llmgen's own kernels (ctypes calls): --compile keeps PyTorch's.
+    loaded = load_model(model_path, device=device, dtype=dtype, quantize=quantize, tokenizer_path=tokenizer_path,
+                        own_kernels=not compile_decode)
     tokenizer = loaded.tokenizer
     model_name = DEFAULT_MODEL_NAME if is_default else str(model or model_path)
     if stats:

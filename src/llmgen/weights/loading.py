@@ -97,10 +97,11 @@ def _load_weights(path: Path, device: str, dtype: str, keep_int4: bool
 
 
 def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize: str = "auto",
-               tokenizer_path: Path | None = None) -> LoadedModel:
+               tokenizer_path: Path | None = None, own_kernels: bool = True) -> LoadedModel:
     """Weights (quantized as asked, see quantize.py) and the tokenizer that goes with them.
 
     quantize "auto" keeps a GGUF file's 4-bit weights in 4 bits on a CPU, and everything else as stored.
+    own_kernels=False: PyTorch's int4 kernel instead of llmgen's (for torch.compile; see quantize_model).
     """
     if quantize not in QUANTIZATIONS:
         raise LLMGenError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
@@ -112,7 +113,7 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
     if quantize == "auto":
         quantize = "int4" if int4_groups else "none"
     if quantize != "none":
-        quantize_model(model, quantize, int4_groups)
+        quantize_model(model, quantize, int4_groups, own_kernels)
     config = model.config
     tokenizer = tokenizer_from_path(tokenizer_path) if tokenizer_path else _tokenizer_for(layout, config)
     if tokenizer.n_vocab > config.vocab_size:

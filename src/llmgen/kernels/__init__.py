@@ -1,0 +1,218 @@
+"""llmgen's own CPU kernel for 4-bit weights: int4_matmul.cpp, built on first use.
+
+Decoding a small model reads weights that fit in the CPU's cache, so its speed is set by how fast the
+matmul kernel turns 4-bit weights into dot products, not by memory. PyTorch's CPU int4 kernel converts
+every weight to float (~12 G weights/s per core here); int4_matmul.cpp rounds the activations to int8
+and lets AVX-512 VNNI multiply-add 64 bytes per instruction, as llama.cpp does (~30 G/s per core; the
+numbers are in benchmarks/RESULTS.md). It needs a CPU with AVX-512 VNNI and a C++ compiler; without
+them, or with LLMGEN_KERNELS=0, quantize.py uses PyTorch's int4 kernel instead.
+
+The library is compiled once per machine (about a second) into llmgen's data directory, named by a hash
+of the source, the compiler and the CPU, and called through ctypes: plain pointers, no Python objects,
+so no torch headers to compile against. Its OpenMP threads are PyTorch's: torch loads libgomp first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).parent
+SOURCES = (HERE / "int4_matmul.cpp", HERE / "attention.cpp")
+HEADERS = (HERE / "fast_exp.h",)
+CPU_FEATURES = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+GROUP = 32  # weights per scale and minimum (GGUF's Q4_1 blocks)
+CHUNK_GROUPS = 16  # groups per whole chunk of the packed layout (int4_matmul.cpp)
+
+
+@dataclass(frozen=True)
+class PackedInt4:
+    """4-bit weights in int4_matmul.cpp's layout (described there)."""
+
+    packed: torch.Tensor  # (out, padded_in / 2) uint8
+    scales: torch.Tensor  # (out, groups) float16
+    minimums: torch.Tensor  # (out, groups) float16
+    in_features: int
+
+    @property
+    def groups(self) -> int:
+        return self.scales.size(1)
+
+    @property
+    def out_features(self) -> int:
+        return self.packed.size(0)
+
+
+def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> PackedInt4:
+    """q (out, in) uint8 in 0..15, scale and minimum (out, in / 32) -> int4_matmul.cpp's layout.
+
+    Whole chunks of 16 groups: byte 4j + i of vector u holds q[group j][8u + i] (low nibble) and
+    q[group j][8u + 4 + i] (high). Then the remaining groups in pairs, byte i holding q[i] and q[32 + i];
+    an odd group count gets an empty group (zero weights) to pair with.
+    """
+    out_features, in_features = q.shape
+    groups = in_features // GROUP + in_features // GROUP % 2
+    q = F.pad(q, (0, groups * GROUP - in_features))
+    chunks = groups // CHUNK_GROUPS
+    whole = q[:, :chunks * CHUNK_GROUPS * GROUP].reshape(out_features, chunks, CHUNK_GROUPS, 4, 2, 4)  # (.., j, u, half, i)
+    whole = (whole[..., 0, :] | whole[..., 1, :] << 4).permute(0, 1, 3, 2, 4)  # (out, chunk, u, j, i)
+    pairs = q[:, chunks * CHUNK_GROUPS * GROUP:].reshape(out_features, -1, 2, GROUP)
+    pairs = pairs[:, :, 0] | pairs[:, :, 1] << 4  # (out, pair, 32)
+    packed = torch.cat((whole.reshape(out_features, -1), pairs.reshape(out_features, -1)), dim=1)
+    padded = (F.pad(t.float(), (0, groups - t.size(1))).half().contiguous() for t in (scale, minimum))
+    return PackedInt4(packed.contiguous(), *padded, in_features)
+
+
+class Int4Layer(ctypes.Structure):
+    """int4_matmul.cpp's Int4Layer: what a layer's calls share."""
+
+    _fields_ = [("packed", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("minimums", ctypes.c_void_p),
+                ("groups", ctypes.c_int64), ("in_features", ctypes.c_int64), ("out_features", ctypes.c_int64),
+                ("bias", ctypes.c_void_p), ("norm_weight", ctypes.c_void_p), ("norm_eps", ctypes.c_float),
+                ("gated", ctypes.c_int32)]
+
+
+class Int4Matmul:
+    """x -> prepare(x) W^T (+ bias) through int4_linear, for one layer: float32 (rows, in) in, (rows, out) out.
+
+    prepare is nothing, RMSNorm with `norm_weight` (then x is the un-normalised residual stream), or with
+    `gated`, silu(gate) * up of x = [gate, up] (rows, 2 in). With `out` and accumulate=True the result
+    is added into `out` in place: a residual connection with no extra tensor op.
+    """
+
+    def __init__(self, weights: PackedInt4, bias: torch.Tensor | None = None,
+                 norm_weight: torch.Tensor | None = None, norm_eps: float = 0.0, gated: bool = False):
+        # Kept here: the struct holds raw pointers to these tensors.
+        self.weights = weights
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.norm_weight = None if norm_weight is None else norm_weight.detach().float().contiguous()
+        self.layer = Int4Layer(weights.packed.data_ptr(), weights.scales.data_ptr(), weights.minimums.data_ptr(),
+                               weights.groups, weights.in_features, weights.out_features,
+                               _pointer(self.bias), _pointer(self.norm_weight), norm_eps, int(gated))
+        self.address, self.out_features = ctypes.addressof(self.layer), weights.out_features
+        self.run = int4_library().int4_linear
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.float().contiguous()
+        rows = x.shape[0]
+        if out is None:
+            out = torch.empty(rows, self.out_features)
+        self.run(self.address, x.data_ptr(), rows, out.data_ptr(), int(accumulate), torch.get_num_threads())
+        return out
+
+
+class AttentionStep:
+    """(heads, pos) -> (1, n_heads * head_dim): one layer's decode-step attention through attention.cpp.
+
+    heads: (1, (n_heads + 2 n_kv_heads) head_dim) float32, the new token's q, k, v (turned in place by RoPE);
+    pos: (1,) int64 tensor. keys_t and values are the layer's caches (batch row 0, float32); rope:
+    (max_len, 2, head_dim / 2) cos and sin, or None for a model without RoPE.
+    """
+
+    def __init__(self, keys_t: torch.Tensor, values: torch.Tensor, n_heads: int, rope: torch.Tensor | None):
+        n_kv_heads, head_dim, max_len = keys_t.shape
+        assert keys_t.dtype == values.dtype == torch.float32 and keys_t.is_contiguous() and values.is_contiguous()
+        self.keys_t, self.values, self.rope = keys_t, values, None if rope is None else rope.contiguous()
+        self.shape = (n_heads, n_kv_heads, head_dim, max_len)
+        self.pointers = (_pointer(self.rope), keys_t.data_ptr(), values.data_ptr())
+        self.scale, self.run = head_dim ** -0.5, int4_library().attention_step
+
+    def __call__(self, heads: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        n_heads, n_kv_heads, head_dim, max_len = self.shape
+        out = torch.empty(1, n_heads * head_dim)
+        rope, keys_t, values = self.pointers
+        self.run(heads.data_ptr(), rope, keys_t, values, pos.data_ptr(), n_heads, n_kv_heads, head_dim, max_len,
+                 self.scale, out.data_ptr(), torch.get_num_threads())
+        return out
+
+
+@cache
+def int4_library() -> ctypes.CDLL | None:
+    """The compiled kernel library, or None where it cannot run here (see unavailable_reason)."""
+    return None if unavailable_reason() else _load(_build())
+
+
+@cache
+def unavailable_reason() -> str | None:
+    """Why llmgen's kernels are not used on this machine, or None when they are."""
+    if os.environ.get("LLMGEN_KERNELS", "1") == "0":
+        return "turned off by LLMGEN_KERNELS=0"
+    missing = [f for f in CPU_FEATURES if f not in _cpu_flags()]
+    if missing:
+        return f"the CPU lacks {', '.join(missing)}"
+    if _compiler() is None:
+        return "no C++ compiler (g++ or clang++; or set CXX)"
+    try:
+        _load(_build())
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"building them failed: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
+    return None
+
+
+def int4_linear(x: torch.Tensor, weights: PackedInt4, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (rows, in) -> (rows, out) float32, x W^T (+ bias): one call, for prefill and tests."""
+    return Int4Matmul(weights, bias)(x)
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+
+
+@cache
+def _build() -> Path:
+    """Compile SOURCES unless this machine already has it; -> the library's path."""
+    from llmgen.assets import data_dir
+
+    compiler = _compiler()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    texts = [path.read_text() for path in (*SOURCES, *HEADERS)]
+    key = hashlib.sha256("\n".join((*texts, compiler, version, " ".join(FLAGS),
+                                    " ".join(sorted(_cpu_flags())))).encode()).hexdigest()[:16]
+    library = data_dir() / "kernels" / f"llmgen_kernels-{key}.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+        built = Path(scratch) / library.name
+        result = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(built)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise OSError(f"{Path(compiler).name} failed: {(result.stderr.strip() or 'no output').splitlines()[0]}")
+        os.replace(built, library)  # atomic: another process may be building the same file
+    return library
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    library = ctypes.CDLL(str(path))
+    pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+    library.int4_linear.argtypes = [pointer, pointer, size, pointer, flag, flag]
+    library.attention_step.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, size, size,
+                                       ctypes.c_float, pointer, flag]
+    for function in (library.int4_linear, library.attention_step):
+        function.restype = None
+    return library

@@ -1,0 +1,203 @@
+// y = x W^T for 4-bit weights, on AVX-512 VNNI: llmgen's decode-time matmul (see kernels/__init__.py).
+//
+// W is stored in GGUF's Q4_1 form: groups of 32 weights along the input, w = q * scale + minimum with
+// q in 0..15 and an fp16 scale and minimum per group. Each row of x is rounded to int8 in groups of 32
+// (x ~ xq * xscale, xq in -127..127), as llama.cpp does for its Q4 matmuls, so a group's dot product is
+// an integer one:
+//     sum(w * x) = scale * xscale * sum(q * xq) + minimum * xscale * sum(xq)
+// VPDPBUSD multiplies 64 unsigned bytes (q) by 64 signed bytes (xq) and adds each run of 4 products into
+// one of 16 int32 lanes: 64 multiply-adds in one instruction, where PyTorch's int4 kernel converts every
+// weight to float first.
+//
+// Byte layout of one packed row (pack_int4 in kernels/__init__.py writes it):
+// - Whole chunks of 16 groups (512 weights, 256 bytes): lane j of every VPDPBUSD sums group j, so after
+//   the chunk's 8 VPDPBUSDs lane j holds group j's whole integer dot product, and one multiply-add by the
+//   16 groups' scales finishes the chunk. The chunk is 4 vectors of 64 bytes; byte 4j+i of vector u
+//   holds q[group j][8u + i] in its low nibble and q[group j][8u + 4 + i] in its high nibble.
+// - The groups after the last whole chunk, in pairs (an odd count gets an empty group): 32 bytes per
+//   pair, byte i holding q[i] (low nibble) and q[32 + i] (high). One VPDPBUSD gives the pair's first
+//   group in lanes 0-7 and its second in lanes 8-15.
+// Each row of x is rounded into the same order once per call (round_input).
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <vector>
+
+#include "fast_exp.h"
+
+// One layer: everything int4_linear needs that does not change from call to call (kernels.Int4Layer
+// mirrors it for ctypes).
+struct Int4Layer {
+  const uint8_t* packed;      // (out_features, padded_in / 2)
+  const uint16_t* scales;     // (out_features, groups) fp16
+  const uint16_t* minimums;   // (out_features, groups) fp16
+  int64_t groups;             // padded_in / 32: even
+  int64_t in_features, out_features;
+  const float* bias;          // (out_features,) or null
+  const float* norm_weight;   // (in_features,): RMS-normalise each row of x and scale by this first; or null
+  float norm_eps;
+  int32_t gated;              // rows of x are [gate, up], 2 in_features wide: the input is silu(gate) * up
+};
+
+namespace {
+
+constexpr int kGroup = 32;                     // weights per scale and minimum
+constexpr int kChunkGroups = 16;               // groups per whole chunk: one per int32 lane
+constexpr int kChunk = kGroup * kChunkGroups;  // 512 weights
+
+struct RoundedInput {
+  const int8_t* q;      // (rows, padded_in) in the packed weights' order
+  const float* scales;  // (rows, groups): xscale
+  const float* sums;    // (rows, groups): xscale * sum(xq)
+};
+
+// One row of x (in_features floats) -> int8 in the weights' order, with its groups' scales and sums.
+void round_input(const float* x, int64_t in_features, int64_t groups, int8_t* q, float* scales, float* sums) {
+  const int64_t whole_chunks = groups / kChunkGroups;
+  for (int64_t g = 0; g < groups; g++) {
+    alignas(64) int8_t rounded[kGroup] = {0};
+    float scale = 0.f, sum = 0.f;
+    if (g * kGroup < in_features) {  // else: the pad group, all zeros
+      __m512 a = _mm512_loadu_ps(x + g * kGroup), b = _mm512_loadu_ps(x + g * kGroup + 16);
+      float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+      float inverse = amax > 0.f ? 127.f / amax : 0.f;
+      __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(inverse)));  // round to nearest even
+      __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, _mm512_set1_ps(inverse)));
+      _mm_store_si128((__m128i*)rounded, _mm512_cvtsepi32_epi8(qa));
+      _mm_store_si128((__m128i*)(rounded + 16), _mm512_cvtsepi32_epi8(qb));
+      scale = amax / 127.f;
+      sum = scale * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+    }
+    scales[g] = scale;
+    sums[g] = sum;
+    if (g < whole_chunks * kChunkGroups) {  // step t of the chunk, lane j: xq[group j][4t .. 4t + 3]
+      int8_t* chunk = q + (g / kChunkGroups) * kChunk;
+      const int64_t j = g % kChunkGroups;
+      for (int t = 0; t < 8; t++) memcpy(chunk + t * 64 + 4 * j, rounded + 4 * t, 4);
+    } else {  // pairs: natural order
+      memcpy(q + g * kGroup, rounded, kGroup);
+    }
+  }
+}
+
+// R rows of W (starting at `row`) times one rounded row of x -> R floats.
+template <int R>
+inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, float* out) {
+  const int64_t groups = w.groups, row_bytes = groups * kGroup / 2;
+  const int64_t whole_chunks = groups / kChunkGroups;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 acc[R];
+  for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+
+  for (int64_t c = 0; c < whole_chunks; c++) {
+    const int8_t* xq = x.q + c * kChunk;
+    const __m512 x_scales = _mm512_loadu_ps(x.scales + c * kChunkGroups);
+    const __m512 x_sums = _mm512_loadu_ps(x.sums + c * kChunkGroups);
+    for (int r = 0; r < R; r++) {
+      const uint8_t* packed = w.packed + (row + r) * row_bytes + c * (kChunk / 2);
+      __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();  // two chains, for latency
+      for (int u = 0; u < 4; u++) {
+        const __m512i v = _mm512_loadu_si512(packed + 64 * u);
+        even = _mm512_dpbusd_epi32(even, _mm512_and_si512(v, low), _mm512_loadu_si512(xq + 128 * u));
+        odd = _mm512_dpbusd_epi32(odd, _mm512_and_si512(_mm512_srli_epi16(v, 4), low),
+                                  _mm512_loadu_si512(xq + 128 * u + 64));
+      }
+      const int64_t s = (row + r) * groups + c * kChunkGroups;
+      const __m512 scales = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w.scales + s)));
+      const __m512 minimums = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w.minimums + s)));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)), _mm512_mul_ps(scales, x_scales), acc[r]);
+      acc[r] = _mm512_fmadd_ps(minimums, x_sums, acc[r]);
+    }
+  }
+
+  // The pairs after the whole chunks: lanes 0-7 belong to the pair's first group, 8-15 to its second.
+  float minimum_terms[R] = {0};
+  for (int64_t g = whole_chunks * kChunkGroups; g < groups; g += 2) {
+    const __m512i xq = _mm512_loadu_si512(x.q + g * kGroup);
+    for (int r = 0; r < R; r++) {
+      const __m256i v = _mm256_loadu_si256((const __m256i*)(w.packed + (row + r) * row_bytes + g * kGroup / 2));
+      const __m512i q = _mm512_and_si512(
+          _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), low);
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xq);
+      const int64_t s = (row + r) * groups + g;
+      const __m512 scales = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(_cvtsh_ss(w.scales[s]) * x.scales[g]),
+                                                 _mm512_set1_ps(_cvtsh_ss(w.scales[s + 1]) * x.scales[g + 1]));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales, acc[r]);
+      minimum_terms[r] += _cvtsh_ss(w.minimums[s]) * x.sums[g] + _cvtsh_ss(w.minimums[s + 1]) * x.sums[g + 1];
+    }
+  }
+  for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + minimum_terms[r];
+}
+
+// The per-row work before rounding that a decode step would otherwise spend separate tensor ops on:
+// RMSNorm (x / sqrt(mean(x^2) + eps) * weight) or SwiGLU's silu(gate) * up.
+void prepare_input(const Int4Layer& layer, const float* x, float* prepared) {
+  const int64_t n = layer.in_features;
+  if (layer.gated) {  // x is [gate (n), up (n)]
+    const float *gate = x, *up = x + n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) prepared[i] = gate[i] / (1.f + fast_exp(-gate[i])) * up[i];
+  } else if (layer.norm_weight) {
+    float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+    for (int64_t i = 0; i < n; i++) squares += x[i] * x[i];
+    const float inverse_rms = 1.f / sqrtf(squares / n + layer.norm_eps);
+    for (int64_t i = 0; i < n; i++) prepared[i] = x[i] * inverse_rms * layer.norm_weight[i];
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// out (rows, out_features) = prepare(x) W^T [+ bias] [+ out, when accumulate], float32 throughout.
+// x is (rows, in_features), or (rows, 2 in_features) for a gated layer.
+void int4_linear(const Int4Layer* layer, const float* x, int64_t rows, float* out, int32_t accumulate,
+                 int32_t threads) {
+  static thread_local std::vector<int8_t> q;
+  static thread_local std::vector<float> x_scales, x_sums, prepared;
+  const int64_t in_features = layer->in_features, out_features = layer->out_features, groups = layer->groups;
+  const int64_t padded_in = groups * kGroup, x_stride = layer->gated ? 2 * in_features : in_features;
+  const bool prepares = layer->gated || layer->norm_weight;
+  q.resize(rows * padded_in);
+  x_scales.resize(rows * groups);
+  x_sums.resize(rows * groups);
+  prepared.resize(prepares ? in_features : 0);
+  for (int64_t m = 0; m < rows; m++) {
+    const float* row = x + m * x_stride;
+    if (prepares) {
+      prepare_input(*layer, row, prepared.data());
+      row = prepared.data();
+    }
+    round_input(row, in_features, groups, q.data() + m * padded_in, x_scales.data() + m * groups,
+                x_sums.data() + m * groups);
+  }
+
+  // Plain pointers: inside the parallel loop, q would name each thread's own (empty) vector.
+  const int8_t* x_q = q.data();
+  const float *x_scale = x_scales.data(), *x_sum = x_sums.data();
+  const float* bias = layer->bias;
+  constexpr int R = 4;  // rows of W per step: four independent chains, and each x vector loaded once for four
+  const int64_t tiles = (out_features + R - 1) / R;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t tile = 0; tile < tiles; tile++) {
+    const int64_t n = tile * R;
+    for (int64_t m = 0; m < rows; m++) {
+      const RoundedInput xm{x_q + m * padded_in, x_scale + m * groups, x_sum + m * groups};
+      float dots[R];
+      const int count = out_features - n < R ? (int)(out_features - n) : R;
+      if (count == R) {
+        dot_rows<R>(*layer, n, xm, dots);
+      } else {
+        for (int r = 0; r < count; r++) dot_rows<1>(*layer, n + r, xm, dots + r);
+      }
+      float* y = out + m * out_features + n;
+      for (int r = 0; r < count; r++) y[r] = (accumulate ? y[r] : 0.f) + (bias ? bias[n + r] : 0.f) + dots[r];
+    }
+  }
+}
+
+}  // extern "C"

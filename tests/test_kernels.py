@@ -1,0 +1,151 @@
+"""llmgen's own CPU kernels (kernels/): exact against the arithmetic they promise, and a clean fallback."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from checkpoints import hf_gpt2, hf_llama, save_hf
+from llmgen import kernels
+from llmgen.models.kv_cache import decode_attention
+from llmgen.models.llama import apply_rope, rope_frequencies
+from llmgen.quantize import Int4Groups, Int4Linear, quantize_model
+from llmgen.weights.loading import load_weights
+
+needs_kernels = pytest.mark.skipif(kernels.int4_library() is None,
+                                   reason=f"llmgen's kernels do not run here: {kernels.unavailable_reason()}")
+
+
+def int8_rounded(x: torch.Tensor) -> torch.Tensor:
+    """x as the kernel sees it: each group of 32 rounded to int8 steps of its own amax / 127."""
+    groups = x.double().unflatten(-1, (-1, 32))
+    amax = groups.abs().amax(dim=-1, keepdim=True).float().double()
+    rounded = (groups.float() * torch.where(amax > 0, 127 / amax, 0).float()).round()
+    return (rounded.double() * (amax.float() / 127).double()).flatten(-2)
+
+
+def dequantized_fp16(groups: Int4Groups) -> torch.Tensor:
+    """The weights with their scales and minimums in float16, as the kernel stores them."""
+    scale = groups.scale.half().double().repeat_interleave(32, dim=1)
+    return groups.q.double() * scale + groups.minimum.half().double().repeat_interleave(32, dim=1)
+
+
+# in_features: whole 512-chunks only; pairs only; an odd group count (padded); chunks and pairs (576: SmolLM2)
+@needs_kernels
+@pytest.mark.parametrize("in_features", [512, 1024, 64, 96, 576, 768])
+@pytest.mark.parametrize("out_features", [37, 64])  # 37: rows left over from the kernel's 4-row steps
+def test_int4_matmul_computes_exactly_its_rounded_product(in_features, out_features):
+    generator = torch.Generator().manual_seed(in_features + out_features)
+    groups = Int4Groups.from_float(torch.randn(out_features, in_features, generator=generator) * 0.05)
+    x = torch.randn(5, in_features, generator=generator)
+    x[1, :32] = 0  # an all-zero group: scale 0
+    bias = torch.randn(out_features, generator=generator)
+    matmul = kernels.Int4Matmul(kernels.pack_int4(groups.q, groups.scale, groups.minimum), bias)
+    expected = int8_rounded(x) @ dequantized_fp16(groups).T + bias.double()
+    got = matmul(x)
+    assert got.shape == (5, out_features) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+    # One row at a time (decode) gives the same rows; accumulate adds into `out` in place.
+    torch.testing.assert_close(torch.cat([matmul(row[None]) for row in x]), got, atol=0, rtol=0)
+    out = torch.ones(5, out_features)
+    assert matmul(x, out=out, accumulate=True) is out
+    torch.testing.assert_close(out, got + 1, atol=1e-5, rtol=0)
+
+
+@needs_kernels
+def test_int4_matmul_folds_in_rms_norm_and_swiglu():
+    generator = torch.Generator().manual_seed(0)
+    groups = Int4Groups.from_float(torch.randn(48, 576, generator=generator) * 0.05)
+    weights = kernels.pack_int4(groups.q, groups.scale, groups.minimum)
+    plain = kernels.Int4Matmul(weights)
+    x = torch.randn(3, 576, generator=generator) * 4
+    norm_weight = torch.rand(576, generator=generator) + 0.5
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm_weight
+    torch.testing.assert_close(kernels.Int4Matmul(weights, norm_weight=norm_weight, norm_eps=1e-5)(x), plain(normed),
+                               atol=2e-3, rtol=0)  # the same product, but for a rare rounding step
+    gate_up = torch.randn(3, 2 * 576, generator=generator) * 3
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(kernels.Int4Matmul(weights, gated=True)(gate_up), plain(F.silu(gate) * up),
+                               atol=2e-3, rtol=0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rope, n_heads, n_kv_heads", [(True, 9, 3), (True, 4, 4), (False, 12, 12)])
+def test_attention_step_matches_pytorch(rope, n_heads, n_kv_heads):
+    head_dim, max_len, pos = 64, 40, 29
+    generator = torch.Generator().manual_seed(n_heads)
+    keys_t = torch.randn(n_kv_heads, head_dim, max_len, generator=generator)
+    values = torch.randn(n_kv_heads, max_len, head_dim, generator=generator)
+    heads = torch.randn(1, (n_heads + 2 * n_kv_heads) * head_dim, generator=generator) * 3
+    rotations = torch.polar(torch.ones(max_len, head_dim // 2),
+                            torch.outer(torch.arange(max_len).float(), rope_frequencies(head_dim, 500000.0, None)))
+    table = torch.stack((rotations.real, rotations.imag), dim=1) if rope else None  # (max_len, 2, head_dim / 2)
+
+    q, k, v = heads.view(-1, head_dim).split((n_heads, n_kv_heads, n_kv_heads))
+    if rope:
+        q, k = (apply_rope(t[None, None], rotations[pos:pos + 1])[0, 0] for t in (q, k))
+    expected_keys_t, expected_values = keys_t.clone(), values.clone()
+    expected_keys_t[:, :, pos], expected_values[:, pos] = k, v
+    mask = torch.full((max_len,), -math.inf)
+    mask[:pos + 1] = 0
+    expected = decode_attention(q.reshape(n_kv_heads, n_heads // n_kv_heads, head_dim), expected_keys_t,
+                                expected_values, mask, head_dim ** -0.5).reshape(1, -1)
+
+    got = kernels.AttentionStep(keys_t, values, n_heads, table)(heads, torch.tensor([pos]))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(keys_t, expected_keys_t, atol=1e-6, rtol=0)  # the new k and v written in place
+    torch.testing.assert_close(values, expected_values, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("make", [hf_llama, hf_gpt2])
+def test_pytorch_int4_kernel_is_the_fallback(tmp_path, monkeypatch, make):
+    """Without llmgen's kernels (no AVX-512 VNNI, no compiler, LLMGEN_KERNELS=0) int4 layers use
+    PyTorch's kernel, and both give about the same logits."""
+    directory = save_hf(make(), tmp_path)
+    ids = torch.randint(0, 1000, (1, 10), generator=torch.Generator().manual_seed(1))
+    logits = {}
+    for own in (True, False):
+        model, _ = load_weights(directory)
+        quantize_model(model, "int4", own_kernels=own)
+        layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+        assert layers and all(m.own_kernel == (own and kernels.int4_library() is not None) for m in layers)
+        model.setup_cache(1, 10)
+        with torch.inference_mode():
+            logits[own] = model(ids, 0)
+    # int8 activations (ours) against bfloat16 ones (PyTorch's): the same weights, a little rounding apart.
+    assert (logits[True] - logits[False]).abs().max() < 0.05 * logits[False].abs().max()
+
+
+def test_a_failed_build_is_a_reason_not_an_error(tmp_path, monkeypatch):
+    compiler = tmp_path / "broken-c++"  # knows its version, fails every build
+    compiler.write_text('#!/bin/sh\n[ "$1" = --version ] && echo broken 1.0 && exit 0\n'
+                        'echo "broken-c++: error: no" >&2\nexit 1\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("LLMGEN_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", str(compiler))
+    for cached in (kernels.int4_library, kernels.unavailable_reason, kernels._build):
+        cached.cache_clear()
+    try:
+        reason = kernels.unavailable_reason()
+        if "CPU lacks" not in (reason or ""):
+            assert reason == "building them failed: broken-c++ failed: broken-c++: error: no"
+            assert kernels.int4_library() is None
+        assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-written left behind
+    finally:
+        monkeypatch.undo()
+        for cached in (kernels.int4_library, kernels.unavailable_reason, kernels._build):
+            cached.cache_clear()
+
+
+def test_llmgen_kernels_0_turns_them_off(monkeypatch):
+    monkeypatch.setenv("LLMGEN_KERNELS", "0")
+    kernels.unavailable_reason.cache_clear()
+    kernels.int4_library.cache_clear()
+    try:
+        assert kernels.unavailable_reason() == "turned off by LLMGEN_KERNELS=0"
+        assert not Int4Linear(Int4Groups.from_float(torch.randn(16, 64))).own_kernel
+    finally:
+        monkeypatch.undo()
+        kernels.unavailable_reason.cache_clear()
+        kernels.int4_library.cache_clear()
