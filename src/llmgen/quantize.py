@@ -123,6 +123,7 @@ class Int4Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.own_kernel = own_kernel and kernels.int4_library() is not None
+        self._matmul: kernels.Int4Matmul | None = None
         if self.own_kernel:
             weights = kernels.pack_int4(groups.q, groups.scale, groups.minimum)
             for name in ("packed", "scales", "minimums"):
@@ -140,7 +141,9 @@ class Int4Linear(nn.Module):
         bfloat16 from PyTorch's, its own output: at ~100 tokens/s a cast per layer is worth saving, and
         the next op (a residual add, SwiGLU, the next int4 layer) takes it as is."""
         if self.own_kernel:
-            y = self.kernel_matmul()(x.reshape(-1, self.in_features))
+            if self._matmul is None or self._matmul.weights.packed is not self.packed:  # built once per weights
+                self._matmul = self.kernel_matmul()
+            y = self._matmul(x.reshape(-1, self.in_features))
             return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
         x2d = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (rows, in)
         y = torch._weight_int4pack_mm_for_cpu(x2d, self.packed, INT4_GROUP, self.scales_and_zeros)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "int4_matmul.cpp", HERE / "attention.cpp")
-HEADERS = (HERE / "fast_exp.h",)
+SOURCES = (HERE / "int4_matmul.cpp", HERE / "attention.cpp", HERE / "llama_layers.cpp")
+HEADERS = (HERE / "kernels.h", HERE / "fast_exp.h")
 CPU_FEATURES = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 GROUP = 32  # weights per scale and minimum (GGUF's Q4_1 blocks)
@@ -75,7 +75,7 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> Pa
 
 
 class Int4Layer(ctypes.Structure):
-    """int4_matmul.cpp's Int4Layer: what a layer's calls share."""
+    """kernels.h's Int4Layer: what a layer's calls share."""
 
     _fields_ = [("packed", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("minimums", ctypes.c_void_p),
                 ("groups", ctypes.c_int64), ("in_features", ctypes.c_int64), ("out_features", ctypes.c_int64),
@@ -136,6 +136,37 @@ class AttentionStep:
         self.run(heads.data_ptr(), rope, keys_t, values, pos.data_ptr(), n_heads, n_kv_heads, head_dim, max_len,
                  self.scale, out.data_ptr(), torch.get_num_threads())
         return out
+
+
+class LlamaLayer(ctypes.Structure):
+    """llama_layers.cpp's LlamaLayer: one TransformerBlock's four int4 layers and its caches."""
+
+    _fields_ = [("qkv", Int4Layer), ("wo", Int4Layer), ("gate_up", Int4Layer), ("down", Int4Layer),
+                ("keys_t", ctypes.c_void_p), ("values", ctypes.c_void_p)]
+
+
+class LlamaLayers:
+    """x -> x after all of a LLaMA's transformer blocks, for one decode step, in place: one call into
+    llama_layers.cpp, which runs each block as five kernel calls (described there).
+
+    Each block is given as its Int4Matmuls, (qkv with attention_norm, wo, gate_up with ffn_norm, down
+    gated), and its caches: keys_t (n_kv_heads, head_dim, max_len), values (n_kv_heads, max_len, head_dim).
+    rope: (max_len, 2, head_dim / 2), each position's cos and sin.
+    """
+
+    def __init__(self, blocks: list[tuple[Int4Matmul, Int4Matmul, Int4Matmul, Int4Matmul, torch.Tensor, torch.Tensor]],
+                 n_heads: int, rope: torch.Tensor):
+        self.blocks, self.rope = blocks, rope.contiguous()  # kept: the structs point into them
+        n_kv_heads, head_dim, max_len = blocks[0][4].shape
+        self.layers = (LlamaLayer * len(blocks))(*(
+            LlamaLayer(qkv.layer, wo.layer, gate_up.layer, down.layer, keys_t.data_ptr(), values.data_ptr())
+            for qkv, wo, gate_up, down, keys_t, values in blocks))
+        self.arguments = (self.layers, len(blocks), self.rope.data_ptr(), n_heads, n_kv_heads, head_dim, max_len)
+        self.run = int4_library().llama_decode_layers
+
+    def __call__(self, x: torch.Tensor, pos: torch.Tensor) -> None:
+        """x: (1, dim) float32, updated in place; pos: (1,) int64, the new token's position."""
+        self.run(*self.arguments, x.data_ptr(), pos.data_ptr(), torch.get_num_threads())
 
 
 @cache
@@ -213,6 +244,8 @@ def _load(path: Path) -> ctypes.CDLL:
     library.int4_linear.argtypes = [pointer, pointer, size, pointer, flag, flag]
     library.attention_step.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, size, size,
                                        ctypes.c_float, pointer, flag]
-    for function in (library.int4_linear, library.attention_step):
+    library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, pointer, size, size, size, size,
+                                            pointer, pointer, flag]
+    for function in (library.int4_linear, library.attention_step, library.llama_decode_layers):
         function.restype = None
     return library

@@ -8,8 +8,7 @@
 #include <vector>
 
 #include "fast_exp.h"
-
-extern "C" {
+#include "kernels.h"
 
 // heads: (n_heads + 2 n_kv_heads, head_dim), the new token's q, k and v heads, q and k turned in place.
 // rope: (max_len, 2, head_dim / 2), each position's cos and sin for pairs (x[2j], x[2j + 1]); null for none.
@@ -68,5 +67,3 @@ void attention_step(float* heads, const float* rope, float* keys_t, float* value
     }
   }
 }
-
-}  // extern "C"

@@ -27,20 +27,8 @@
 #include <vector>
 
 #include "fast_exp.h"
+#include "kernels.h"
 
-// One layer: everything int4_linear needs that does not change from call to call (kernels.Int4Layer
-// mirrors it for ctypes).
-struct Int4Layer {
-  const uint8_t* packed;      // (out_features, padded_in / 2)
-  const uint16_t* scales;     // (out_features, groups) fp16
-  const uint16_t* minimums;   // (out_features, groups) fp16
-  int64_t groups;             // padded_in / 32: even
-  int64_t in_features, out_features;
-  const float* bias;          // (out_features,) or null
-  const float* norm_weight;   // (in_features,): RMS-normalise each row of x and scale by this first; or null
-  float norm_eps;
-  int32_t gated;              // rows of x are [gate, up], 2 in_features wide: the input is silu(gate) * up
-};
 
 namespace {
 
@@ -151,9 +139,6 @@ void prepare_input(const Int4Layer& layer, const float* x, float* prepared) {
 
 }  // namespace
 
-extern "C" {
-
-// out (rows, out_features) = prepare(x) W^T [+ bias] [+ out, when accumulate], float32 throughout.
 // x is (rows, in_features), or (rows, 2 in_features) for a gated layer.
 void int4_linear(const Int4Layer* layer, const float* x, int64_t rows, float* out, int32_t accumulate,
                  int32_t threads) {
@@ -199,5 +184,3 @@ void int4_linear(const Int4Layer* layer, const float* x, int64_t rows, float* ou
     }
   }
 }
-
-}  // extern "C"

@@ -18,7 +18,7 @@ from torch import nn
 
 from llmgen.config import LlamaConfig, RopeScaling
 from llmgen.models.kv_cache import DecodeWindow, KVCache, causal_attention, decode_attention, same_cache
-from llmgen.kernels import AttentionStep, Int4Matmul
+from llmgen.kernels import LlamaLayers
 from llmgen.quantize import Int4Linear, linear_function
 
 
@@ -204,20 +204,18 @@ class Llama(nn.Module):
         through decode_tokens or a compiled one of it (compiled.py)."""
         plan, device = self.decode_plan(window_step), self.tok_embeddings.weight.device
         token_t, pos_t = torch.tensor([token], device=device), torch.tensor([pos], device=device)
-        if plan.kernel_layers and decode_tokens is None:
+        if plan.kernel_layers is not None and decode_tokens is None:
             return self.decode_with_kernels(token_t, pos_t)
         return (decode_tokens or self.decode_tokens)(token_t, pos_t, plan.window.at(pos))
 
     def decode_with_kernels(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """decode_tokens through llmgen's kernels (kernels/), where every layer has them (KernelDecodeLayer):
-        per layer four int4 matmuls, with the norms, SwiGLU and residual adds done inside them, and one
-        attention call, instead of ~30 tensor ops. tests/test_generation.py holds this equal to forward.
+        """decode_tokens through llmgen's kernels (kernels/), where every block's matmuls are int4 on them:
+        all blocks in one call (kernels/llama_layers.cpp), each block five kernel calls with the norms,
+        SwiGLU and residual adds done inside them, instead of ~30 tensor ops.
+        tests/test_generation.py holds this equal to forward.
         """
-        x = F.embedding(token, self.tok_embeddings.weight)  # (1, dim): a new tensor, so adding into it is safe
-        for layer in self._decode_plan.kernel_layers:
-            y = layer.attention(layer.qkv(x), pos)  # (1, n_heads * head_dim)
-            layer.wo(y, out=x, accumulate=True)  # x += wo(y)
-            layer.down(layer.gate_up(x), out=x, accumulate=True)  # x += down(silu(gate) * up)
+        x = F.embedding(token, self.tok_embeddings.weight)  # (1, dim): a new tensor, so updating it is safe
+        self._decode_plan.kernel_layers(x, pos)
         x = self.norm(x)
         logits = F.linear(x, self.tok_embeddings.weight) if self.output is None else self.output(x)
         return logits[0].float()  # (vocab,)
@@ -260,16 +258,15 @@ class DecodePlan:
     window: DecodeWindow
     rope_cos_sin: torch.Tensor  # (max_len, 2, head_dim / 2): each position's RoPE cos and sin
     dtype: torch.dtype  # the caches'
-    kernel_layers: list[KernelDecodeLayer] | None  # where every layer can run on llmgen's kernels
+    kernel_layers: LlamaLayers | None  # where every block can run on llmgen's kernels
 
     @classmethod
     def of(cls, model: Llama, window_step: int) -> DecodePlan:
         caches = [layer.attention.kv_cache for layer in model.layers]
         rotations = model.rope_rotations  # (max_len, head_dim / 2) complex
         rope_cos_sin = torch.stack((rotations.real, rotations.imag), dim=1)
-        kernel_layers = [KernelDecodeLayer.of(layer, model.config, rope_cos_sin) for layer in model.layers]
         return cls([DecodeLayer.of(layer) for layer in model.layers], DecodeWindow(caches, window_step),
-                   rope_cos_sin, caches[0].v.dtype, kernel_layers if all(kernel_layers) else None)
+                   rope_cos_sin, caches[0].v.dtype, kernel_layers(model, rope_cos_sin))
 
 
 @dataclass(slots=True)
@@ -304,26 +301,17 @@ class DecodeLayer:
                    attention.kv_cache.k_t[0], attention.kv_cache.v[0])
 
 
-@dataclass(slots=True)
-class KernelDecodeLayer:
-    """A TransformerBlock as calls into llmgen's kernels (kernels/), for Llama.decode_with_kernels."""
-
-    qkv: Int4Matmul  # x -> q, k, v heads side by side, of attention_norm(x)
-    attention: AttentionStep  # RoPE, cache writes, attention
-    wo: Int4Matmul
-    gate_up: Int4Matmul  # x -> gate, up side by side, of ffn_norm(x)
-    down: Int4Matmul  # [gate, up] -> down(silu(gate) * up)
-
-    @classmethod
-    def of(cls, block: TransformerBlock, config: LlamaConfig, rope_cos_sin: torch.Tensor) -> KernelDecodeLayer | None:
-        """None unless the block's matmuls are all fused int4 layers on llmgen's kernel, and its caches float32."""
+def kernel_layers(model: Llama, rope_cos_sin: torch.Tensor) -> LlamaLayers | None:
+    """The model's blocks as one call into llmgen's kernels (Llama.decode_with_kernels), or None unless
+    every block's matmuls are fused int4 layers on llmgen's kernel and its caches are float32."""
+    blocks = []
+    for block in model.layers:
         attention, feed_forward, cache = block.attention, block.feed_forward, block.attention.kv_cache
         linears = (attention.wqkv, attention.wo, feed_forward.w13, feed_forward.w2)
         if not all(isinstance(m, Int4Linear) and m.own_kernel for m in linears) or cache.v.dtype != torch.float32:
             return None
         norms = block.attention_norm, block.ffn_norm
-        return cls(attention.wqkv.kernel_matmul(norms[0].weight, norms[0].eps),
-                   AttentionStep(cache.k_t[0], cache.v[0], config.n_heads, rope_cos_sin),
-                   attention.wo.kernel_matmul(),
-                   feed_forward.w13.kernel_matmul(norms[1].weight, norms[1].eps),
-                   feed_forward.w2.kernel_matmul(gated=True))
+        blocks.append((attention.wqkv.kernel_matmul(norms[0].weight, norms[0].eps), attention.wo.kernel_matmul(),
+                       feed_forward.w13.kernel_matmul(norms[1].weight, norms[1].eps),
+                       feed_forward.w2.kernel_matmul(gated=True), cache.k_t[0], cache.v[0]))
+    return LlamaLayers(blocks, model.config.n_heads, rope_cos_sin)
