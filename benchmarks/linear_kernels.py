@@ -65,7 +65,7 @@ def main() -> None:
             [Int4Linear(Int4Groups.from_float(w), own_kernel=False).as_function() for w in weights], bf16_inputs),
         "int8 _weight_int8pack_mm": ([Int8Linear(w).as_function() for w in weights], bf16_inputs),
     }
-    if kernels_module.int4_library() is not None:
+    if kernels_module.library() is not None:
         kernels["int4 llmgen (int4_matmul.cpp)"] = (
             [Int4Linear(Int4Groups.from_float(w)).as_function() for w in weights], float_inputs)
     else:

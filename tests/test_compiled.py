@@ -49,7 +49,7 @@ def test_compile_refuses_llmgens_own_kernels(tmp_path):
     from llmgen import kernels
     from llmgen.errors import LLMGenError
 
-    if kernels.int4_library() is None:
+    if kernels.library() is None:
         pytest.skip(f"llmgen's kernels do not run here: {kernels.unavailable_reason()}")
     model, _ = load_weights(save_hf(hf_llama(), tmp_path))
     quantize_model(model, "int4")

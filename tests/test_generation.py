@@ -52,8 +52,10 @@ def test_decode_step_equals_forward(tmp_path, make, quantize):
     ids = torch.randint(0, 1000, (14,), generator=torch.Generator().manual_seed(6)).tolist()
     model.setup_cache(1, len(ids))
     if make is hf_llama:
-        kernel_path = quantize == "int4" and kernels.int4_library() is not None
+        kernel_path = quantize == "int4" and kernels.library() is not None
         assert (model.decode_plan().kernel_layers is not None) == kernel_path
+    else:
+        assert (model.decode_plan().kernel_attention is not None) == (kernels.library() is not None)
     with torch.inference_mode():
         model(torch.tensor([ids[:6]]), 0)
         expected = [model(torch.tensor([[t]]), pos, last_only=True)[0, -1] for pos, t in enumerate(ids[6:], start=6)]

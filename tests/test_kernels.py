@@ -13,7 +13,7 @@ from llmgen.models.llama import apply_rope, rope_frequencies
 from llmgen.quantize import Int4Groups, Int4Linear, quantize_model
 from llmgen.weights.loading import load_weights
 
-needs_kernels = pytest.mark.skipif(kernels.int4_library() is None,
+needs_kernels = pytest.mark.skipif(kernels.library() is None,
                                    reason=f"llmgen's kernels do not run here: {kernels.unavailable_reason()}")
 
 
@@ -109,7 +109,7 @@ def test_pytorch_int4_kernel_is_the_fallback(tmp_path, monkeypatch, make):
         model, _ = load_weights(directory)
         quantize_model(model, "int4", own_kernels=own)
         layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
-        assert layers and all(m.own_kernel == (own and kernels.int4_library() is not None) for m in layers)
+        assert layers and all(m.own_kernel == (own and kernels.library() is not None) for m in layers)
         model.setup_cache(1, 10)
         with torch.inference_mode():
             logits[own] = model(ids, 0)
@@ -124,28 +124,28 @@ def test_a_failed_build_is_a_reason_not_an_error(tmp_path, monkeypatch):
     compiler.chmod(0o755)
     monkeypatch.setenv("LLMGEN_HOME", str(tmp_path))
     monkeypatch.setenv("CXX", str(compiler))
-    for cached in (kernels.int4_library, kernels.unavailable_reason, kernels._build):
+    for cached in (kernels.library, kernels.unavailable_reason, kernels._build):
         cached.cache_clear()
     try:
         reason = kernels.unavailable_reason()
         if "CPU lacks" not in (reason or ""):
             assert reason == "building them failed: broken-c++ failed: broken-c++: error: no"
-            assert kernels.int4_library() is None
+            assert kernels.library() is None
         assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-written left behind
     finally:
         monkeypatch.undo()
-        for cached in (kernels.int4_library, kernels.unavailable_reason, kernels._build):
+        for cached in (kernels.library, kernels.unavailable_reason, kernels._build):
             cached.cache_clear()
 
 
 def test_llmgen_kernels_0_turns_them_off(monkeypatch):
     monkeypatch.setenv("LLMGEN_KERNELS", "0")
     kernels.unavailable_reason.cache_clear()
-    kernels.int4_library.cache_clear()
+    kernels.library.cache_clear()
     try:
         assert kernels.unavailable_reason() == "turned off by LLMGEN_KERNELS=0"
         assert not Int4Linear(Int4Groups.from_float(torch.randn(16, 64))).own_kernel
     finally:
         monkeypatch.undo()
         kernels.unavailable_reason.cache_clear()
-        kernels.int4_library.cache_clear()
+        kernels.library.cache_clear()

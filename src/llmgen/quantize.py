@@ -122,7 +122,7 @@ class Int4Linear(nn.Module):
         out_features, in_features = groups.shape
         self.in_features, self.out_features = in_features, out_features
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-        self.own_kernel = own_kernel and kernels.int4_library() is not None
+        self.own_kernel = own_kernel and kernels.library() is not None
         self._matmul: kernels.Int4Matmul | None = None
         if self.own_kernel:
             weights = kernels.pack_int4(groups.q, groups.scale, groups.minimum)

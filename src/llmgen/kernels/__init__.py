@@ -101,7 +101,7 @@ class Int4Matmul:
                                weights.groups, weights.in_features, weights.out_features,
                                _pointer(self.bias), _pointer(self.norm_weight), norm_eps, int(gated))
         self.address, self.out_features = ctypes.addressof(self.layer), weights.out_features
-        self.run = int4_library().int4_linear
+        self.run = library().int4_linear
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
         if x.dtype != torch.float32 or not x.is_contiguous():
@@ -127,9 +127,11 @@ class AttentionStep:
         self.keys_t, self.values, self.rope = keys_t, values, None if rope is None else rope.contiguous()
         self.shape = (n_heads, n_kv_heads, head_dim, max_len)
         self.pointers = (_pointer(self.rope), keys_t.data_ptr(), values.data_ptr())
-        self.scale, self.run = head_dim ** -0.5, int4_library().attention_step
+        self.scale, self.run = head_dim ** -0.5, library().attention_step
 
     def __call__(self, heads: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if heads.dtype != torch.float32 or not heads.is_contiguous():
+            heads = heads.float().contiguous()
         n_heads, n_kv_heads, head_dim, max_len = self.shape
         out = torch.empty(1, n_heads * head_dim)
         rope, keys_t, values = self.pointers
@@ -162,7 +164,7 @@ class LlamaLayers:
             LlamaLayer(qkv.layer, wo.layer, gate_up.layer, down.layer, keys_t.data_ptr(), values.data_ptr())
             for qkv, wo, gate_up, down, keys_t, values in blocks))
         self.arguments = (self.layers, len(blocks), self.rope.data_ptr(), n_heads, n_kv_heads, head_dim, max_len)
-        self.run = int4_library().llama_decode_layers
+        self.run = library().llama_decode_layers
 
     def __call__(self, x: torch.Tensor, pos: torch.Tensor) -> None:
         """x: (1, dim) float32, updated in place; pos: (1,) int64, the new token's position."""
@@ -170,7 +172,7 @@ class LlamaLayers:
 
 
 @cache
-def int4_library() -> ctypes.CDLL | None:
+def library() -> ctypes.CDLL | None:
     """The compiled kernel library, or None where it cannot run here (see unavailable_reason)."""
     return None if unavailable_reason() else _load(_build())
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmgen import kernels
 from llmgen.config import GPT2Config
 from llmgen.models.kv_cache import DecodeWindow, KVCache, causal_attention, decode_attention, same_cache
 from llmgen.quantize import linear_function
@@ -95,16 +96,35 @@ class GPT2(nn.Module):
         """What decode steps need, built once per setup_cache; window_step: see DecodeWindow."""
         if self._decode_plan is None or self._decode_plan.window.step != window_step:
             blocks = [DecodeBlock.of(block) for block in self.h]
-            self._decode_plan = DecodePlan(blocks, DecodeWindow([block.attn.kv_cache for block in self.h], window_step))
+            caches = [block.attn.kv_cache for block in self.h]
+            kernel_attention = None  # llmgen's attention kernel, where it runs and the caches are float32
+            if kernels.library() is not None and caches[0].v.dtype == torch.float32:
+                kernel_attention = [kernels.AttentionStep(c.k_t[0], c.v[0], self.config.n_heads, None) for c in caches]
+            self._decode_plan = DecodePlan(blocks, DecodeWindow(caches, window_step), kernel_attention)
         return self._decode_plan
 
     def decode_step(self, token: int, pos: int, window_step: int = DecodeWindow.STEP,
                     decode_tokens: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """One token at position `pos` (after setup_cache and a prefill) -> (vocab,) float32 logits,
         through decode_tokens or a compiled one of it (compiled.py)."""
-        mask, device = self.decode_plan(window_step).window.at(pos), self.wte.weight.device
-        return (decode_tokens or self.decode_tokens)(torch.tensor([token], device=device),
-                                                     torch.tensor([pos], device=device), mask)
+        plan, device = self.decode_plan(window_step), self.wte.weight.device
+        token_t, pos_t = torch.tensor([token], device=device), torch.tensor([pos], device=device)
+        if plan.kernel_attention is not None and decode_tokens is None:
+            return self.decode_with_kernels(token_t, pos_t)
+        return (decode_tokens or self.decode_tokens)(token_t, pos_t, plan.window.at(pos))
+
+    def decode_with_kernels(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """decode_tokens with each block's attention (cache writes included) as one call into llmgen's
+        kernels (kernels/attention.cpp) instead of ~10 tensor ops; tests hold this equal to forward."""
+        plan = self._decode_plan
+        x = F.embedding(token, self.wte.weight) + F.embedding(pos, self.wpe.weight)  # (1, dim)
+        for block, attention in zip(plan.blocks, plan.kernel_attention):
+            y = attention(block.qkv(block.ln_1(x)), pos)  # (1, dim)
+            x = x + block.attention_proj(y)
+            x = x + block.mlp_proj(F.gelu(block.fc(block.ln_2(x)), approximate="tanh"))
+        x = self.ln_f(x)
+        logits = F.linear(x, self.wte.weight) if self.output is None else self.output(x)
+        return logits[0].float()  # (vocab,)
 
     def decode_tokens(self, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """decode_step with its inputs as tensors: token and pos (1,), mask from decode_plan().window.at(pos).
@@ -134,6 +154,7 @@ class DecodePlan:
 
     blocks: list[DecodeBlock]
     window: DecodeWindow
+    kernel_attention: list[kernels.AttentionStep] | None  # per block, for GPT2.decode_with_kernels
 
 
 @dataclass(slots=True)
