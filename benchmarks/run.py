@@ -43,8 +43,11 @@ def describe_machine() -> str:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
             versions.append(f"{package} (not installed)")
+    from llmgen import kernels
+
+    own_kernels = f"not used: {kernels.unavailable_reason()}" if kernels.library() is None else "used"
     return (f"{cpu}, {os.cpu_count()} cores ({', '.join(features)}), {memory_gb:.0f} GiB RAM, "
-            f"Python {platform.python_version()}; {', '.join(versions)}")
+            f"Python {platform.python_version()}; {', '.join(versions)}; llmgen's own kernels {own_kernels}")
 
 
 def main() -> None:

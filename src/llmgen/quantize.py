@@ -1,13 +1,14 @@
 """Weight-only quantization: fewer bytes read per decoded token.
 
 Decoding one token reads every weight once, so its speed is set by bytes per token (and, for small
-models whose weights fit in the CPU's cache, by how fast the kernels run). Two formats, both using
-PyTorch's own CPU kernels with bfloat16 activations:
+models whose weights fit in the CPU's cache, by how fast the kernels run). Two formats:
 
-- int8: one scale per output channel, `torch._weight_int8pack_mm`; a quarter of float32's bytes.
-- int4: groups of 32 weights along the input, each with a scale and a minimum (GGUF's Q4_1 form),
-  `torch._weight_int4pack_mm_for_cpu`; an eighth of float32's bytes. GGUF Q4_0/Q4_1 weights are packed
-  straight from their blocks (weights/gguf_format.py), without a detour through float32.
+- int8: one scale per output channel, PyTorch's `torch._weight_int8pack_mm` (bfloat16 activations);
+  a quarter of float32's bytes.
+- int4: groups of 32 weights along the input, each with a scale and a minimum (GGUF's Q4_1 form); an
+  eighth of float32's bytes. On llmgen's own kernel where it runs (kernels/: int8 activations, AVX-512
+  VNNI), else on PyTorch's `torch._weight_int4pack_mm_for_cpu` (bfloat16 activations). GGUF Q4_0/Q4_1
+  weights are packed straight from their blocks (weights/gguf_format.py), without a detour through float32.
 
 Quantizing also fuses the projections a model declares in its `FUSIONS` (q/k/v, gate/up): one matmul
 instead of three costs one kernel launch instead of three, which matters at ~100 tokens/s.

@@ -1,15 +1,23 @@
-"""llmgen's own CPU kernel for 4-bit weights: int4_matmul.cpp, built on first use.
+"""llmgen's own CPU kernels, in C++ (this directory), built on first use: what a decode step spends
+its time on.
 
-Decoding a small model reads weights that fit in the CPU's cache, so its speed is set by how fast the
-matmul kernel turns 4-bit weights into dot products, not by memory. PyTorch's CPU int4 kernel converts
-every weight to float (~12 G weights/s per core here); int4_matmul.cpp rounds the activations to int8
-and lets AVX-512 VNNI multiply-add 64 bytes per instruction, as llama.cpp does (~30 G/s per core; the
-numbers are in benchmarks/RESULTS.md). It needs a CPU with AVX-512 VNNI and a C++ compiler; without
-them, or with LLMGEN_KERNELS=0, quantize.py uses PyTorch's int4 kernel instead.
+- int4_matmul.cpp: y = x W^T for 4-bit weights (GGUF's Q4_1 form). Decoding a small model reads weights
+  that mostly stay in the CPU's caches, so its speed is set by how fast the kernel turns 4-bit weights
+  into dot products. PyTorch's CPU int4 kernel converts every weight to float (~12 G weights/s per core
+  here); this one rounds the activations to int8 and lets AVX-512 VNNI multiply-add 64 bytes per
+  instruction, as llama.cpp does (~30 G/s per core). It can also RMS-normalise its input or take
+  SwiGLU's silu(gate) * up first, and add its result into the residual stream.
+- attention.cpp: one decode step's attention for one layer (RoPE, cache writes, softmax attention), one
+  call instead of ~12 tensor ops that each cost more in dispatch than in arithmetic.
+- llama_layers.cpp: all of a LLaMA's blocks for one token in one call (Llama.decode_with_kernels).
+The numbers are in benchmarks/RESULTS.md. They need a CPU with AVX-512 VNNI and a C++ compiler; without
+them, or with LLMGEN_KERNELS=0, models use PyTorch's kernels and ops instead (same results, within
+rounding; tests/test_kernels.py).
 
-The library is compiled once per machine (about a second) into llmgen's data directory, named by a hash
-of the source, the compiler and the CPU, and called through ctypes: plain pointers, no Python objects,
-so no torch headers to compile against. Its OpenMP threads are PyTorch's: torch loads libgomp first.
+The library is compiled once per machine (a few seconds) into llmgen's data directory, named by a hash
+of the sources, the compiler and the CPU, and called through ctypes: plain pointers, no Python objects,
+so no torch headers to compile against. Its OpenMP threads are PyTorch's: torch loads libgomp first,
+and the library links the same libgomp.so.1.
 """
 
 from __future__ import annotations

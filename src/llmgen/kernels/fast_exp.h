@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 inline float fast_exp(float x) {
-  x = x < -87.f ? -87.f : x > 88.f ? 88.f : x;    // e^x stays a normal float (not fminf: it needs libm)
+  x = x < -87.f ? -87.f : x > 88.f ? 88.f : x;    // e^x stays normal (fmaxf would not vectorise)
   const float n = nearbyintf(x * 1.44269504f);    // x = n ln 2 + r, |r| <= ln 2 / 2
   float r = fmaf(n, -0.693359375f, x);            // ln 2 in two parts (Cody and Waite), for an exact r
   r = fmaf(n, 2.12194440e-4f, r);
