@@ -149,3 +149,22 @@ def test_llmgen_kernels_0_turns_them_off(monkeypatch):
         monkeypatch.undo()
         kernels.unavailable_reason.cache_clear()
         kernels.library.cache_clear()
+
+
+@needs_kernels
+def test_kernels_refuse_what_would_take_them_out_of_bounds(tmp_path):
+    groups = Int4Groups.from_float(torch.randn(16, 64))
+    matmul = kernels.Int4Matmul(kernels.pack_int4(groups.q, groups.scale, groups.minimum))
+    with pytest.raises(ValueError, match="takes \\(rows, 64\\) inputs"):
+        matmul(torch.randn(1, 32))
+    with pytest.raises(ValueError, match="output"):
+        matmul(torch.randn(1, 64), out=torch.empty(1, 8))
+    attention = kernels.AttentionStep(torch.zeros(2, 64, 8), torch.zeros(2, 8, 64), 2, None)
+    with pytest.raises(ValueError, match="position 8 is outside the KV cache's 8"):
+        attention(torch.randn(1, 6 * 64), torch.tensor([8]))
+
+    model, _ = load_weights(save_hf(hf_llama(), tmp_path))
+    quantize_model(model, "int4")
+    model.setup_cache(1, 4)
+    with torch.inference_mode(), pytest.raises(ValueError, match="position 4 is outside"):
+        model.decode_step(1, 4)

@@ -109,14 +109,20 @@ class Int4Matmul:
                                weights.groups, weights.in_features, weights.out_features,
                                _pointer(self.bias), _pointer(self.norm_weight), norm_eps, int(gated))
         self.address, self.out_features = ctypes.addressof(self.layer), weights.out_features
+        self.in_width = 2 * weights.in_features if gated else weights.in_features  # x's columns
         self.run = library().int4_linear
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
         if x.dtype != torch.float32 or not x.is_contiguous():
             x = x.float().contiguous()
         rows = x.shape[0]
+        # The kernel trusts these shapes: a wrong one would read or write past the tensors.
+        if x.dim() != 2 or x.shape[1] != self.in_width:
+            raise ValueError(f"int4 layer takes (rows, {self.in_width}) inputs, got {tuple(x.shape)}")
         if out is None:
             out = torch.empty(rows, self.out_features)
+        elif out.shape != (rows, self.out_features) or out.dtype != torch.float32 or not out.is_contiguous():
+            raise ValueError(f"int4 layer writes a contiguous float32 ({rows}, {self.out_features}) output")
         self.run(self.address, x.data_ptr(), rows, out.data_ptr(), int(accumulate), torch.get_num_threads())
         return out
 
@@ -131,7 +137,8 @@ class AttentionStep:
 
     def __init__(self, keys_t: torch.Tensor, values: torch.Tensor, n_heads: int, rope: torch.Tensor | None):
         n_kv_heads, head_dim, max_len = keys_t.shape
-        assert keys_t.dtype == values.dtype == torch.float32 and keys_t.is_contiguous() and values.is_contiguous()
+        if not (keys_t.dtype == values.dtype == torch.float32 and keys_t.is_contiguous() and values.is_contiguous()):
+            raise ValueError("the attention kernel needs contiguous float32 caches")
         self.keys_t, self.values, self.rope = keys_t, values, None if rope is None else rope.contiguous()
         self.shape = (n_heads, n_kv_heads, head_dim, max_len)
         self.pointers = (_pointer(self.rope), keys_t.data_ptr(), values.data_ptr())
@@ -143,8 +150,9 @@ class AttentionStep:
         n_heads, n_kv_heads, head_dim, max_len = self.shape
         out = torch.empty(1, n_heads * head_dim)
         rope, keys_t, values = self.pointers
-        self.run(heads.data_ptr(), rope, keys_t, values, pos.data_ptr(), n_heads, n_kv_heads, head_dim, max_len,
-                 self.scale, out.data_ptr(), torch.get_num_threads())
+        if self.run(heads.data_ptr(), rope, keys_t, values, _position(pos), n_heads, n_kv_heads, head_dim, max_len,
+                    self.scale, out.data_ptr(), torch.get_num_threads()):
+            raise ValueError(f"position {int(pos)} is outside the KV cache's {max_len}")
         return out
 
 
@@ -176,7 +184,10 @@ class LlamaLayers:
 
     def __call__(self, x: torch.Tensor, pos: torch.Tensor) -> None:
         """x: (1, dim) float32, updated in place; pos: (1,) int64, the new token's position."""
-        self.run(*self.arguments, x.data_ptr(), pos.data_ptr(), torch.get_num_threads())
+        if x.shape != (1, self.blocks[0][1].out_features) or x.dtype != torch.float32 or not x.is_contiguous():
+            raise ValueError(f"LlamaLayers updates a contiguous float32 (1, dim) x, got {tuple(x.shape)} {x.dtype}")
+        if self.run(*self.arguments, x.data_ptr(), _position(pos), torch.get_num_threads()):
+            raise ValueError(f"position {int(pos)} is outside the KV cache's {self.arguments[-1]}")
 
 
 @cache
@@ -205,6 +216,13 @@ def unavailable_reason() -> str | None:
 def int4_linear(x: torch.Tensor, weights: PackedInt4, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (rows, in) -> (rows, out) float32, x W^T (+ bias): one call, for prefill and tests."""
     return Int4Matmul(weights, bias)(x)
+
+
+def _position(pos: torch.Tensor) -> int:
+    """The address of a decode step's (1,) int64 position tensor, which the kernels read (and check)."""
+    if pos.dtype != torch.int64 or pos.numel() != 1 or pos.device.type != "cpu":
+        raise ValueError("a decode step's position is a (1,) int64 CPU tensor")
+    return pos.data_ptr()
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:
@@ -256,6 +274,6 @@ def _load(path: Path) -> ctypes.CDLL:
                                        ctypes.c_float, pointer, flag]
     library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, pointer, size, size, size, size,
                                             pointer, pointer, flag]
-    for function in (library.int4_linear, library.attention_step, library.llama_decode_layers):
-        function.restype = None
+    library.int4_linear.restype = None
+    library.attention_step.restype = library.llama_decode_layers.restype = ctypes.c_int32
     return library

@@ -15,10 +15,11 @@
 // keys_t: (n_kv_heads, head_dim, max_len) and values: (n_kv_heads, max_len, head_dim), the caches.
 // position: the new token's position (the step's position tensor, read here: no host round trip).
 // out: (n_heads, head_dim). Query head h uses KV head h / (n_heads / n_kv_heads) (grouped-query attention).
-void attention_step(float* heads, const float* rope, float* keys_t, float* values, const int64_t* position,
-                    int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t max_len, float scale,
-                    float* out, int32_t threads) {
+int32_t attention_step(float* heads, const float* rope, float* keys_t, float* values, const int64_t* position,
+                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t max_len, float scale,
+                       float* out, int32_t threads) {
   const int64_t pos = *position, length = pos + 1, half = head_dim / 2, group = n_heads / n_kv_heads;
+  if (pos < 0 || pos >= max_len) return -1;  // a write past the caches would corrupt memory
   if (rope) {
     const float *cos = rope + pos * head_dim, *sin = cos + half;
     for (int64_t h = 0; h < n_heads + n_kv_heads; h++) {
@@ -66,4 +67,5 @@ void attention_step(float* heads, const float* rope, float* keys_t, float* value
       for (int64_t d = 0; d < head_dim; d++) y[d] += p * v[t * head_dim + d];
     }
   }
+  return 0;
 }

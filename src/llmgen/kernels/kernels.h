@@ -24,7 +24,8 @@ void int4_linear(const Int4Layer* layer, const float* x, int64_t rows, float* ou
                  int32_t threads);
 
 // One decode step's attention for one layer; attention.cpp describes the arguments.
-void attention_step(float* heads, const float* rope, float* keys_t, float* values, const int64_t* position,
+// Returns 0, or -1 (and does nothing) when the position is outside the caches.
+int32_t attention_step(float* heads, const float* rope, float* keys_t, float* values, const int64_t* position,
                     int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t max_len, float scale,
                     float* out, int32_t threads);
 

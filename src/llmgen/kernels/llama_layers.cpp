@@ -21,9 +21,11 @@ struct LlamaLayer {
   float* values;                     // (n_kv_heads, max_len, head_dim)
 };
 
-extern "C" void llama_decode_layers(const LlamaLayer* layers, int64_t n_layers, const float* rope, int64_t n_heads,
-                                    int64_t n_kv_heads, int64_t head_dim, int64_t max_len, float* x,
-                                    const int64_t* position, int32_t threads) {
+// Returns 0, or -1 (with x unchanged) when the position is outside the caches.
+extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layers, const float* rope,
+                                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t max_len, float* x,
+                                       const int64_t* position, int32_t threads) {
+  if (*position < 0 || *position >= max_len) return -1;
   static thread_local std::vector<float> heads, y, gate_up;
   heads.resize((n_heads + 2 * n_kv_heads) * head_dim);
   y.resize(n_heads * head_dim);
@@ -37,4 +39,5 @@ extern "C" void llama_decode_layers(const LlamaLayer* layers, int64_t n_layers, 
     int4_linear(&layer.gate_up, x, 1, gate_up.data(), 0, threads);
     int4_linear(&layer.down, gate_up.data(), 1, x, 1, threads);
   }
+  return 0;
 }
