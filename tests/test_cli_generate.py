@@ -82,6 +82,16 @@ def test_stats_go_to_stderr(llama3_dir):
     assert "tok/s" in result.err and "loaded" in result.err
 
 
+def test_stats_say_which_kernel_the_int4_layers_run_on():
+    from llmgen import kernels
+
+    default = run_llmgen("generate", "hi", "-n", "2", "--stats")
+    expected = "int4 layers on llmgen's kernels" if kernels.library() else "int4 layers on PyTorch's kernel"
+    assert default.returncode == 0 and expected in default.err
+    off = run_llmgen("generate", "hi", "-n", "2", "--stats", env={"LLMGEN_KERNELS": "0"})
+    assert "int4 layers on PyTorch's kernel (llmgen's kernels not used: turned off by LLMGEN_KERNELS=0)" in off.err
+
+
 def test_hf_gpt2_directory_and_context_crop_warning(gpt2_dir):
     result = run_llmgen("generate", "word " * 40, "-n", "3", "-m", gpt2_dir, "-t", "0")
     assert result.returncode == 0, result.err

@@ -219,6 +219,17 @@ def top_indices(scores: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
     return positions.gather(-1, candidates.topk(k, dim=-1).indices)
 
 
+def int4_kernel_in_use(model: nn.Module) -> str | None:
+    """Which kernel a model's int4 layers run on, in words (for --stats); None without int4 layers."""
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    if not layers:
+        return None
+    if all(m.own_kernel for m in layers):
+        return "int4 layers on llmgen's kernels"
+    reason = kernels.unavailable_reason()
+    return "int4 layers on PyTorch's kernel" + (f" (llmgen's kernels not used: {reason})" if reason else "")
+
+
 def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Groups] | None = None,
                    own_kernels: bool = True) -> nn.Module:
     """Swap linear layers for quantized ones in place (`kind` is "int8" or "int4").

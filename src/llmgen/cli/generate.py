@@ -83,8 +83,12 @@ def generate(
     tokenizer = loaded.tokenizer
     model_name = DEFAULT_MODEL_NAME if is_default else str(model or model_path)
     if stats:
+        from llmgen.quantize import int4_kernel_in_use
+
         console.print_info(f"loaded {loaded.path} ({loaded.layout} layout, {loaded.config.arch}) "
                            f"in {loaded.load_seconds:.2f} s")
+        if kernel := int4_kernel_in_use(loaded.model):
+            console.print_info(kernel)
     if chat if chat is not None else is_default:
         from llmgen.chat import chat_prompt_ids
 
