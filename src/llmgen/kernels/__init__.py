@@ -213,11 +213,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def int4_linear(x: torch.Tensor, weights: PackedInt4, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (rows, in) -> (rows, out) float32, x W^T (+ bias): one call, for prefill and tests."""
-    return Int4Matmul(weights, bias)(x)
-
-
 def _position(pos: torch.Tensor) -> int:
     """The address of a decode step's (1,) int64 position tensor, which the kernels read (and check)."""
     if pos.dtype != torch.int64 or pos.numel() != 1 or pos.device.type != "cpu":
@@ -266,6 +261,7 @@ def _build() -> Path:
     return library
 
 
+@cache
 def _load(path: Path) -> ctypes.CDLL:
     library = ctypes.CDLL(str(path))
     pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32

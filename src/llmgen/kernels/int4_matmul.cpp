@@ -29,7 +29,6 @@
 #include "fast_exp.h"
 #include "kernels.h"
 
-
 namespace {
 
 constexpr int kGroup = 32;                     // weights per scale and minimum
