@@ -8,9 +8,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: install install-test assets demo test bench bench-peers
 
 # torch first, pinned: a looser spec with no torch installed pulls several GB of CUDA wheels.
-# espeak-ng is the speech engine pyttsx3 drives on Linux (`--speak`, `--speak-to`).
+# espeak-ng is the speech engine pyttsx3 drives on Linux (`--speak`, `--speak-to`); g++ builds llmgen's
+# CPU kernels (src/llmgen/kernels/) and `--compile`'s.
 install:
 	command -v espeak-ng >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng)
+	command -v g++ >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq g++)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e .
 	# Byte-compile now, as a non-editable pip install does: with PYTHONDONTWRITEBYTECODE set, every
