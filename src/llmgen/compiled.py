@@ -2,10 +2,12 @@
 
 A decode step on a small model is ~1,000 tensor ops of a few microseconds of Python and dispatch each.
 Inductor fuses the small ops between the matmuls into C++ kernels, and its C++ wrapper calls them with no
-Python in between. On SmolLM2-135M (2 cores) that makes a step ~10% faster, 25% in this VM's slow
-phases, but compiling takes ~100 s the first time on a machine and ~7 s in each later process (Inductor
-keeps its kernels on disk), so it pays off only for long generations; benchmarks/RESULTS.md has the
-numbers. The graph is the model's own decode_tokens: the same code as the eager steps.
+Python in between. On SmolLM2-135M (2 cores) that made PyTorch's int4 steps ~10% faster, 25% in this
+VM's slow phases, but compiling takes ~100 s the first time on a machine and ~7 s in each later process
+(Inductor keeps its kernels on disk), so it pays off only for long generations. It traces PyTorch ops
+only: models on llmgen's own kernels (kernels/), about twice as fast again, are refused.
+benchmarks/RESULTS.md has the numbers. The graph is the model's own decode_tokens: the same code as the
+eager steps.
 """
 
 from __future__ import annotations
