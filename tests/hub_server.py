@@ -2,7 +2,9 @@
 download: model info with file metadata, `resolve` HEAD/GET with X-Repo-Commit / ETag / X-Linked-*
 headers, a redirect of LFS files to a CDN URL, Range requests, and the hub's X-Error-Code headers
 for gated, missing and unauthorized access. Faults can be injected per file: wrong bytes, a connection
-dropped after N bytes, a slow stream.
+dropped after N bytes, a slow stream. And it can lie as a hostile server would: hostile ETag and commit
+headers, a hostile commit id in the listing, a GET redirected to another host, a 403 on GET, a body
+longer than announced. Every request is logged with the host it reached and its Authorization header.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ class HubServer:
         self.drop_after: dict[str, int] = {}  # file name -> bytes sent before the connection drops (once)
         self.bytes_per_second: dict[str, int] = {}  # file name -> throttled rate
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.auth_log: list[tuple[str, str, str | None]] = []  # (host, path, Authorization header)
+        # Hostile behaviour on demand:
+        self.etag: dict[str, str] = {}  # file name -> ETag / X-Linked-Etag header value
+        self.commit_header: str | None = None  # X-Repo-Commit value instead of the repo's sha
+        self.listed_sha: str | None = None  # commit id in the model info instead of the repo's sha
+        self.redirect_get: set[str] = set()  # small files whose GET (not HEAD) answers 302 to the other host
+        self.status_on_get: dict[str, int] = {}  # file name -> error status of its GET
+        self.extra_bytes: dict[str, int] = {}  # file name -> bytes sent beyond what the listing and HEAD say
         # The hub redirects LFS downloads to a CDN on another host; 127.0.0.2 plays that host.
         self._servers = [ThreadingHTTPServer((host, 0), self._handler()) for host in ("127.0.0.1", "127.0.0.2")]
         for server in self._servers:
@@ -83,6 +93,7 @@ class HubServer:
             def _route(self, head: bool):
                 path = unquote(urlparse(self.path).path)
                 hub.log.append((self.command, path, self.headers.get("Range")))
+                hub.auth_log.append((self.server.server_address[0], path, self.headers.get("Authorization")))
                 parts = path.strip("/").split("/")
                 if parts[:2] == ["api", "models"]:
                     return self._model_info(parts[2:], head)
@@ -123,7 +134,8 @@ class HubServer:
                         sibling["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
                                           "pointerSize": 134}
                     siblings.append(sibling)
-                body = json.dumps({"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False,
+                sha = hub.listed_sha if hub.listed_sha is not None else repo.sha
+                body = json.dumps({"id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
                                    "gated": "manual" if repo.gated else False, "siblings": siblings}).encode()
                 self._reply(200, {"Content-Type": "application/json"}, body, head)
 
@@ -136,14 +148,17 @@ class HubServer:
                 data = repo.files.get(filename)
                 if data is None:
                     return self._error(404, "EntryNotFound", f"{filename} does not exist")
-                headers = {"X-Repo-Commit": repo.sha}
+                headers = {"X-Repo-Commit": hub.commit_header or repo.sha}
+                cdn_location = f"{hub.cdn_url}/lfs-cdn/{repo_id.replace('/', '--')}/{filename.replace('/', '--')}"
                 if len(data) >= LFS_THRESHOLD:
                     # Like the hub: LFS files redirect to a CDN; the metadata rides on the redirect.
-                    sha256 = hashlib.sha256(data).hexdigest()
-                    headers |= {"X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data)), "ETag": f'"{sha256}"',
-                                "Location": f"{hub.cdn_url}/lfs-cdn/{repo_id.replace('/', '--')}/{filename.replace('/', '--')}"}
+                    etag = hub.etag.get(filename, f'"{hashlib.sha256(data).hexdigest()}"')
+                    headers |= {"X-Linked-Etag": etag, "X-Linked-Size": str(len(data)), "ETag": etag,
+                                "Location": cdn_location}
                     return self._reply(302, headers, b"", head)
-                headers["ETag"] = f'"{git_blob_sha1(data)}"'
+                headers["ETag"] = hub.etag.get(filename, f'"{git_blob_sha1(data)}"')
+                if not head and filename in hub.redirect_get:
+                    return self._reply(302, {**headers, "Location": cdn_location}, b"", head)
                 self._send_bytes(filename, data, headers, head)
 
             def _send_file(self, repo_key: str, file_key: str, head: bool):
@@ -155,6 +170,10 @@ class HubServer:
             def _send_bytes(self, filename: str, data: bytes, headers: dict, head: bool):
                 if filename in hub.corrupt:
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
+                if not head and filename in hub.status_on_get:
+                    return self._error(hub.status_on_get[filename], None, "Forbidden")
+                if not head and filename in hub.extra_bytes:
+                    data = data + b"\0" * hub.extra_bytes[filename]
                 start = 0
                 range_header = self.headers.get("Range")
                 if range_header and range_header.startswith("bytes=") and not head:

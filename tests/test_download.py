@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,7 +59,7 @@ def test_meta_layout_full_download_with_token(hub, tmp_path):
     result = run_llmgen("download", "llama-3-8B", env=env_for(hub, tmp_path, HF_TOKEN=TOKEN))
     assert result.returncode == 0, result.err
     snapshot = result.out.strip()
-    assert files_under(__import__("pathlib").Path(snapshot)) == {
+    assert files_under(Path(snapshot)) == {
         k: v for k, v in META_FILES.items() if k.startswith("original/")}
     assert TOKEN not in result.out + result.err
 
@@ -130,33 +131,129 @@ def test_connection_dropped_midway_is_resumed_with_a_range_request(hub, tmp_path
                for r in hub.ranges_requested("model.safetensors"))
 
 
-def test_interrupted_then_resumed(hub, tmp_path):
+def test_interrupted_leaves_nothing_behind_and_the_next_run_completes(hub, tmp_path):
     hub.repos["meta-llama/Meta-Llama-3-8B"].files["original/consolidated.00.pth"] = BIG
     hub.bytes_per_second["original/consolidated.00.pth"] = 6 * 1024 * 1024  # 4 s for the whole file
     env = {**os.environ, **env_for(hub, tmp_path, HF_TOKEN=TOKEN)}
     process = subprocess.Popen([LLMGEN, "download", "llama-3-8B"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=default_sigint)
-    blobs = tmp_path / "hf" / "hub" / "models--meta-llama--Meta-Llama-3-8B" / "blobs"
+    repo = tmp_path / "hf" / "hub" / "models--meta-llama--Meta-Llama-3-8B"
     deadline = time.time() + 30
     while time.time() < deadline:
-        partial = [p for p in blobs.glob("*.part")] if blobs.exists() else []
-        if partial and partial[0].stat().st_size >= 10 * 1024 * 1024:
+        partial = list(repo.rglob("*.incomplete")) if repo.exists() else []
+        if partial and partial[0].stat().st_size >= 1024 * 1024:
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
     assert b"Traceback" not in err
-    snapshot_files = list((blobs.parent / "snapshots").rglob("consolidated.00.pth")) if blobs.exists() else []
-    assert not snapshot_files  # nothing half-written at a final path
-    assert [p.stat().st_size >= 10 * 1024 * 1024 for p in blobs.glob("*.part")] == [True]  # kept for resuming
+    assert not list((repo / "snapshots").rglob("consolidated.00.pth"))  # nothing half-written at a final path
+    assert not list(repo.rglob("*.incomplete"))
     del hub.bytes_per_second["original/consolidated.00.pth"]
     result = run_llmgen("download", "llama-3-8B", env=env_for(hub, tmp_path, HF_TOKEN=TOKEN))
     assert result.returncode == 0, result.err
-    pth = __import__("pathlib").Path(result.out.strip()) / "original" / "consolidated.00.pth"
+    pth = Path(result.out.strip()) / "original" / "consolidated.00.pth"
     assert hashlib.sha256(pth.read_bytes()).hexdigest() == hashlib.sha256(BIG).hexdigest()
-    resumed = [r for r in hub.ranges_requested("consolidated.00.pth") if int(r[6:].split("-")[0]) >= 10 * 1024 * 1024]
-    assert resumed, hub.ranges_requested("consolidated.00.pth")
+
+
+# --- a hostile hub ------------------------------------------------------------------------------------
+
+def everything_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", ["../../escaped.txt", "../escaped-big.bin", "/tmp/llmgen-abs-escape.txt",
+                                  "a/../../escaped.txt", "a\\..\\..\\escaped.txt"])
+@pytest.mark.parametrize("into_dir", [True, False])
+def test_unsafe_file_names_in_the_listing_write_nothing(hub, tmp_path, name, into_dir):
+    data = os.urandom(5000) if "big" in name else b"small"
+    hub.repos["openai-community/gpt2"].files[name] = data
+    work = tmp_path / "work"
+    (work / "a").mkdir(parents=True)
+    before = everything_under(tmp_path)
+    args = ["download", "openai-community/gpt2", "--include", "*"] + (["--dir", work / "a" / "d"] if into_dir else [])
+    result = run_llmgen(*args, env=env_for(hub, tmp_path, HF_HOME=str(work / "a" / "hf")))
+    assert_one_line_error(result, "unsafe file name")
+    assert everything_under(tmp_path) - before <= {"work/a/hf", "work/a/d"}  # no file anywhere
+    assert not Path("/tmp/llmgen-abs-escape.txt").exists()
+
+
+@pytest.mark.parametrize("filename", ["model.safetensors", "config.json"])  # an LFS file and a small one
+def test_a_hostile_etag_never_becomes_a_path(hub, tmp_path, filename):
+    hub.etag[filename] = '"../../../../escaped"'
+    result = run_llmgen("download", "gpt2", env=env_for(hub, tmp_path))
+    assert_one_line_error(result, "invalid", "etag")
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_a_hostile_commit_id_never_becomes_a_path(hub, tmp_path):
+    hub.listed_sha = "../../escaped"
+    assert_one_line_error(run_llmgen("download", "gpt2", env=env_for(hub, tmp_path)), "invalid commit id")
+    hub.listed_sha = None
+    hub.commit_header = "../../../escaped"
+    assert_one_line_error(run_llmgen("download", "gpt2", env=env_for(hub, tmp_path)), "invalid commit id")
+    assert not list(tmp_path.rglob("escaped*"))
+    assert_one_line_error(run_llmgen("download", "gpt2", "--revision", "../../escaped", env=env_for(hub, tmp_path)),
+                          "invalid revision")
+
+
+def test_the_token_never_reaches_another_host(hub, tmp_path):
+    hub.redirect_get.add("original/params.json")  # a small file's GET answers 302 to the other host
+    result = run_llmgen("download", "llama-3-8B", env=env_for(hub, tmp_path, HF_TOKEN=TOKEN))
+    assert result.returncode == 0, result.err
+    other_host = [(path, auth) for host, path, auth in hub.auth_log if host == "127.0.0.2"]
+    assert {path for path, _ in other_host} >= {"/lfs-cdn/meta-llama--Meta-Llama-3-8B/original--params.json",
+                                               "/lfs-cdn/meta-llama--Meta-Llama-3-8B/original--consolidated.00.pth"}
+    assert all(auth is None for _, auth in other_host), other_host
+    assert any(auth == f"Bearer {TOKEN}" for host, _, auth in hub.auth_log if host == "127.0.0.1")
+    assert TOKEN not in result.out + result.err
+
+
+def test_forbidden_get(hub, tmp_path):
+    hub.status_on_get["model.safetensors"] = 403
+    result = run_llmgen("download", "gpt2", "--dir", tmp_path / "d", env=env_for(hub, tmp_path))
+    assert_one_line_error(result, "403")
+    assert "reach" not in result.err
+    assert not (tmp_path / "d" / "model.safetensors").exists()
+
+
+def test_a_body_longer_than_announced_is_not_saved(hub, tmp_path):
+    hub.extra_bytes["model.safetensors"] = 1000
+    for _ in range(2):  # the same clear answer each time, not a promise to resume
+        result = run_llmgen("download", "gpt2", "--dir", tmp_path / "d", env=env_for(hub, tmp_path))
+        assert_one_line_error(result, "different size than it announced", "nothing was saved")
+        assert "resume" not in result.err
+        assert not (tmp_path / "d" / "model.safetensors").exists()
+        assert not list((tmp_path / "d").rglob("*.incomplete"))
+
+
+def test_dir_naming_an_existing_file(hub, tmp_path):
+    existing = tmp_path / "a-file"
+    existing.write_text("mine")
+    assert_one_line_error(run_llmgen("download", "gpt2", "--dir", existing, env=env_for(hub, tmp_path)),
+                          "is an existing file")
+    assert existing.read_text() == "mine"
+
+
+@pytest.mark.parametrize("processes,into_dir", [(2, False), (4, False), (2, True)])
+def test_concurrent_downloads_end_with_one_verified_copy(hub, tmp_path, processes, into_dir):
+    weights = os.urandom(6 * 1024 * 1024)
+    hub.repos["openai-community/gpt2"].files["model.safetensors"] = weights
+    hub.bytes_per_second["model.safetensors"] = 4 * 1024 * 1024  # ~1.5 s each: the runs overlap
+    env = {**os.environ, **env_for(hub, tmp_path)}
+    args = [LLMGEN, "download", "gpt2"] + (["--dir", str(tmp_path / "d")] if into_dir else [])
+    runs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL) for _ in range(processes)]
+    outcomes = [(run.wait(timeout=120), run.stderr.read().decode()) for run in runs]
+    for run in runs:
+        run.stdout.close(), run.stderr.close()
+    assert all(code == 0 for code, _ in outcomes), outcomes
+    root = tmp_path / "d" if into_dir else tmp_path / "hf" / "hub" / "models--openai-community--gpt2"
+    copies = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_size == len(weights)]
+    assert len(copies) == 1, copies
+    assert hashlib.sha256(copies[0].read_bytes()).digest() == hashlib.sha256(weights).digest()
+    assert not list(root.rglob("*.incomplete"))
 
 
 def test_offline_mode(hub, tmp_path):
@@ -165,7 +262,7 @@ def test_offline_mode(hub, tmp_path):
     assert run_llmgen("download", "gpt2", env=env_for(hub, tmp_path)).returncode == 0
     cached = run_llmgen("download", "gpt2", env=offline)
     assert cached.returncode == 0, cached.err
-    assert (__import__("pathlib").Path(cached.out.strip()) / "model.safetensors").is_file()
+    assert (Path(cached.out.strip()) / "model.safetensors").is_file()
 
 
 def test_unreachable_hub(tmp_path):
@@ -190,6 +287,10 @@ def test_disk_space_is_checked_first(tmp_path, monkeypatch):
     with pytest.raises(LLMGenError, match="not enough disk space"):
         check_disk_space(tmp_path / "not" / "yet", 10**18)
     check_disk_space(tmp_path, 1000)
+    monkeypatch.setattr("shutil.disk_usage", lambda path: __import__("collections").namedtuple(
+        "usage", "total used free")(10**9, 10**9, 2_000_000))
+    with pytest.raises(LLMGenError, match=r"needs 3\.0 MB, 2\.0 MB are free"):
+        check_disk_space(tmp_path, 3_000_000)
 
 
 def test_generate_with_a_downloaded_alias(tmp_path):

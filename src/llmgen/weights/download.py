@@ -1,14 +1,20 @@
-"""Downloading models with the real huggingface_hub client, checked file by file.
+"""Downloading models with huggingface_hub's own client, checked file by file.
 
-What huggingface_hub 2.4 does: each file goes to a process-unique `<etag>.<uuid>.incomplete` that is
-moved into place when complete and deleted on any failure. A connection dropped mid-file is resumed
-with a Range request inside the same process, but a download that is killed (Ctrl-C, a closed laptop)
-starts again from zero, which hurts on a 16 GB checkpoint. It also does not check content.
+huggingface_hub does the downloading: its cache layout (blobs/ + snapshots/ + refs/) or `local_dir`,
+its per-file locks (concurrent downloads of one repo end with one copy), process-unique temporary files
+renamed into place only when complete, its own filename checks and its redirect handling.
 
-What we add: LFS files (the weights) stream into a stable `<final>.part`, resumed with a Range request
-from its current size on the next run, checked against the hub's sha256, then placed where
-huggingface_hub would put them (the hub cache's blobs/ + snapshots/ + refs/ layout, or --dir). Small
-files go through hf_hub_download and are checked against their git blob id. A mismatch removes the file.
+What we add around it, treating every answer of the server as hostile:
+- the files to fetch, chosen by alias globs from the repo listing; every listed name, the commit sha and
+  the sizes are checked before anything is written (no absolute paths, no `..`, hex commit ids);
+- two hooks on the client's HTTP session: ETag and commit headers that would become path parts must be
+  plain hex ids, and the token (the Authorization header) goes to the endpoint's host and no other;
+- a disk-space check up front, and each file's sha256 (weights) or git blob id (small files) against the
+  listing; a mismatch removes the file;
+- one clear sentence per failure.
+
+A download interrupted by Ctrl-C leaves nothing behind and starts again on the next run; a connection
+dropped mid-file is resumed with a Range request by the client within the same run.
 """
 
 from __future__ import annotations
@@ -17,15 +23,25 @@ import errno
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from urllib.parse import urlsplit
 
 from llmgen.assets import sha256_file
 from llmgen.errors import LLMGenError
 from llmgen.registry import ModelEntry
 
 DISK_MARGIN = 1.05  # ask for 5% more free space than the files need
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+# What huggingface_hub turns into file names: git blob ids (40 hex) and sha256 (64 hex) on the real hub.
+SAFE_ETAG = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
+SAFE_REVISION = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.-]{0,127}(/[0-9A-Za-z_][0-9A-Za-z_.-]{0,127}){0,3}")
+
+
+class UnsafeHubResponse(LLMGenError):
+    """The server sent something that must not become a path or a request."""
 
 
 @dataclass
@@ -41,116 +57,119 @@ def download(entry: ModelEntry, *, local_dir: Path | None = None, revision: str 
     from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 
     revision = revision or entry.revision
+    check_revision(revision)
+    if local_dir is not None and local_dir.exists() and not local_dir.is_dir():
+        raise LLMGenError(f"--dir {local_dir} is an existing file, not a directory")
+    guard_hub_session(constants.ENDPOINT)
     with hub_errors(entry.repo_id, revision):
         if constants.HF_HUB_OFFLINE:
             path = snapshot_download(entry.repo_id, revision=revision, allow_patterns=list(entry.files),
                                      local_dir=local_dir, local_files_only=True)
             return Download(entry.repo_id, revision, Path(path), sorted(Path(path).rglob("*")))
         info = HfApi().model_info(entry.repo_id, revision=revision, files_metadata=True, token=token)
+        commit = info.sha or ""
+        if not COMMIT_SHA.fullmatch(commit):
+            raise UnsafeHubResponse(f"the hub sent an invalid commit id {commit[:60]!r} for {entry.repo_id}")
         wanted = [s for s in info.siblings or [] if any(fnmatch.fnmatch(s.rfilename, g) for g in entry.files)]
         if not wanted:
             raise LLMGenError(f"no file in {entry.repo_id}@{revision} matches {', '.join(entry.files)}")
-        check_disk_space(local_dir or Path(constants.HF_HUB_CACHE), sum(s.size or 0 for s in wanted))
+        for sibling in wanted:
+            check_listed_file(sibling)
+        root = Path(local_dir) if local_dir is not None else (
+            Path(constants.HF_HUB_CACHE) / f"models--{entry.repo_id.replace('/', '--')}" / "snapshots" / commit)
+        check_disk_space(local_dir or Path(constants.HF_HUB_CACHE), sum(_size(s) for s in wanted))
         files = []
         for sibling in wanted:
-            if sibling.lfs is not None:
-                path = _download_resumable(entry.repo_id, sibling, revision, info.sha, local_dir, token, tqdm_class)
-            else:
-                path = Path(hf_hub_download(entry.repo_id, sibling.rfilename, revision=revision,
-                                            local_dir=local_dir, token=token, tqdm_class=tqdm_class))
-            verify(path, sibling)
+            path = Path(hf_hub_download(entry.repo_id, sibling.rfilename, revision=revision, local_dir=local_dir,
+                                        token=token, tqdm_class=tqdm_class))
+            if os.path.abspath(path) != os.path.abspath(root / sibling.rfilename):  # the repo moved on mid-download
+                raise LLMGenError(f"{entry.repo_id} changed on the hub during the download; run it again")
+            verify(path, sibling, root)
             files.append(path)
-    root = local_dir if local_dir is not None else _snapshot_root(files[0], wanted[0].rfilename)
-    return Download(entry.repo_id, info.sha, Path(root), files)
+    return Download(entry.repo_id, commit, root, files)
 
 
-CHUNK = 1 << 20
+def check_revision(revision: str) -> None:
+    """A branch, tag or commit name: it becomes refs/<revision> in the cache, so no `..` and no root."""
+    if not SAFE_REVISION.fullmatch(revision) or ".." in revision:
+        raise LLMGenError(f"invalid revision {revision!r}: use a branch, tag or commit name")
 
 
-def _download_resumable(repo_id: str, sibling, revision: str, commit: str, local_dir: Path | None,
-                        token: str | None, tqdm_class) -> Path:
-    """One LFS file into `<final>.part`, continuing from what an earlier, interrupted run left."""
-    import http.client
-    import urllib.request
-
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers
-
-    meta = get_hf_file_metadata(hf_hub_url(repo_id, sibling.rfilename, revision=commit), token=token)
-    if local_dir is not None:
-        final = Path(local_dir) / sibling.rfilename
-        link = None
-    else:
-        repo_dir = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-        final = repo_dir / "blobs" / meta.etag
-        link = repo_dir / "snapshots" / commit / sibling.rfilename
-    size = sibling.lfs.size
-    if not (final.is_file() and final.stat().st_size == size):
-        final.parent.mkdir(parents=True, exist_ok=True)
-        part = final.with_name(final.name + ".part")
-        have = part.stat().st_size if part.exists() else 0
-        if have > size:  # not ours to continue
-            part.unlink()
-            have = 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        if _same_host(meta.location, constants.ENDPOINT):  # never send the token off the hub
-            headers |= build_hf_headers(token=token)
-        bar = tqdm_class(total=size, initial=have, desc=sibling.rfilename, unit="B") if tqdm_class else None
-        try:
-            with urllib.request.urlopen(urllib.request.Request(meta.location, headers=headers), timeout=60) as response:
-                if have and response.status != 206:  # the server ignored the Range: start over
-                    have = 0
-                with open(part, "ab" if have else "wb") as out:
-                    for chunk in iter(lambda: response.read(CHUNK), b""):
-                        out.write(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-        except (http.client.IncompleteRead, ConnectionError, TimeoutError):
-            pass  # what arrived is kept in .part; the size check below says how to resume
-        if bar is not None:
-            bar.close()
-        if part.stat().st_size != size:
-            raise LLMGenError(f"{sibling.rfilename}: the connection ended early ({part.stat().st_size} of {size} "
-                              "bytes); run the download again to resume")
-        os.replace(part, final)
-    if link is None:
-        return final
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        link.unlink(missing_ok=True)
-        link.symlink_to(os.path.relpath(final, link.parent))
-    refs = link.parents[len(Path(sibling.rfilename).parts)].parent.parent / "refs" / revision
-    if revision != commit and not refs.exists():
-        refs.parent.mkdir(parents=True, exist_ok=True)
-        refs.write_text(commit)
-    return link
+def check_listed_file(sibling) -> None:
+    """A file of the repo listing, before it becomes a path: relative, inside the repo, sized."""
+    name = sibling.rfilename
+    unsafe = (not isinstance(name, str) or not name or "\\" in name or "\0" in name
+              or any(part in ("", ".", "..") for part in name.split("/"))
+              or PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive)
+    if unsafe:
+        raise UnsafeHubResponse(f"the hub listed an unsafe file name {str(name)[:80]!r}; nothing was downloaded")
+    size = sibling.size if sibling.lfs is None else sibling.lfs.size
+    if size is not None and (not isinstance(size, int) or size < 0):
+        raise UnsafeHubResponse(f"the hub listed an invalid size {size!r} for {name}")
 
 
-def _same_host(url: str, endpoint: str) -> bool:
-    from urllib.parse import urlparse
-
-    return urlparse(url).netloc == urlparse(endpoint).netloc
+def _size(sibling) -> int:
+    return (sibling.lfs.size if sibling.lfs is not None else sibling.size) or 0
 
 
-def _snapshot_root(path: Path, rfilename: str) -> Path:
-    for _ in Path(rfilename).parts:
-        path = path.parent
-    return path
+def guard_hub_session(endpoint: str) -> None:
+    """Add two checks to huggingface_hub's shared HTTP session (its client_factory's client).
 
+    Requests: the Authorization header goes only to the endpoint's host (redirects to a CDN or anywhere
+    else travel without it). Responses from the endpoint: the commit and ETag headers, which the client
+    turns into cache paths (blobs/<etag>, snapshots/<commit>), must be plain ids.
+    """
+    from huggingface_hub import get_session
 
-def verify(path: Path, sibling) -> None:
-    """Compare a downloaded file with the hub's hash; remove it (and its cache blob) on a mismatch."""
-    if sibling.lfs is not None:
-        expected, actual = sibling.lfs.sha256, sha256_file(path)
-    elif sibling.blob_id:
-        expected, actual = sibling.blob_id, _git_blob_sha1(path)
-    else:
+    session = get_session()
+    if getattr(session, "_llmgen_guarded", None) == endpoint:
         return
+    hub = _origin(endpoint)
+
+    def token_only_to_the_hub(request) -> None:
+        if _origin(str(request.url)) != hub:
+            request.headers.pop("authorization", None)
+
+    def ids_are_plain(response) -> None:
+        if _origin(str(response.request.url)) != hub:
+            return
+        commit = response.headers.get("x-repo-commit")
+        if commit is not None and not COMMIT_SHA.fullmatch(commit):
+            raise UnsafeHubResponse(f"the hub sent an invalid commit id {commit[:60]!r}; nothing was saved")
+        for header in ("x-linked-etag", "etag"):
+            etag = response.headers.get(header)
+            if etag is not None and not SAFE_ETAG.fullmatch(etag.removeprefix("W/").strip('"')):
+                raise UnsafeHubResponse(f"the hub sent an invalid {header} {etag[:60]!r}; nothing was saved")
+
+    session.event_hooks["request"].append(token_only_to_the_hub)
+    session.event_hooks["response"].append(ids_are_plain)
+    session._llmgen_guarded = endpoint
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default_port = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default_port
+
+
+def verify(path: Path, sibling, root: Path) -> None:
+    """Compare a downloaded file with the hub's hash; remove it (and its cache blob) on a mismatch."""
+    try:
+        if sibling.lfs is not None:
+            expected, actual = sibling.lfs.sha256, sha256_file(path)
+        elif sibling.blob_id:
+            expected, actual = sibling.blob_id, _git_blob_sha1(path)
+        else:
+            return
+    except FileNotFoundError:  # a concurrent download found it bad and removed it
+        raise LLMGenError(f"{sibling.rfilename} was removed by another download that found it damaged; "
+                          "run the download again") from None
     if expected != actual:
         target = path.resolve()
         path.unlink(missing_ok=True)
-        target.unlink(missing_ok=True)
-        raise LLMGenError(f"{sibling.rfilename} does not match the hub's hash (expected {expected[:12]}..., "
+        if target != path and root.parent.parent in target.parents:  # the cache blob the snapshot linked to
+            target.unlink(missing_ok=True)
+        raise LLMGenError(f"{sibling.rfilename} does not match the hub's hash (expected {str(expected)[:12]}..., "
                           f"got {actual[:12]}...); the file was removed, run the download again")
 
 
@@ -168,8 +187,8 @@ def check_disk_space(directory: Path, needed: int) -> None:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
     if needed * DISK_MARGIN > free:
-        raise LLMGenError(f"not enough disk space in {directory}: the download needs {needed / 1e9:.2f} GB, "
-                          f"{free / 1e9:.2f} GB are free")
+        raise LLMGenError(f"not enough disk space in {directory}: the download needs {disk_usage_text(needed)}, "
+                          f"{disk_usage_text(free)} are free")
 
 
 class hub_errors:
@@ -187,6 +206,7 @@ class hub_errors:
         from huggingface_hub import constants, errors
 
         repo = self.repo_id
+        status = getattr(getattr(error, "response", None), "status_code", None)
         # Checked first: the "not in the cache" error is a kind of EntryNotFoundError.
         if constants.HF_HUB_OFFLINE and isinstance(
                 error, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError, FileNotFoundError)):
@@ -201,13 +221,25 @@ class hub_errors:
             message = f"revision {self.revision!r} was not found in {repo}"
         elif isinstance(error, errors.EntryNotFoundError):
             message = f"a file listed for {repo} is missing on the hub: {error}".splitlines()[0]
-        elif isinstance(error, errors.HfHubHTTPError) and error.response is not None \
-                and error.response.status_code == 401:
+        elif isinstance(error, errors.HfHubHTTPError) and status == 401:
             message = "the hub rejected the token (401 Unauthorized): check HF_TOKEN or --token"
+        elif isinstance(error, errors.HfHubHTTPError) and status == 403:
+            message = f"the hub refused access to {repo} (403 Forbidden): check that your token may read it"
         elif isinstance(error, errors.HfHubHTTPError):
             message = f"the hub answered with an error for {repo}: {str(error).splitlines()[0]}"
+        elif isinstance(error, errors.LocalEntryNotFoundError) and isinstance(
+                error.__cause__, errors.HfHubHTTPError):
+            cause = error.__cause__
+            code = getattr(cause.response, "status_code", "?")
+            message = f"the hub answered {code} for a file of {repo}: {str(cause).splitlines()[0]}"
         elif isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            message = "the disk is full; free some space and run the download again (it resumes)"
+            message = "the disk is full; free some space and run the download again"
+        elif isinstance(error, OSError) and "Consistency check failed" in str(error):
+            message = (f"the hub sent a file of {repo} with a different size than it announced "
+                       f"({str(error).split('(')[0].removeprefix('Consistency check failed: ').strip()}); "
+                       "nothing was saved")
+        elif isinstance(error, ValueError) and "Invalid" in str(error):  # the client's own path checks
+            message = f"the hub sent an unsafe name for {repo}: {str(error).splitlines()[0][:160]}"
         elif _is_connection_error(error):
             message = (f"cannot reach the hub at {constants.ENDPOINT} ({type(error).__name__}); check the network, "
                        "or set HF_HUB_OFFLINE=1 to use files already downloaded")
@@ -217,11 +249,13 @@ class hub_errors:
 
 
 def _is_connection_error(error: BaseException) -> bool:
-    import urllib.error
+    import httpx2  # huggingface_hub's HTTP client
 
-    import httpx2  # huggingface_hub's HTTP client; urllib carries the resumable weight downloads
+    from huggingface_hub import errors
 
-    return isinstance(error, (httpx2.TransportError, urllib.error.URLError, ConnectionError, TimeoutError))
+    if isinstance(error, errors.LocalEntryNotFoundError):  # the client could not reach the hub for a file
+        return True
+    return isinstance(error, (httpx2.TransportError, ConnectionError, TimeoutError))
 
 
 def cached_models() -> dict[str, int]:
@@ -236,5 +270,6 @@ def cached_models() -> dict[str, int]:
 
 
 def disk_usage_text(nbytes: int) -> str:
-    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
-
+    if nbytes >= 1e8:
+        return f"{nbytes / 1e9:.2f} GB"
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e5 else f"{nbytes / 1e3:.1f} KB"
