@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from llmgen.errors import LLMGenError
+
+# Checkpoints are hostile: every size is an int in a range that real models stay well inside (the largest
+# open models have dim 16384, 126 layers, 256k vocabularies), so a bad file fails here, before anything is
+# built or allocated from its numbers.
+INT_RANGES = {
+    "vocab_size": (1, 1 << 22), "context_length": (1, 1 << 24), "dim": (1, 1 << 16), "n_layers": (1, 1024),
+    "n_heads": (1, 1024), "n_kv_heads": (1, 1024), "ffn_dim": (1, 1 << 20), "head_dim": (0, 4096),
+    "original_context_length": (1, 1 << 24),
+}
+POSITIVE_FLOATS = {"norm_eps", "rope_theta", "factor", "low_freq_factor", "high_freq_factor"}
+
+
+def check_fields(config) -> None:
+    """Types and ranges of a config dataclass's numeric fields; one clear error for the first bad one."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name in INT_RANGES:
+            low, high = INT_RANGES[f.name]
+            _require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+                     f"config value {f.name} must be an integer from {low} to {high}, got {value!r:.60}")
+        elif f.name in POSITIVE_FLOATS:
+            _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                     and value > 0, f"config value {f.name} must be a positive number, got {value!r:.60}")
 
 
 @dataclass(frozen=True)
@@ -24,6 +48,7 @@ class GPT2Config:
         return self.dim // self.n_heads
 
     def __post_init__(self):
+        check_fields(self)
         _require(self.dim % self.n_heads == 0, f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
 
     @classmethod
@@ -47,6 +72,12 @@ class RopeScaling:
     high_freq_factor: float = 4.0
     original_context_length: int = 8192
 
+    def __post_init__(self):
+        check_fields(self)
+        _require(self.high_freq_factor > self.low_freq_factor,
+                 f"rope scaling needs high_freq_factor > low_freq_factor, got {self.high_freq_factor} "
+                 f"and {self.low_freq_factor}")
+
 
 @dataclass(frozen=True)
 class LlamaConfig:
@@ -66,6 +97,7 @@ class LlamaConfig:
     arch = "llama"
 
     def __post_init__(self):
+        check_fields(self)
         if self.head_dim == 0:
             _require(self.dim % self.n_heads == 0, f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
             object.__setattr__(self, "head_dim", self.dim // self.n_heads)
@@ -79,8 +111,8 @@ class LlamaConfig:
         dim = _get(params, "dim")
         hidden = int(2 * (4 * dim) / 3)
         if params.get("ffn_dim_multiplier") is not None:
-            hidden = int(params["ffn_dim_multiplier"] * hidden)
-        multiple_of = params.get("multiple_of", 256)
+            hidden = int(_number(params, "ffn_dim_multiplier", 1.0, high=64) * hidden)
+        multiple_of = _get(params, "multiple_of") if "multiple_of" in params else 256
         hidden = multiple_of * ((hidden + multiple_of - 1) // multiple_of)
         scaled = bool(params.get("use_scaled_rope", False))
         n_heads = _get(params, "n_heads")
@@ -94,7 +126,7 @@ class LlamaConfig:
             norm_eps=params.get("norm_eps", 1e-5),
             rope_theta=params.get("rope_theta", 10000.0),
             # Meta's reference code scales by 8 whenever use_scaled_rope is set.
-            rope_scaling=RopeScaling(factor=params.get("rope_scaling_factor", 8.0)) if scaled else None,
+            rope_scaling=RopeScaling(factor=_number(params, "rope_scaling_factor", 8.0)) if scaled else None,
             context_length=params.get("max_seq_len", 131072 if scaled else 8192),
             tie_embeddings=tie_embeddings,
         )
@@ -103,15 +135,17 @@ class LlamaConfig:
     def from_hf(cls, config: dict[str, Any]) -> LlamaConfig:
         # transformers 5 moves rope_theta and rope_scaling into rope_parameters.
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise LLMGenError(f"config.json: rope_scaling must be an object, got {rope!r:.60}")
         rope_theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         scaling = None
         if rope_type == "llama3":
             scaling = RopeScaling(
-                factor=rope["factor"],
-                low_freq_factor=rope["low_freq_factor"],
-                high_freq_factor=rope["high_freq_factor"],
-                original_context_length=rope["original_max_position_embeddings"],
+                factor=_number(rope, "factor"),
+                low_freq_factor=_number(rope, "low_freq_factor"),
+                high_freq_factor=_number(rope, "high_freq_factor"),
+                original_context_length=_get(rope, "original_max_position_embeddings"),
             )
         elif rope_type not in ("default", None):
             raise LLMGenError(f"config.json: rope type {rope_type!r} is not supported (default or llama3)")
@@ -140,9 +174,22 @@ def _get(config: dict[str, Any], *keys: str) -> Any:
         if key in config:
             value = config[key]
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise LLMGenError(f"config key {key!r} must be a positive integer, got {value!r}")
+                raise LLMGenError(f"config key {key!r} must be a positive integer, got {value!r:.60}")
             return value
     raise LLMGenError(f"config is missing the key {keys[0]!r}")
+
+
+def _number(config: dict[str, Any], key: str, default: float | None = None, high: float = math.inf) -> float:
+    """A positive, finite number (an optional key when a default is given)."""
+    if key not in config and default is not None:
+        return default
+    if key not in config:
+        raise LLMGenError(f"config is missing the key {key!r}")
+    value = config[key]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= high \
+            or not math.isfinite(value):
+        raise LLMGenError(f"config key {key!r} must be a positive number, got {value!r:.60}")
+    return value
 
 
 def _require(condition: bool, message: str) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from llmgen.errors import LLMGenError
 from llmgen.sampling import check_settings, mask_invalid, sample
 from llmgen.tokenizers import StreamDecoder, Tokenizer
 
@@ -78,6 +79,7 @@ def generate_ids(
     logits = prefill_last_window()
     pos = min(len(tokens), window)  # next position to write in the cache
     for step in range(settings.max_new_tokens):
+        check_finite(logits[..., :n_valid], step)
         logits = mask_invalid(logits, n_valid)
         next_id = int(sample(logits, settings.temperature, settings.top_k, settings.top_p, generator))
         yield next_id
@@ -89,6 +91,13 @@ def generate_ids(
             pos += 1
         else:
             logits = prefill_last_window()
+
+
+def check_finite(logits: torch.Tensor, step: int) -> None:
+    """NaN or infinite logits cannot be sampled from (and argmax of NaN is meaningless): stop with a reason."""
+    if not torch.isfinite(logits).all():
+        raise LLMGenError(f"the model produced NaN or infinite logits at generated token {step + 1}: its weights "
+                          "hold NaN/inf values, or its activations overflow in this dtype (try --dtype float32)")
 
 
 class TextStream:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import wave
 from pathlib import Path
 
@@ -36,6 +37,22 @@ class SpeechError(LLMGenError):
 def check_volume(volume: float) -> None:
     if not 0.0 <= volume <= 1.0:
         raise SpeechError(f"--volume must be between 0.0 and 1.0, got {volume}")
+
+
+def check_target(to_file: Path) -> None:
+    """Before any text is generated: can a WAV file be created at `to_file`? (Tried for real: a directory's
+    permission bits do not tell root, or a read-only mount, the whole story.)"""
+    to_file = Path(to_file)
+    if to_file.is_dir():
+        raise SpeechError(f"cannot write speech to {to_file}: it is a directory")
+    if not to_file.parent.is_dir():
+        raise SpeechError(f"cannot write speech to {to_file}: directory {to_file.parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(dir=to_file.parent, prefix=f".{to_file.stem}.", suffix=".wav")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SpeechError(f"cannot write speech to {to_file}: {e.strerror or e}") from None
 
 
 def language_of(text: str) -> str:
@@ -81,14 +98,18 @@ def speak(text: str, *, voice: str | None = None, rate: int | None = None, volum
     if to_file is None:
         return _run_worker(request, speech_timeout(text, playing=True))["warnings"]
     to_file = Path(to_file)
-    if not to_file.parent.is_dir():
-        raise SpeechError(f"cannot write {to_file}: directory {to_file.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=to_file.parent, prefix=f".{to_file.stem}.", suffix=".wav")
-    os.close(fd)
+    check_target(to_file)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=to_file.parent, prefix=f".{to_file.stem}.", suffix=".wav")
+        os.close(fd)
+    except OSError as e:
+        raise SpeechError(f"cannot write speech to {to_file}: {e.strerror or e}") from None
     try:
         result = _run_worker({**request, "file": tmp}, speech_timeout(text, playing=play))
         _check_wav(Path(tmp))
         os.replace(tmp, to_file)
+    except OSError as e:
+        raise SpeechError(f"cannot write speech to {to_file}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -125,7 +146,17 @@ def _choose_voice(voices, wanted: str | None, language: str) -> tuple[object | N
     return None, warnings
 
 
+def _fail_at_once(message: str) -> None:
+    """pyttsx3's espeak driver reports a failed write (a full disk) from a ctypes callback, where Python
+    only prints the exception and synthesis goes on, or hangs: end the worker with that one line instead."""
+    sys.stderr.write(message.splitlines()[0][:300] + "\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def _worker() -> int:
+    sys.unraisablehook = lambda info: _fail_at_once(str(info.exc_value or info.err_msg))
+    threading.excepthook = lambda info: _fail_at_once(str(info.exc_value))
     # Keep pyttsx3's prints ("Audio saved to ...") off the channel that carries our one JSON line.
     result_fd = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)

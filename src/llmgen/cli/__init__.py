@@ -29,6 +29,14 @@ def main(argv: list[str] | None = None) -> None:
     except LLMGenError as e:
         _print_error(str(e))
         sys.exit(e.exit_code)
+    except MemoryError:
+        _print_error("out of memory; close other programs or use a smaller or more quantized model")
+        sys.exit(1)
+    except RuntimeError as e:  # torch's allocator reports a failed allocation as a RuntimeError
+        if "can't allocate memory" not in str(e) and "not enough memory" not in str(e):
+            raise
+        _print_error(f"out of memory ({str(e).splitlines()[0][:160]}); use a smaller or more quantized model")
+        sys.exit(1)
 
 
 def _run_typer(args: list[str]) -> int:

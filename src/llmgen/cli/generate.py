@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from llmgen.cli import console
-from llmgen.cli.text_input import read_text_argument
+from llmgen.cli.text_input import check_utf8, read_text_argument
 from llmgen.errors import LLMGenError
 
 
@@ -53,11 +53,18 @@ def generate(
     volume: float = typer.Option(1.0, "--volume", help="Speech volume, 0.0 to 1.0."),
 ) -> None:
     """Generate text from a prompt, streaming tokens as they are produced."""
-    from llmgen.speech import check_volume
+    from llmgen.speech import check_target, check_volume
 
     check_volume(volume)  # before generating, not after
+    if speak_to is not None:
+        check_target(speak_to)
     if num_samples < 1:
         raise LLMGenError(f"--num-samples must be >= 1, got {num_samples}")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise LLMGenError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
+    for text, what in [(system, "--system"), *((s, "--stop") for s in stop or [])]:
+        if text is not None:
+            check_utf8(text, what)
     if device not in ("auto", "cpu", "cuda"):
         raise LLMGenError(f"unknown device {device!r}; choose cpu, cuda or auto")
     prompt_text = read_text_argument(prompt, combine_with_stdin=True)

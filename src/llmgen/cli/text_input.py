@@ -21,6 +21,16 @@ def read_stdin() -> str:
         raise LLMGenError(f"standard input is not valid UTF-8 (byte {e.start})") from None
 
 
+def check_utf8(text: str, what: str) -> str:
+    """Arguments that were not valid UTF-8 reach Python with the bad bytes as lone surrogates
+    (surrogateescape): refuse them, as undecodable stdin is refused, before they reach a tokenizer or JSON."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise LLMGenError(f"{what} is not valid UTF-8 (byte {e.start})") from None
+    return text
+
+
 def read_text_argument(text: str | None, *, combine_with_stdin: bool) -> str:
     """TEXT, '-' for stdin, or stdin when TEXT is omitted and stdin is piped.
 
@@ -31,6 +41,7 @@ def read_text_argument(text: str | None, *, combine_with_stdin: bool) -> str:
         return read_stdin()
     if text is None:
         return read_stdin() if stdin_is_piped() else ""
+    check_utf8(text, "the text argument")
     if combine_with_stdin and stdin_is_piped():
         piped = read_stdin()
         return f"{piped}\n{text}" if piped else text

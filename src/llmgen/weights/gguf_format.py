@@ -22,6 +22,7 @@ import torch
 from llmgen.config import LlamaConfig
 from llmgen.errors import LLMGenError
 from llmgen.quantize import Int4Groups
+from llmgen.weights.memory import check_memory
 from llmgen.tokenizers import GPT2_PATTERN, LLAMA3_PATTERN, Tokenizer, encoding_from_vocab
 
 # GGUF tensor names -> ours (Meta's), `{}` for the layer number.
@@ -57,6 +58,7 @@ SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
 STRING, ARRAY = 8, 9
 LENGTH = struct.Struct("<Q")  # string lengths and counts
 MAX_DIMS = 4
+MAX_ARRAY_DEPTH = 4  # GGUF allows arrays of arrays; real files nest at most 2 deep (llama.cpp rejects deeper)
 
 
 @dataclass
@@ -119,7 +121,7 @@ class GGUFFile:
         self._pos = pos
         return strings
 
-    def _read_value(self, kind: int):
+    def _read_value(self, kind: int, depth: int = 0):
         if kind in SCALAR_FORMATS:
             return self._read(SCALAR_FORMATS[kind])
         if kind == STRING:
@@ -138,7 +140,9 @@ class GGUFFile:
                 return values
             if item_kind == STRING:
                 return self._read_strings(count)
-            return [self._read_value(item_kind) for _ in range(count)]
+            if item_kind == ARRAY and depth + 1 >= MAX_ARRAY_DEPTH:
+                raise ValueError(f"metadata arrays nest deeper than {MAX_ARRAY_DEPTH} levels")
+            return [self._read_value(item_kind, depth + 1) for _ in range(count)]
         raise ValueError(f"unknown metadata value type {kind}")
 
     def _parse(self) -> None:
@@ -156,14 +160,21 @@ class GGUFFile:
         self.fields: dict[str, Any] = {}
         for _ in range(n_kv):
             key = self._read_str()
+            if key in self.fields:  # as gguf-py does: a second value must not silently win
+                raise ValueError(f"duplicate metadata key {key[:80]!r}")
             self.fields[key] = self._read_value(self._read("<I"))
-        infos = []
+        infos, names = [], set()
         for _ in range(n_tensors):
             name = self._read_str()
+            if name in names:
+                raise ValueError(f"duplicate tensor name {name[:80]!r}")
+            names.add(name)
             n_dims = self._read("<I")
             if n_dims > MAX_DIMS:
                 raise ValueError(f"tensor {name} has {n_dims} dimensions")
             shape = [self._read("<Q") for _ in range(n_dims)]
+            if 0 in shape:
+                raise ValueError(f"tensor {name[:80]} has an empty dimension {shape}")
             kind, offset = self._read("<I"), self._read("<Q")
             try:
                 tensor_type = GGMLQuantizationType(kind)
@@ -178,8 +189,8 @@ class GGUFFile:
         for name, shape, tensor_type, offset in infos:
             n_elements = math.prod(shape)
             block, block_bytes = GGML_QUANT_SIZES[tensor_type]
-            if n_elements % block:
-                raise ValueError(f"tensor {name}: {n_elements} elements are not whole blocks of {block}")
+            if shape and shape[0] % block:  # ggml quantizes each row on its own: rows are whole blocks
+                raise ValueError(f"tensor {name}: rows of {shape[0]} weights are not whole blocks of {block}")
             n_bytes = n_elements // block * block_bytes
             if data_start + offset + n_bytes > len(self._map):
                 raise ValueError(f"tensor {name} runs past the end of the file (truncated?)")
@@ -194,6 +205,26 @@ class GGUFFile:
         if value is None:
             raise LLMGenError(f"{self.path.name}: GGUF metadata has no {key!r}")
         return value
+
+    def typed(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        """A metadata value of the expected Python type (int, float, str, list), else one clear error."""
+        value = self.get(key, default)
+        numeric = kind in (float, (int, float))
+        if value is None or (isinstance(value, kind) and not isinstance(value, bool)) or (
+                numeric and isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise LLMGenError(f"{self.path.name}: GGUF metadata {key} has the wrong type ({type(value).__name__}: "
+                          f"{value!r:.40})")
+
+    def materialized_bytes(self, keep_int4: bool) -> int:
+        """Memory that reading every tensor takes: float32, or the int4 form of kept Q4_0/Q4_1 matrices
+        (a byte per weight plus a float32 scale and minimum per 32)."""
+        total = 0
+        for t in self.tensors:
+            kept = (keep_int4 and t.tensor_type.name in ("Q4_0", "Q4_1") and len(t.shape) == 2
+                    and t.name != "token_embd.weight")
+            total += t.n_elements * (1.25 if kept else 4)
+        return int(total)
 
     def metadata(self) -> dict[str, Any]:
         """Every key except the long tokenizer arrays."""
@@ -274,54 +305,65 @@ def read_llama_gguf(path: Path, keep_int4: bool = False
                     ) -> tuple[LlamaConfig, dict[str, torch.Tensor | Int4Groups], GGUFFile]:
     """Config, tensors by GGUF name (Q4_0/Q4_1 matrices as Int4Groups with keep_int4), and the open file."""
     gguf_file = GGUFFile(path)
-    arch = gguf_file.require("general.architecture")
+    arch = gguf_file.typed("general.architecture", str)
     if arch != "llama":
-        raise LLMGenError(f"{gguf_file.path.name}: GGUF architecture {arch!r} is not supported (llama)")
+        raise LLMGenError(f"{gguf_file.path.name}: GGUF architecture {arch!r:.40} is not supported (llama)")
     names = [t.name for t in gguf_file.tensors]
     if "rope_freqs.weight" in names:
         raise LLMGenError(f"{gguf_file.path.name}: GGUF rope_freqs (Llama 3.1 rope scaling) is not supported yet")
-    n_heads = gguf_file.require("llama.attention.head_count")
-    tokens = gguf_file.get("tokenizer.ggml.tokens")
-    config = LlamaConfig(
-        vocab_size=gguf_file.get("llama.vocab_size") or (len(tokens) if tokens else 0) or 0,
-        dim=gguf_file.require("llama.embedding_length"),
-        n_layers=gguf_file.require("llama.block_count"),
+    for key in ("llama.attention.head_count", "llama.embedding_length", "llama.block_count",
+                "llama.feed_forward_length"):
+        gguf_file.require(key)
+    n_heads = gguf_file.typed("llama.attention.head_count", int)
+    tokens = gguf_file.typed("tokenizer.ggml.tokens", list)
+    config = LlamaConfig(  # LlamaConfig checks every value's range
+        vocab_size=gguf_file.typed("llama.vocab_size", int) or (len(tokens) if tokens else 0),
+        dim=gguf_file.typed("llama.embedding_length", int),
+        n_layers=gguf_file.typed("llama.block_count", int),
         n_heads=n_heads,
-        n_kv_heads=gguf_file.get("llama.attention.head_count_kv") or n_heads,
-        ffn_dim=gguf_file.require("llama.feed_forward_length"),
-        norm_eps=gguf_file.get("llama.attention.layer_norm_rms_epsilon", 1e-5),
-        rope_theta=gguf_file.get("llama.rope.freq_base", 10000.0),
-        context_length=gguf_file.get("llama.context_length", 2048),
+        n_kv_heads=gguf_file.typed("llama.attention.head_count_kv", int) or n_heads,
+        ffn_dim=gguf_file.typed("llama.feed_forward_length", int),
+        norm_eps=gguf_file.typed("llama.attention.layer_norm_rms_epsilon", float, 1e-5),
+        rope_theta=gguf_file.typed("llama.rope.freq_base", float, 10000.0),
+        context_length=gguf_file.typed("llama.context_length", int, 2048),
         tie_embeddings="output.weight" not in names,
     )
-    if config.vocab_size <= 0:
-        raise LLMGenError(f"{gguf_file.path.name}: GGUF metadata gives no vocabulary size")
+    check_memory(gguf_file.materialized_bytes(keep_int4), gguf_file.path.name)
     state = {}
     for i, name in enumerate(names):
-        groups = gguf_file.int4_groups(i) if keep_int4 else None
+        # The embedding is a table lookup, not a matmul: a 4-bit token_embd is read as float32.
+        groups = gguf_file.int4_groups(i) if keep_int4 and name != "token_embd.weight" else None
         state[name] = groups if groups is not None else gguf_file.tensor(i)
     return config, state, gguf_file
 
 
 def gguf_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
     """The vocabulary stored in the GGUF metadata as a tiktoken Encoding (byte-level BPE models)."""
-    model = gguf_file.require("tokenizer.ggml.model")
+    gguf_file.require("tokenizer.ggml.model")
+    model = gguf_file.typed("tokenizer.ggml.model", str)
     if model != "gpt2":
-        raise LLMGenError(f"{gguf_file.path.name}: GGUF tokenizer model {model!r} is not supported (gpt2)")
-    pre = gguf_file.get("tokenizer.ggml.pre", "default")
+        raise LLMGenError(f"{gguf_file.path.name}: GGUF tokenizer model {model!r:.40} is not supported (gpt2)")
+    pre = gguf_file.typed("tokenizer.ggml.pre", str, "default")
     if pre not in PRE_TOKENIZER_PATTERNS:
-        raise LLMGenError(f"{gguf_file.path.name}: GGUF pre-tokenizer {pre!r} is not supported "
+        raise LLMGenError(f"{gguf_file.path.name}: GGUF pre-tokenizer {pre!r:.40} is not supported "
                           f"({', '.join(PRE_TOKENIZER_PATTERNS)})")
-    tokens = gguf_file.require("tokenizer.ggml.tokens")
-    types = gguf_file.get("tokenizer.ggml.token_type") or [TOKEN_TYPE_NORMAL] * len(tokens)
+    gguf_file.require("tokenizer.ggml.tokens")
+    tokens = gguf_file.typed("tokenizer.ggml.tokens", list)
+    types = gguf_file.typed("tokenizer.ggml.token_type", list) or [TOKEN_TYPE_NORMAL] * len(tokens)
+    if not all(isinstance(t, str) for t in tokens) or len(types) != len(tokens):
+        raise LLMGenError(f"{gguf_file.path.name}: GGUF tokenizer.ggml.tokens must be strings, one type each")
     vocab = {token: i for i, token in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise LLMGenError(f"{gguf_file.path.name}: GGUF vocabulary lists a token twice")
     special = {token for token, kind in zip(tokens, types) if kind != TOKEN_TYPE_NORMAL}
     encoding = encoding_from_vocab(f"gguf:{gguf_file.path.name}", vocab, PRE_TOKENIZER_PATTERNS[pre], special)
     stop = {vocab[t] for t in STOP_TOKEN_TEXTS if t in vocab}
-    if (eos := gguf_file.get("tokenizer.ggml.eos_token_id")) is not None:
-        stop.add(int(eos))
-    bos = gguf_file.get("tokenizer.ggml.bos_token_id") if gguf_file.get("tokenizer.ggml.add_bos_token") else None
-    template = gguf_file.get("tokenizer.chat_template") or ""
+    if (eos := gguf_file.typed("tokenizer.ggml.eos_token_id", int)) is not None:
+        stop.add(eos)
+    bos = gguf_file.typed("tokenizer.ggml.bos_token_id", int) if gguf_file.get("tokenizer.ggml.add_bos_token") else None
+    if any(i is not None and not 0 <= i < len(tokens) for i in (eos, bos)):
+        raise LLMGenError(f"{gguf_file.path.name}: GGUF BOS/EOS token ids lie outside the vocabulary")
+    template = gguf_file.typed("tokenizer.chat_template", str) or ""
     chat_format = "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
     return Tokenizer(name=f"gguf:{pre}", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
                      chat_format=chat_format)

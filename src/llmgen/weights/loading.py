@@ -21,6 +21,7 @@ from llmgen.models import build_model
 from llmgen.quantize import QUANTIZATIONS, Int4Groups, quantize_model
 from llmgen.tokenizers import Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
 from llmgen.weights import maps
+from llmgen.weights.memory import check_memory
 from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_tokenizer, read_llama_gguf
 from llmgen.weights.readers import read_json, read_shards, shards_from_index
 
@@ -30,6 +31,7 @@ EXPECTED_FILES = (
 )
 HF_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                    "pytorch_model.bin")
+LAYER_INDEX = re.compile(r"(?:layers|h)\.(\d+)\.")  # our names: layers.N. (LLaMA), h.N. (GPT-2)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -88,9 +90,13 @@ def _load_weights(path: Path, device: str, dtype: str, keep_int4: bool
     else:
         config, state = _read_hf(layout.directory)
     int4_groups = {name: value for name, value in state.items() if isinstance(value, Int4Groups)}
+    tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
+    target = _resolve_dtype(dtype, _stored_dtype(tensors), device)
+    # Memory-mapped tensors cost nothing until converted; GGUF files were checked as they were read.
+    check_memory(sum(t.numel() * target.itemsize for t in tensors if t.dtype != target) if layout.kind != "gguf"
+                 else 0, layout.directory.name)
     model = _assign(config, state)
-    stored = next(p for p in model.parameters() if not p.is_meta).dtype
-    model.to(dtype=_resolve_dtype(dtype, stored, device))
+    model.to(dtype=target)
     if not int4_groups:
         model.to(device=device)
     return model.eval(), layout, int4_groups
@@ -120,6 +126,14 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
         raise LLMGenError(f"the tokenizer has {tokenizer.n_vocab} tokens but the model's vocabulary only "
                           f"{config.vocab_size}: they do not belong together")
     return LoadedModel(model, tokenizer, config, layout.kind, Path(path), time.perf_counter() - started)
+
+
+def _stored_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
+    """The checkpoint's precision: the dtype that holds most of its weights."""
+    elements: dict[torch.dtype, int] = {}
+    for t in tensors:
+        elements[t.dtype] = elements.get(t.dtype, 0) + t.numel()
+    return max(elements, key=elements.get) if elements else torch.float32
 
 
 def _resolve_dtype(requested: str, stored: torch.dtype, device: str) -> torch.dtype:
@@ -207,14 +221,23 @@ def _rename(state: dict[str, torch.Tensor], table: dict[str, str], *, transposed
             unexpected.append(name)
             continue
         if any(name.endswith(s) for s in transposed):
+            _require_matrix(name, tensor, 1)
             tensor = tensor.t().contiguous()
         for s, n_heads in (permuted or {}).items():
             if name.endswith(s):
+                _require_matrix(name, tensor, 2 * n_heads)
                 tensor = _unpermute_rope(tensor, n_heads)
         renamed[table[template].format(layer.group(1) if layer else "")] = tensor
     if unexpected:
         raise LLMGenError(_names_error("has unexpected tensor", unexpected))
     return renamed
+
+
+def _require_matrix(name: str, tensor: torch.Tensor, rows_multiple_of: int) -> None:
+    """Before reshaping a tensor the maps say to reshape: it must be a matrix of the expected rows."""
+    if tensor.dim() != 2 or tensor.size(0) % rows_multiple_of:
+        raise LLMGenError(f"tensor {name!r} has shape {list(tensor.shape)}, not a matrix with rows in "
+                          f"multiples of {rows_multiple_of}")
 
 
 def _names_error(what: str, names: list[str]) -> str:
@@ -232,6 +255,16 @@ def _unpermute_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def _assign(config: ModelConfig, state: dict[str, torch.Tensor | Int4Groups]) -> torch.nn.Module:
     """Check names and shapes against the config, then assign; Int4Groups stay out (see load_weights)."""
+    # First the layers the tensors hold against the config's count: a hostile n_layers of 10**9 must not
+    # build a model of that size before the names disagree.
+    layers = {int(m.group(1)) for name in state if (m := LAYER_INDEX.match(name))}
+    if layers != set(range(config.n_layers)):
+        raise LLMGenError(f"the config says {config.n_layers} layers, but the checkpoint holds tensors for "
+                          f"{len(layers)} (layer numbers {min(layers, default=0)}-{max(layers, default=0)})")
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and (not tensor.is_floating_point() or tensor.layout != torch.strided):
+            raise LLMGenError(f"tensor {name!r} holds {tensor.dtype} ({tensor.layout}), not dense floating-point "
+                              "weights")
     with torch.device("meta"), _no_random_init():
         model = build_model(config)
     expected = model.state_dict()

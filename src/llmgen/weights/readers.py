@@ -13,11 +13,26 @@ import torch
 from llmgen.errors import LLMGenError
 
 
+MAX_JSON_BYTES = 64 << 20  # configs and shard indexes are kilobytes; tokenizer.json files a few MB
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"the key {duplicate[:80]!r} appears twice")
+    return dict(pairs)
+
+
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file; a duplicate key, a huge file or deep nesting is an error, not a guess."""
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LLMGenError(f"{path} is not a readable JSON file: {e}") from None
+        if Path(path).stat().st_size > MAX_JSON_BYTES:
+            raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MB")
+        value = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise LLMGenError(f"{path} is not a readable JSON file: {reason}") from None
     if not isinstance(value, dict):
         raise LLMGenError(f"{path} must hold a JSON object")
     return value
@@ -76,9 +91,12 @@ def shards_from_index(index_path: Path) -> list[Path]:
     weight_map = read_json(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise LLMGenError(f"{index_path.name} has no weight_map")
+    if not all(isinstance(name, str) for name in weight_map.values()):
+        bad = next(name for name in weight_map.values() if not isinstance(name, str))
+        raise LLMGenError(f"{index_path.name}: weight_map values must be file names, got {bad!r:.60}")
     names = sorted(set(weight_map.values()))
     for name in names:
-        if not isinstance(name, str) or Path(name).name != name:
+        if Path(name).name != name or name in ("", ".", ".."):
             raise LLMGenError(f"{index_path.name} names a shard outside its directory: {name!r}")
         if not (index_path.parent / name).is_file():
             raise LLMGenError(f"shard {name} listed in {index_path.name} is missing")
