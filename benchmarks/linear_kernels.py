@@ -51,6 +51,9 @@ def dynamic_int8(weight: torch.Tensor, engine: str):
 
 
 def main() -> None:
+    from common import machine
+
+    print(machine())
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()

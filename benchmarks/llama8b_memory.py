@@ -100,6 +100,8 @@ def llama_cpp_worker(gguf: Path) -> None:
 
 
 def main() -> None:
+    from common import machine
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=OUT / "llama-3-8b-shaped")
     parser.add_argument("--rounds", type=int, default=1)
@@ -108,6 +110,7 @@ def main() -> None:
     if args.llama_cpp_worker:
         llama_cpp_worker(args.llama_cpp_worker)
         return
+    print(machine())
     directory = write_checkpoint(args.dir)
     size_gb = (directory / "consolidated.00.pth").stat().st_size / 1e9
     commands = {"llmgen": [sys.executable, "-m", "llmgen", "generate", PROMPT, "--max-new-tokens", str(NEW_TOKENS),

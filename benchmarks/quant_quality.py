@@ -30,6 +30,9 @@ VARIANTS = {  # name -> load_model arguments
 
 
 def main() -> None:
+    from common import machine
+
+    print(machine())
     parser = argparse.ArgumentParser()
     parser.add_argument("--text", type=Path, default=Path("/usr/share/common-licenses/GPL-3"))
     parser.add_argument("--tokens", type=int, default=1024)

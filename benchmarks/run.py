@@ -35,7 +35,7 @@ def describe_machine() -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                platform.processor())
-    features = [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f" {f}" in cpuinfo]
+    features = [f for f in ("avx2", "avx_vnni", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f" {f}" in cpuinfo]
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
     versions = []
     for package in ("torch", "transformers", "llama_cpp_python", "tiktoken"):
@@ -45,9 +45,9 @@ def describe_machine() -> str:
             versions.append(f"{package} (not installed)")
     from llmgen import kernels
 
-    own_kernels = f"not used: {kernels.unavailable_reason()}" if kernels.library() is None else "used"
+    level = kernels.level() or f"not used ({kernels.unavailable_reason()})"
     return (f"{cpu}, {os.cpu_count()} cores ({', '.join(features)}), {memory_gb:.0f} GiB RAM, "
-            f"Python {platform.python_version()}; {', '.join(versions)}; llmgen's own kernels {own_kernels}")
+            f"Python {platform.python_version()}; {', '.join(versions)}; llmgen's kernels: {level}")
 
 
 def main() -> None:

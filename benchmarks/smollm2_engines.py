@@ -16,19 +16,22 @@ import argparse
 import json
 import time
 
-from common import llama_cpp_greedy, llmgen_greedy, measurements, print_table, run_interleaved, transformers_greedy
+from common import llama_cpp_greedy, llmgen_greedy, machine, measurements, print_table, run_interleaved, transformers_greedy
 
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. Write a short story about a cat."
-# llmgen: its default for this file (--quantize auto: the Q4_1 weights stay 4-bit, on llmgen's own kernels).
-QUANTIZE = {"llmgen": "auto", "llmgen pytorch-int4": "auto", "llmgen --compile": "auto", "llmgen int8": "int8",
-            "llmgen fp32": "none"}
-# PyTorch's int4 kernel instead of llmgen's: what LLMGEN_KERNELS=0, or a CPU without AVX-512 VNNI, gets.
-OWN_KERNELS = {"llmgen pytorch-int4": False, "llmgen --compile": False}
-ENGINES = ["llmgen", "llmgen pytorch-int4", "llmgen --compile", "llmgen int8", "llmgen fp32", "transformers",
-           "llama.cpp"]
+# llmgen: its default for this file (--quantize auto: the Q4_1 weights stay 4-bit, on llmgen's own kernels
+# at the CPU's best level), then forced levels: avx2 is what most laptops and desktops run.
+QUANTIZE = {"llmgen int8": "int8", "llmgen fp32": "none"}
+KERNELS = {"llmgen avx2": "avx2", "llmgen portable": "portable", "llmgen pytorch-int4": "0"}  # LLMGEN_KERNELS
+OWN_KERNELS = {"llmgen --compile": False}  # torch.compile traces PyTorch's int4 kernel, not llmgen's
+ENGINES = ["llmgen", "llmgen avx2", "llmgen portable", "llmgen pytorch-int4", "llmgen --compile", "llmgen int8",
+           "llmgen fp32", "transformers", "llama.cpp"]
 
 
 def worker(engine: str, new_tokens: int) -> dict:
+    import os
+
+    os.environ["LLMGEN_KERNELS"] = KERNELS.get(engine, "auto")  # before llmgen chooses a level
     import torch
 
     from llmgen import assets
@@ -37,15 +40,13 @@ def worker(engine: str, new_tokens: int) -> dict:
     path = assets.locate("smollm2-135m-instruct-q4_1")
     started = time.perf_counter()
     if engine.startswith("llmgen"):
+        from llmgen.decode import choose_decoder
         from llmgen.weights.loading import load_model
 
-        loaded = load_model(path, quantize=QUANTIZE[engine], own_kernels=OWN_KERNELS.get(engine, True))
+        loaded = load_model(path, quantize=QUANTIZE.get(engine, "auto"), own_kernels=OWN_KERNELS.get(engine, True))
         prompt = loaded.tokenizer.encode(PROMPT)
-        decoder = None
+        decoder = choose_decoder(loaded.model, compile=engine == "llmgen --compile")
         if engine == "llmgen --compile":
-            from llmgen.compiled import CompiledDecoder
-
-            decoder = CompiledDecoder(loaded.model)
             llmgen_greedy(loaded.model, prompt, 2, decoder)  # compiles: counted as loading
         ready = time.perf_counter()
         stamps = llmgen_greedy(loaded.model, prompt, new_tokens, decoder)
@@ -77,6 +78,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.new_tokens)))
         return
+    print(machine())
     medians = run_interleaved(__file__, args.engines.split(","), ["--new-tokens", str(args.new_tokens)], args.rounds)
     print(f"SmolLM2-135M-Instruct Q4_1 GGUF, greedy, {args.new_tokens} new tokens, 2 threads, "
           f"median of {args.rounds} interleaved rounds\n")

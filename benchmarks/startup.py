@@ -32,6 +32,9 @@ COMMANDS = {
 
 
 def main() -> None:
+    from common import machine
+
+    print(machine())
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()

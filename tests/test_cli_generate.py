@@ -82,14 +82,21 @@ def test_stats_go_to_stderr(llama3_dir):
     assert "tok/s" in result.err and "loaded" in result.err
 
 
-def test_stats_say_which_kernel_the_int4_layers_run_on():
+def test_stats_name_the_decoder_and_why():
     from llmgen import kernels
 
     default = run_llmgen("generate", "hi", "-n", "2", "--stats")
-    expected = "int4 layers on llmgen's kernels" if kernels.library() else "int4 layers on PyTorch's kernel"
-    assert default.returncode == 0 and expected in default.err
+    expected = (f"decoder: llmgen kernels ({kernels.level()}) (every block's matmuls are int4 on them; "
+                "the CPU's best level)" if kernels.library() else "decoder: pytorch (")
+    assert default.returncode == 0 and expected in default.err, default.err
     off = run_llmgen("generate", "hi", "-n", "2", "--stats", env={"LLMGEN_KERNELS": "0"})
-    assert "int4 layers on PyTorch's kernel (llmgen's kernels not used: turned off by LLMGEN_KERNELS=0)" in off.err
+    assert "decoder: pytorch (turned off by LLMGEN_KERNELS=0)" in off.err
+    for level in kernels.supported_levels():
+        forced = run_llmgen("generate", "hi", "-n", "2", "--stats", env={"LLMGEN_KERNELS": level})
+        assert f"decoder: llmgen kernels ({level}) (every block's matmuls are int4 on them; " \
+               f"LLMGEN_KERNELS={level})" in forced.err, forced.err
+    fp32 = run_llmgen("generate", "hi", "-n", "2", "--stats", "--quantize", "none")
+    assert "decoder: pytorch (" in fp32.err and ("not all int4" in fp32.err or not kernels.library())
 
 
 def test_hf_gpt2_directory_and_context_crop_warning(gpt2_dir):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from checkpoints import hf_gpt2, hf_llama, save_hf
-from llmgen.compiled import CACHE_STEP, CompiledDecoder
+from llmgen.decode import Decoder
+from llmgen.decode.compiled import CACHE_STEP, CompiledDecoder
 from llmgen.generation import SamplingSettings, generate_ids
 from llmgen.quantize import quantize_model
 from llmgen.weights.loading import load_weights
@@ -27,7 +28,8 @@ def test_compiled_decode_equals_eager(tmp_path, make, quantize):
     model.setup_cache(1, decoder.cache_length(len(ids)))
     with torch.inference_mode():
         model(torch.tensor([ids[:5]]), 0)
-        eager = [model.decode_step(t, pos) for pos, t in enumerate(ids[5:], start=5)]
+        eager_decoder = Decoder(model, "pytorch", "the test's")
+        eager = [eager_decoder(t, pos) for pos, t in enumerate(ids[5:], start=5)]
         model(torch.tensor([ids[:5]]), 0)
         compiled = [decoder(t, pos) for pos, t in enumerate(ids[5:], start=5)]
     # Inductor keeps some bfloat16 intermediates of the int4 layers in float32: close, not equal.

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from checkpoints import hf_gpt2, hf_llama, save_hf
+from llmgen import kernels
 from llmgen.generation import SamplingSettings, TextStream, generate_ids
 from llmgen.tokenizers import get_tokenizer
 from llmgen.weights.loading import load_weights
@@ -38,30 +39,36 @@ def test_kv_cache_decode_equals_full_recomputation(llama):
     torch.testing.assert_close(torch.stack(steps), expected[8:], atol=1e-5, rtol=0)
 
 
+LEVELS = [*kernels.supported_levels(), "0"]  # every kernel level this CPU runs, and none
+
+
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("quantize", ["none", "int8", "int4", "int4 on PyTorch's kernel"])
 @pytest.mark.parametrize("make", [hf_llama, hf_gpt2])
-def test_decode_step_equals_forward(tmp_path, make, quantize):
-    """decode_step, the flat one-token path generation uses, computes what forward computes; with
-    llmgen's kernels, a LLaMA's int4 steps run through them (Llama.decode_with_kernels)."""
-    from llmgen import kernels
+def test_every_decoder_equals_forward(tmp_path, monkeypatch, make, quantize, level):
+    """Each decoder choose_decoder can return (llmgen's kernels at each level, PyTorch's ops) computes what
+    forward computes, and is the one the rules say: a LLaMA runs on the kernels when every block is int4 on
+    them, a float32 GPT-2's attention always does."""
+    from llmgen.decode import choose_decoder
     from llmgen.quantize import quantize_model
 
+    monkeypatch.setenv("LLMGEN_KERNELS", level)
     model, _ = load_weights(save_hf(make(), tmp_path))
     if quantize != "none":
         quantize_model(model, quantize.split()[0], own_kernels=quantize == "int4")
+    decoder = choose_decoder(model)
+    on_kernels = level != "0" and (quantize == "int4" or make is hf_gpt2)
+    assert decoder.name == (f"llmgen kernels ({level})" if on_kernels else "pytorch"), decoder
+    if level == "0":
+        assert decoder.reason == "turned off by LLMGEN_KERNELS=0"
     ids = torch.randint(0, 1000, (14,), generator=torch.Generator().manual_seed(6)).tolist()
     model.setup_cache(1, len(ids))
-    if make is hf_llama:
-        kernel_path = quantize == "int4" and kernels.library() is not None
-        assert (model.decode_plan().kernel_layers is not None) == kernel_path
-    else:
-        assert (model.decode_plan().kernel_attention is not None) == (kernels.library() is not None)
     with torch.inference_mode():
         model(torch.tensor([ids[:6]]), 0)
         expected = [model(torch.tensor([[t]]), pos, last_only=True)[0, -1] for pos, t in enumerate(ids[6:], start=6)]
         model.setup_cache(1, len(ids))
         model(torch.tensor([ids[:6]]), 0)
-        got = [model.decode_step(t, pos) for pos, t in enumerate(ids[6:], start=6)]
+        got = [decoder(t, pos) for pos, t in enumerate(ids[6:], start=6)]
     assert got[0].shape == (1000,) and got[0].dtype == torch.float32
     torch.testing.assert_close(torch.stack(got), torch.stack(expected), atol=1e-5, rtol=0)
 
@@ -69,8 +76,10 @@ def test_decode_step_equals_forward(tmp_path, make, quantize):
 def test_decode_step_across_a_window_step_equals_forward(llama):
     """Decode steps attend to a window of the cache grown DecodeWindow.STEP positions at a time, with
     the positions not yet written masked: crossing a step changes nothing."""
+    from llmgen.decode import Decoder
     from llmgen.models.kv_cache import DecodeWindow
 
+    decoder = Decoder(llama, "pytorch", "the test's")
     start = DecodeWindow.STEP - 4
     ids = torch.randint(0, 1000, (start + 8,), generator=torch.Generator().manual_seed(8)).tolist()
     llama.setup_cache(1, len(ids))
@@ -80,8 +89,8 @@ def test_decode_step_across_a_window_step_equals_forward(llama):
         llama(torch.tensor([ids[:start]]), 0)
         got, sizes = [], set()
         for pos, t in enumerate(ids[start:], start):
-            got.append(llama.decode_step(t, pos))
-            sizes.add(llama.decode_plan().window.size)
+            got.append(decoder(t, pos))
+            sizes.add(decoder.plan.window.size)
     assert sizes == {DecodeWindow.STEP, len(ids)}  # the cache's length caps the second window
     torch.testing.assert_close(torch.stack(got), torch.stack(expected), atol=1e-5, rtol=0)
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from checkpoints import hf_gpt2, hf_llama, save_hf
 from llmgen import kernels
+from llmgen.decode import choose_decoder
 from llmgen.models.kv_cache import decode_attention
 from llmgen.models.llama import apply_rope, rope_frequencies
 from llmgen.quantize import Int4Groups, Int4Linear, quantize_model
@@ -15,6 +16,18 @@ from llmgen.weights.loading import load_weights
 
 needs_kernels = pytest.mark.skipif(kernels.library() is None,
                                    reason=f"llmgen's kernels do not run here: {kernels.unavailable_reason()}")
+LEVELS = kernels.supported_levels()  # every level this CPU runs: each is tested, whatever auto would pick
+
+
+@pytest.fixture(params=LEVELS)
+def level(request, monkeypatch):
+    """LLMGEN_KERNELS forced to each level the CPU supports; the library built must be that level's."""
+    monkeypatch.setenv("LLMGEN_KERNELS", request.param)
+    if kernels.library() is None:
+        pytest.skip(f"llmgen's kernels do not run here: {kernels.unavailable_reason()}")
+    assert kernels.level() == request.param
+    assert kernels.library().kernel_level().decode() == request.param
+    return request.param
 
 
 def int8_rounded(x: torch.Tensor) -> torch.Tensor:
@@ -32,10 +45,9 @@ def dequantized_fp16(groups: Int4Groups) -> torch.Tensor:
 
 
 # in_features: whole 512-chunks only; pairs only; an odd group count (padded); chunks and pairs (576: SmolLM2)
-@needs_kernels
 @pytest.mark.parametrize("in_features", [512, 1024, 64, 96, 576, 768])
 @pytest.mark.parametrize("out_features", [37, 64])  # 37: rows left over from the kernel's 4-row steps
-def test_int4_matmul_computes_exactly_its_rounded_product(in_features, out_features):
+def test_int4_matmul_computes_exactly_its_rounded_product(level, in_features, out_features):
     generator = torch.Generator().manual_seed(in_features + out_features)
     groups = Int4Groups.from_float(torch.randn(out_features, in_features, generator=generator) * 0.05)
     x = torch.randn(5, in_features, generator=generator)
@@ -53,8 +65,7 @@ def test_int4_matmul_computes_exactly_its_rounded_product(in_features, out_featu
     torch.testing.assert_close(out, got + 1, atol=1e-5, rtol=0)
 
 
-@needs_kernels
-def test_int4_matmul_folds_in_rms_norm_and_swiglu():
+def test_int4_matmul_folds_in_rms_norm_and_swiglu(level):
     generator = torch.Generator().manual_seed(0)
     groups = Int4Groups.from_float(torch.randn(48, 576, generator=generator) * 0.05)
     weights = kernels.pack_int4(groups.q, groups.scale, groups.minimum)
@@ -70,9 +81,8 @@ def test_int4_matmul_folds_in_rms_norm_and_swiglu():
                                atol=2e-3, rtol=0)
 
 
-@needs_kernels
 @pytest.mark.parametrize("rope, n_heads, n_kv_heads", [(True, 9, 3), (True, 4, 4), (False, 12, 12)])
-def test_attention_step_matches_pytorch(rope, n_heads, n_kv_heads):
+def test_attention_step_matches_pytorch(level, rope, n_heads, n_kv_heads):
     head_dim, max_len, pos = 64, 40, 29
     generator = torch.Generator().manual_seed(n_heads)
     keys_t = torch.randn(n_kv_heads, head_dim, max_len, generator=generator)
@@ -124,10 +134,8 @@ def test_a_failed_build_is_a_reason_not_an_error(tmp_path, monkeypatch):
     compiler.chmod(0o755)
     monkeypatch.setenv("LLMGEN_HOME", str(tmp_path))
     monkeypatch.setenv("CXX", str(compiler))
-    monkeypatch.delenv("LLMGEN_KERNELS", raising=False)
-    if missing := [f for f in kernels.CPU_FEATURES if f not in kernels._cpu_flags()]:
-        pytest.skip(f"the CPU lacks {missing}: nothing is built")
-    for cached in (kernels.library, kernels.unavailable_reason, kernels._build):
+    monkeypatch.setenv("LLMGEN_KERNELS", "portable")  # every CPU has it
+    for cached in (kernels._build_failure, kernels._library, kernels._build):
         cached.cache_clear()
     try:
         assert kernels.unavailable_reason() == "building them failed: broken-c++ failed: broken-c++: error: no"
@@ -135,21 +143,28 @@ def test_a_failed_build_is_a_reason_not_an_error(tmp_path, monkeypatch):
         assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-written left behind
     finally:
         monkeypatch.undo()
-        for cached in (kernels.library, kernels.unavailable_reason, kernels._build):
+        for cached in (kernels._build_failure, kernels._library, kernels._build):
             cached.cache_clear()
 
 
 def test_llmgen_kernels_0_turns_them_off(monkeypatch):
     monkeypatch.setenv("LLMGEN_KERNELS", "0")
-    kernels.unavailable_reason.cache_clear()
-    kernels.library.cache_clear()
-    try:
-        assert kernels.unavailable_reason() == "turned off by LLMGEN_KERNELS=0"
-        assert not Int4Linear(Int4Groups.from_float(torch.randn(16, 64))).own_kernel
-    finally:
-        monkeypatch.undo()
-        kernels.unavailable_reason.cache_clear()
-        kernels.library.cache_clear()
+    assert kernels.unavailable_reason() == "turned off by LLMGEN_KERNELS=0"
+    assert not Int4Linear(Int4Groups.from_float(torch.randn(16, 64))).own_kernel
+
+
+def test_levels_the_cpu_lacks_or_that_do_not_exist_are_reasons(monkeypatch):
+    monkeypatch.setenv("LLMGEN_KERNELS", "avx9000")
+    assert kernels.unavailable_reason() == "LLMGEN_KERNELS=avx9000 is not one of 0, auto, avx512, avx2, portable"
+    assert kernels.library() is None
+    for level in kernels.LEVELS:
+        monkeypatch.setenv("LLMGEN_KERNELS", level.name)
+        if level.name in LEVELS:
+            assert kernels.level() == level.name
+        else:
+            assert kernels.unavailable_reason().startswith(f"LLMGEN_KERNELS={level.name}, but the CPU lacks")
+    monkeypatch.setenv("LLMGEN_KERNELS", "auto")
+    assert kernels.level() == LEVELS[0] and "portable" in LEVELS
 
 
 @needs_kernels
@@ -167,5 +182,7 @@ def test_kernels_refuse_what_would_take_them_out_of_bounds(tmp_path):
     model, _ = load_weights(save_hf(hf_llama(), tmp_path))
     quantize_model(model, "int4")
     model.setup_cache(1, 4)
+    decoder = choose_decoder(model)
+    assert decoder.use_kernels
     with torch.inference_mode(), pytest.raises(ValueError, match="position 4 is outside"):
-        model.decode_step(1, 4)
+        decoder(1, 4)

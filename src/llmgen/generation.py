@@ -17,7 +17,7 @@ from llmgen.sampling import check_settings, mask_invalid, sample
 from llmgen.tokenizers import StreamDecoder, Tokenizer
 
 if TYPE_CHECKING:
-    from llmgen.compiled import CompiledDecoder
+    from llmgen.decode import Decoder
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,14 @@ def generate_ids(
     n_valid: int | None = None,
     generator: torch.Generator | None = None,
     on_crop: Callable[[str], None] | None = None,
-    decoder: CompiledDecoder | None = None,
+    decoder: Decoder | None = None,
 ) -> Iterator[int]:
     """Yield sampled ids, ending after a stop id or max_new_tokens.
 
     The context is cropped to the model's window. Past the window the positions of the kept tokens
     shift, so each further step re-prefills the last `window` tokens (what crop-every-step sampling
     computes, at the cost of a prefill per token); `on_crop` is called once when cropping first happens.
-    Decode steps are model.decode_step, or `decoder` (compiled.py) when given.
+    Decode steps go through `decoder`, by default the one decode.choose_decoder picks for the model.
     """
     if not prompt_ids:
         raise ValueError("the prompt has no tokens")
@@ -73,9 +73,11 @@ def generate_ids(
 
     if settings.max_new_tokens == 0:
         return
-    cache_length = min(window, len(tokens) + settings.max_new_tokens)
-    model.setup_cache(1, cache_length if decoder is None else decoder.cache_length(cache_length))
-    decode_step = model.decode_step if decoder is None else decoder
+    if decoder is None:
+        from llmgen.decode import choose_decoder
+
+        decoder = choose_decoder(model)
+    model.setup_cache(1, decoder.cache_length(min(window, len(tokens) + settings.max_new_tokens)))
     logits = prefill_last_window()
     pos = min(len(tokens), window)  # next position to write in the cache
     for step in range(settings.max_new_tokens):
@@ -87,7 +89,7 @@ def generate_ids(
         if next_id in stop_ids or step == settings.max_new_tokens - 1:
             return
         if pos < window:
-            logits = decode_step(next_id, pos)[None]  # (1, vocab)
+            logits = decoder(next_id, pos)[None]  # (1, vocab)
             pos += 1
         else:
             logits = prefill_last_window()

@@ -6,8 +6,8 @@ models whose weights fit in the CPU's cache, by how fast the kernels run). Two f
 - int8: one scale per output channel, PyTorch's `torch._weight_int8pack_mm` (bfloat16 activations);
   a quarter of float32's bytes.
 - int4: groups of 32 weights along the input, each with a scale and a minimum (GGUF's Q4_1 form); an
-  eighth of float32's bytes. On llmgen's own kernel where it runs (kernels/: int8 activations, AVX-512
-  VNNI), else on PyTorch's `torch._weight_int4pack_mm_for_cpu` (bfloat16 activations). GGUF Q4_0/Q4_1
+  eighth of float32's bytes. On llmgen's own kernel where it runs (kernels/: int8 activations, AVX-512 or
+  AVX2), else on PyTorch's `torch._weight_int4pack_mm_for_cpu` (bfloat16 activations). GGUF Q4_0/Q4_1
   weights are packed straight from their blocks (weights/gguf_format.py), without a detour through float32.
 
 Quantizing also fuses the projections a model declares in its `FUSIONS` (q/k/v, gate/up): one matmul
@@ -116,7 +116,7 @@ def int4_fits(weight_shape: tuple[int, ...]) -> bool:
 
 class Int4Linear(nn.Module):
     """y = x W^T (+ b) with W in 4-bit groups, computed by llmgen's own kernel where it runs
-    (kernels/: AVX-512 VNNI, int8 activations, float32 out), else by PyTorch's int4 kernel (bfloat16)."""
+    (kernels/: int8 activations, float32 out), else by PyTorch's int4 kernel (bfloat16)."""
 
     def __init__(self, groups: Int4Groups, bias: torch.Tensor | None = None, own_kernel: bool = True):
         super().__init__()
@@ -219,17 +219,6 @@ def top_indices(scores: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
     return positions.gather(-1, candidates.topk(k, dim=-1).indices)
 
 
-def int4_kernel_in_use(model: nn.Module) -> str | None:
-    """Which kernel a model's int4 layers run on, in words (for --stats); None without int4 layers."""
-    layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
-    if not layers:
-        return None
-    if all(m.own_kernel for m in layers):
-        return "int4 layers on llmgen's kernels"
-    reason = kernels.unavailable_reason()
-    return "int4 layers on PyTorch's kernel" + (f" (llmgen's kernels not used: {reason})" if reason else "")
-
-
 def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Groups] | None = None,
                    own_kernels: bool = True) -> nn.Module:
     """Swap linear layers for quantized ones in place (`kind` is "int8" or "int4").
@@ -237,7 +226,7 @@ def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Group
     int4_groups: weights already in 4-bit groups (GGUF Q4_0/Q4_1), by parameter name; their nn.Linear
     modules were left empty by the loader. Everything else is quantized from its float weight.
     own_kernels: int4 layers use llmgen's kernel where it runs (kernels/); False keeps PyTorch's, which
-    torch.compile can trace (compiled.py).
+    torch.compile can trace (decode/compiled.py).
     """
     int4_groups = dict(int4_groups or {})
     head = model.output if model.output is not None else (

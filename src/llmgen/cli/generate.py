@@ -89,13 +89,13 @@ def generate(
                         own_kernels=not compile_decode)
     tokenizer = loaded.tokenizer
     model_name = DEFAULT_MODEL_NAME if is_default else str(model or model_path)
-    if stats:
-        from llmgen.quantize import int4_kernel_in_use
+    from llmgen.decode import choose_decoder
 
+    decoder = choose_decoder(loaded.model, compile=compile_decode)
+    if stats:
         console.print_info(f"loaded {loaded.path} ({loaded.layout} layout, {loaded.config.arch}) "
                            f"in {loaded.load_seconds:.2f} s")
-        if kernel := int4_kernel_in_use(loaded.model):
-            console.print_info(kernel)
+        console.print_info(repr(decoder))
     if chat if chat is not None else is_default:
         from llmgen.chat import chat_prompt_ids
 
@@ -111,11 +111,6 @@ def generate(
     else:
         generator.seed()
 
-    decoder = None
-    if compile_decode:
-        from llmgen.compiled import CompiledDecoder
-
-        decoder = CompiledDecoder(loaded.model)
     texts = []
     for sample_index in range(num_samples):
         ids = generate_ids(loaded.model, prompt_ids, settings, stop_ids=tokenizer.stop_ids,

@@ -4,20 +4,24 @@ its time on.
 - int4_matmul.cpp: y = x W^T for 4-bit weights (GGUF's Q4_1 form). Decoding a small model reads weights
   that mostly stay in the CPU's caches, so its speed is set by how fast the kernel turns 4-bit weights
   into dot products. PyTorch's CPU int4 kernel converts every weight to float (~12 G weights/s per core
-  here); this one rounds the activations to int8 and lets AVX-512 VNNI multiply-add 64 bytes per
-  instruction, as llama.cpp does (~30 G/s per core). It can also RMS-normalise its input or take
+  here); this one rounds the activations to int8 and multiplies bytes, 64 per instruction with AVX-512
+  VNNI (~30 G/s per core), 32 per two instructions with AVX2, as llama.cpp does. It can also RMS-normalise its input or take
   SwiGLU's silu(gate) * up first, and add its result into the residual stream.
 - attention.cpp: one decode step's attention for one layer (RoPE, cache writes, softmax attention), one
   call instead of ~12 tensor ops that each cost more in dispatch than in arithmetic.
-- llama_layers.cpp: all of a LLaMA's blocks for one token in one call (Llama.decode_with_kernels).
-The numbers are in benchmarks/RESULTS.md. They need a CPU with AVX-512 VNNI and a C++ compiler; without
-them, or with LLMGEN_KERNELS=0, models use PyTorch's kernels and ops instead (same results, within
+- llama_layers.cpp: all of a LLaMA's blocks for one token in one call (decode/llama.py's kernel_step).
+The numbers are in benchmarks/RESULTS.md.
+
+Levels: the same sources are built for the best instruction set the CPU has (LEVELS: avx512 with VNNI,
+avx2, or portable C++ for anything else, ARM included), and LLMGEN_KERNELS=avx512|avx2|portable forces
+a level the CPU supports, so every level can be tested on any machine able to run it. Without a C++
+compiler, or with LLMGEN_KERNELS=0, models use PyTorch's kernels and ops instead (same results, within
 rounding; tests/test_kernels.py).
 
-The library is compiled once per machine (a few seconds) into llmgen's data directory, named by a hash
-of the sources, the compiler and the CPU, and called through ctypes: plain pointers, no Python objects,
-so no torch headers to compile against. Its OpenMP threads are PyTorch's: torch loads libgomp first,
-and the library links the same libgomp.so.1.
+Each level's library is compiled once per machine (a few seconds) into llmgen's data directory, named by
+a hash of the sources, the compiler, the level and the CPU, and called through ctypes: plain pointers,
+no Python objects, so no torch headers to compile against. Its OpenMP threads are PyTorch's: torch
+loads libgomp first, and the library links the same libgomp.so.1.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -38,8 +43,25 @@ import torch.nn.functional as F
 HERE = Path(__file__).parent
 SOURCES = (HERE / "int4_matmul.cpp", HERE / "attention.cpp", HERE / "llama_layers.cpp")
 HEADERS = (HERE / "kernels.h", HERE / "fast_exp.h")
-CPU_FEATURES = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    cpu_flags: tuple[str, ...]  # what /proc/cpuinfo must list
+    compiler_flags: tuple[str, ...]  # what selects this level's code in the sources (int4_matmul.cpp)
+
+
+# Best first: "auto" picks the first the CPU supports.
+LEVELS = (
+    Level("avx512", ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+          ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni")),
+    Level("avx2", ("avx2", "fma", "f16c"), ("-mavx2", "-mfma", "-mf16c")),
+    # Plain C++ for the machine's own vector unit (SSE, NEON, ...), the intrinsics left out.
+    Level("portable", (), ("-march=native", "-DLLMGEN_PORTABLE")),
+)
+X86 = ("x86_64", "amd64", "i386", "i686")
 GROUP = 32  # weights per scale and minimum (GGUF's Q4_1 blocks)
 CHUNK_GROUPS = 16  # groups per whole chunk of the packed layout (int4_matmul.cpp)
 
@@ -190,27 +212,66 @@ class LlamaLayers:
             raise ValueError(f"position {int(pos)} is outside the KV cache's {self.arguments[-1]}")
 
 
-@cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel library, or None where it cannot run here (see unavailable_reason)."""
-    return None if unavailable_reason() else _load(_build())
+    """The compiled kernel library of the selected level, or None where none runs (see unavailable_reason)."""
+    chosen, reason = selected()
+    return None if chosen is None or reason else _library(chosen)
 
 
-@cache
 def unavailable_reason() -> str | None:
     """Why llmgen's kernels are not used on this machine, or None when they are."""
-    if os.environ.get("LLMGEN_KERNELS", "1") == "0":
-        return "turned off by LLMGEN_KERNELS=0"
-    missing = [f for f in CPU_FEATURES if f not in _cpu_flags()]
-    if missing:
-        return f"the CPU lacks {', '.join(missing)}"
+    return selected()[1]
+
+
+def level() -> str | None:
+    """The name of the level in use ("avx512", "avx2", "portable"), or None."""
+    chosen, reason = selected()
+    return None if chosen is None or reason else chosen.name
+
+
+def selected() -> tuple[Level | None, str | None]:
+    """(the level llmgen's kernels run at, None) or (None, why they do not run): LLMGEN_KERNELS=0|auto|LEVEL
+    (default auto: the best level this CPU supports), a C++ compiler, and a build that succeeds."""
+    wanted = os.environ.get("LLMGEN_KERNELS", "auto").strip().lower() or "auto"
+    if wanted in ("0", "off", "none"):
+        return None, f"turned off by LLMGEN_KERNELS={wanted}"
+    by_name = {lv.name: lv for lv in LEVELS}
+    if wanted not in ("auto", "1", *by_name):
+        return None, f"LLMGEN_KERNELS={wanted} is not one of 0, auto, {', '.join(by_name)}"
+    if wanted in by_name:
+        chosen = by_name[wanted]
+        if missing := missing_features(chosen):
+            return None, f"LLMGEN_KERNELS={wanted}, but the CPU lacks {', '.join(missing)}"
+    else:
+        chosen = next(lv for lv in LEVELS if not missing_features(lv))
+    return chosen, _build_failure(chosen)
+
+
+def supported_levels() -> list[str]:
+    """Every level this CPU can run (for tests and benchmarks that go through each)."""
+    return [lv.name for lv in LEVELS if not missing_features(lv)]
+
+
+def missing_features(chosen: Level) -> list[str]:
+    if chosen.cpu_flags and platform.machine().lower() not in X86:
+        return ["x86-64 instructions"]
+    return [f for f in chosen.cpu_flags if f not in _cpu_flags()]
+
+
+@cache
+def _build_failure(chosen: Level) -> str | None:
     if _compiler() is None:
         return "no C++ compiler (g++ or clang++; or set CXX)"
     try:
-        _load(_build())
+        _library(chosen)
     except (OSError, subprocess.SubprocessError) as e:
         return f"building them failed: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
     return None
+
+
+@cache
+def _library(chosen: Level) -> ctypes.CDLL:
+    return _load(_build(chosen))
 
 
 def _position(pos: torch.Tensor) -> int:
@@ -224,6 +285,7 @@ def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+@cache
 def _cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -239,22 +301,23 @@ def _compiler() -> str | None:
 
 
 @cache
-def _build() -> Path:
-    """Compile SOURCES unless this machine already has it; -> the library's path."""
+def _build(chosen: Level) -> Path:
+    """Compile SOURCES for a level unless this machine already has it; -> the library's path."""
     from llmgen.assets import data_dir
 
     compiler = _compiler()
+    flags = (*FLAGS, *chosen.compiler_flags)
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     texts = [path.read_text() for path in (*SOURCES, *HEADERS)]
-    key = hashlib.sha256("\n".join((*texts, compiler, version, " ".join(FLAGS),
+    key = hashlib.sha256("\n".join((*texts, compiler, version, " ".join(flags),
                                     " ".join(sorted(_cpu_flags())))).encode()).hexdigest()[:16]
-    library = data_dir() / "kernels" / f"llmgen_kernels-{key}.so"
+    library = data_dir() / "kernels" / f"llmgen_kernels-{chosen.name}-{key}.so"
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
         built = Path(scratch) / library.name
-        result = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(built)], capture_output=True, text=True)
+        result = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(built)], capture_output=True, text=True)
         if result.returncode != 0:
             raise OSError(f"{Path(compiler).name} failed: {(result.stderr.strip() or 'no output').splitlines()[0]}")
         os.replace(built, library)  # atomic: another process may be building the same file
@@ -270,6 +333,8 @@ def _load(path: Path) -> ctypes.CDLL:
                                        ctypes.c_float, pointer, flag]
     library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, pointer, size, size, size, size,
                                             pointer, pointer, flag]
+    library.kernel_level.argtypes = []
+    library.kernel_level.restype = ctypes.c_char_p
     library.int4_linear.restype = None
     library.attention_step.restype = library.llama_decode_layers.restype = ctypes.c_int32
     return library

@@ -1,4 +1,10 @@
-// y = x W^T for 4-bit weights, on AVX-512 VNNI: llmgen's decode-time matmul (see kernels/__init__.py).
+// y = x W^T for 4-bit weights: llmgen's decode-time matmul (see kernels/__init__.py), in three builds of
+// this one file, chosen by the compiler flags kernels/__init__.py passes for a level:
+// - avx512: VPDPBUSD (AVX-512 VNNI), 64 byte products per instruction;
+// - avx2: VPMADDUBSW + VPMADDWD, the same integer sums 32 bytes and two instructions at a time, as
+//   llama.cpp does on AVX2;
+// - portable: plain C++ the compiler vectorises for whatever it targets (older x86, ARM).
+// All three compute the same integer dot products; only the order of the float sums differs.
 //
 // W is stored in GGUF's Q4_1 form: groups of 32 weights along the input, w = q * scale + minimum with
 // q in 0..15 and an fp16 scale and minimum per group. Each row of x is rounded to int8 in groups of 32
@@ -19,7 +25,18 @@
 //   group in lanes 0-7 and its second in lanes 8-15.
 // Each row of x is rounded into the same order once per call (round_input).
 
+// LLMGEN_PORTABLE (the portable level) keeps the intrinsics out even where the compiler targets a CPU
+// that has them, so that level can be tested on any machine.
+#if defined(LLMGEN_PORTABLE)
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define LLMGEN_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define LLMGEN_AVX2 1
+#endif
+
+#if defined(LLMGEN_AVX512) || defined(LLMGEN_AVX2)
 #include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -41,23 +58,40 @@ struct RoundedInput {
   const float* sums;    // (rows, groups): xscale * sum(xq)
 };
 
+// One group of 32 floats -> int8 steps of amax / 127 (round to nearest even), its scale and scale * sum(q).
+inline void round_group(const float* x, int8_t* rounded, float* scale, float* sum) {
+#if defined(LLMGEN_AVX512)
+  __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+  float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+  float inverse = amax > 0.f ? 127.f / amax : 0.f;
+  __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(inverse)));  // round to nearest even
+  __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, _mm512_set1_ps(inverse)));
+  _mm_storeu_si128((__m128i*)rounded, _mm512_cvtsepi32_epi8(qa));
+  _mm_storeu_si128((__m128i*)(rounded + 16), _mm512_cvtsepi32_epi8(qb));
+  *scale = amax / 127.f;
+  *sum = *scale * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+#else
+  float amax = 0.f;
+  for (int i = 0; i < kGroup; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+  const float inverse = amax > 0.f ? 127.f / amax : 0.f;
+  int32_t total = 0;
+  for (int i = 0; i < kGroup; i++) {
+    const int32_t q = (int32_t)nearbyintf(x[i] * inverse);  // the default rounding mode: nearest even
+    rounded[i] = (int8_t)(q > 127 ? 127 : q < -128 ? -128 : q);
+    total += q;
+  }
+  *scale = amax / 127.f;
+  *sum = *scale * (float)total;
+#endif
+}
+
 // One row of x (in_features floats) -> int8 in the weights' order, with its groups' scales and sums.
 void round_input(const float* x, int64_t in_features, int64_t groups, int8_t* q, float* scales, float* sums) {
   const int64_t whole_chunks = groups / kChunkGroups;
   for (int64_t g = 0; g < groups; g++) {
     alignas(64) int8_t rounded[kGroup] = {0};
     float scale = 0.f, sum = 0.f;
-    if (g * kGroup < in_features) {  // else: the pad group, all zeros
-      __m512 a = _mm512_loadu_ps(x + g * kGroup), b = _mm512_loadu_ps(x + g * kGroup + 16);
-      float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-      float inverse = amax > 0.f ? 127.f / amax : 0.f;
-      __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(inverse)));  // round to nearest even
-      __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, _mm512_set1_ps(inverse)));
-      _mm_store_si128((__m128i*)rounded, _mm512_cvtsepi32_epi8(qa));
-      _mm_store_si128((__m128i*)(rounded + 16), _mm512_cvtsepi32_epi8(qb));
-      scale = amax / 127.f;
-      sum = scale * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
-    }
+    if (g * kGroup < in_features) round_group(x + g * kGroup, rounded, &scale, &sum);  // else: the pad group
     scales[g] = scale;
     sums[g] = sum;
     if (g < whole_chunks * kChunkGroups) {  // step t of the chunk, lane j: xq[group j][4t .. 4t + 3]
@@ -70,7 +104,20 @@ void round_input(const float* x, int64_t in_features, int64_t groups, int8_t* q,
   }
 }
 
+inline float half_to_float(uint16_t h) {
+#if defined(LLMGEN_AVX512) || defined(LLMGEN_AVX2)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF;
+  if (exponent == 0) return (sign ? -1.f : 1.f) * ldexpf((float)mantissa, -24);  // zero and subnormals
+  const uint32_t bits = exponent == 31 ? sign | 0x7F800000u | (mantissa << 13)      // inf and NaN
+                                       : sign | ((exponent + 112) << 23) | (mantissa << 13);
+  return __builtin_bit_cast(float, bits);
+#endif
+}
+
 // R rows of W (starting at `row`) times one rounded row of x -> R floats.
+#if defined(LLMGEN_AVX512)
 template <int R>
 inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, float* out) {
   const int64_t groups = w.groups, row_bytes = groups * kGroup / 2;
@@ -110,14 +157,122 @@ inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, flo
           _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), low);
       const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xq);
       const int64_t s = (row + r) * groups + g;
-      const __m512 scales = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(_cvtsh_ss(w.scales[s]) * x.scales[g]),
-                                                 _mm512_set1_ps(_cvtsh_ss(w.scales[s + 1]) * x.scales[g + 1]));
+      const __m512 scales = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(half_to_float(w.scales[s]) * x.scales[g]),
+                                                 _mm512_set1_ps(half_to_float(w.scales[s + 1]) * x.scales[g + 1]));
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales, acc[r]);
-      minimum_terms[r] += _cvtsh_ss(w.minimums[s]) * x.sums[g] + _cvtsh_ss(w.minimums[s + 1]) * x.sums[g + 1];
+      minimum_terms[r] += half_to_float(w.minimums[s]) * x.sums[g] + half_to_float(w.minimums[s + 1]) * x.sums[g + 1];
     }
   }
   for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + minimum_terms[r];
 }
+
+#elif defined(LLMGEN_AVX2)
+inline float sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// Each 64-byte vector of a chunk is two 32-byte halves: groups 0-7 and 8-15. VPMADDUBSW multiplies the
+// unsigned 4-bit q by the signed int8 xq and adds adjacent pairs into int16 (at most 2 * 15 * 127; a
+// chunk's 8 steps sum to at most 30480, inside int16), VPMADDWD by ones adds pairs of those into the
+// int32 lane of each group: the lanes VPDPBUSD fills on AVX-512.
+template <int R>
+inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, float* out) {
+  const int64_t groups = w.groups, row_bytes = groups * kGroup / 2;
+  const int64_t whole_chunks = groups / kChunkGroups;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+
+  for (int64_t c = 0; c < whole_chunks; c++) {
+    const int8_t* xq = x.q + c * kChunk;
+    for (int half = 0; half < 2; half++) {  // groups 8 * half .. 8 * half + 7
+      const __m256 x_scales = _mm256_loadu_ps(x.scales + c * kChunkGroups + 8 * half);
+      const __m256 x_sums = _mm256_loadu_ps(x.sums + c * kChunkGroups + 8 * half);
+      __m256i xs[8];
+      for (int t = 0; t < 8; t++) xs[t] = _mm256_loadu_si256((const __m256i*)(xq + 64 * t + 32 * half));
+      for (int r = 0; r < R; r++) {
+        const uint8_t* packed = w.packed + (row + r) * row_bytes + c * (kChunk / 2) + 32 * half;
+        __m256i pairs = _mm256_setzero_si256();  // int16
+        for (int u = 0; u < 4; u++) {
+          const __m256i v = _mm256_loadu_si256((const __m256i*)(packed + 64 * u));
+          pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(_mm256_and_si256(v, low), xs[2 * u]));
+          pairs = _mm256_add_epi16(
+              pairs, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xs[2 * u + 1]));
+        }
+        const __m256i dots = _mm256_madd_epi16(pairs, ones);  // int32: one group per lane
+        const int64_t s = (row + r) * groups + c * kChunkGroups + 8 * half;
+        const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w.scales + s)));
+        const __m256 minimums = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w.minimums + s)));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(scales, x_scales), acc[r]);
+        acc[r] = _mm256_fmadd_ps(minimums, x_sums, acc[r]);
+      }
+    }
+  }
+
+  // The pairs after the whole chunks: low nibbles are the pair's first group, high nibbles its second.
+  float minimum_terms[R] = {0};
+  for (int64_t g = whole_chunks * kChunkGroups; g < groups; g += 2) {
+    const __m256i xq0 = _mm256_loadu_si256((const __m256i*)(x.q + g * kGroup));
+    const __m256i xq1 = _mm256_loadu_si256((const __m256i*)(x.q + g * kGroup + kGroup));
+    for (int r = 0; r < R; r++) {
+      const __m256i v = _mm256_loadu_si256((const __m256i*)(w.packed + (row + r) * row_bytes + g * kGroup / 2));
+      const __m256i dot0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, low), xq0), ones);
+      const __m256i dot1 =
+          _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xq1), ones);
+      const int64_t s = (row + r) * groups + g;
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot0), _mm256_set1_ps(half_to_float(w.scales[s]) * x.scales[g]), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot1),
+                               _mm256_set1_ps(half_to_float(w.scales[s + 1]) * x.scales[g + 1]), acc[r]);
+      minimum_terms[r] += half_to_float(w.minimums[s]) * x.sums[g] + half_to_float(w.minimums[s + 1]) * x.sums[g + 1];
+    }
+  }
+  for (int r = 0; r < R; r++) out[r] = sum8(acc[r]) + minimum_terms[r];
+}
+
+#else
+// Plain C++: the same sums, one group's 32 products at a time.
+template <int R>
+inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, float* out) {
+  const int64_t groups = w.groups, row_bytes = groups * kGroup / 2;
+  const int64_t whole_chunks = groups / kChunkGroups;
+  for (int r = 0; r < R; r++) {
+    const uint8_t* packed = w.packed + (row + r) * row_bytes;
+    const int64_t s = (row + r) * groups;
+    float total = 0.f;
+    for (int64_t c = 0; c < whole_chunks; c++) {
+      // 64 int16 lanes, byte b of each vector in lane b (group b / 4), as the vector builds do: an
+      // element-wise loop the compiler vectorises. 8 products of at most 15 * 128 fit in int16.
+      int16_t lanes[64] = {0};
+      const uint8_t* p = packed + c * (kChunk / 2);
+      const int8_t* xq = x.q + c * kChunk;
+      for (int u = 0; u < 4; u++)
+        for (int b = 0; b < 64; b++)
+          lanes[b] += (int16_t)((p[64 * u + b] & 0x0F) * xq[128 * u + b] + (p[64 * u + b] >> 4) * xq[128 * u + 64 + b]);
+      for (int j = 0; j < kChunkGroups; j++) {
+        const int64_t g = c * kChunkGroups + j;
+        const int32_t dot = lanes[4 * j] + lanes[4 * j + 1] + lanes[4 * j + 2] + lanes[4 * j + 3];
+        total += (float)dot * (half_to_float(w.scales[s + g]) * x.scales[g]) +
+                 half_to_float(w.minimums[s + g]) * x.sums[g];
+      }
+    }
+    for (int64_t g = whole_chunks * kChunkGroups; g < groups; g += 2) {
+      const uint8_t* p = packed + g * kGroup / 2;
+      const int8_t* xq = x.q + g * kGroup;
+      int32_t dot0 = 0, dot1 = 0;
+      for (int i = 0; i < kGroup; i++) {
+        dot0 += (p[i] & 0x0F) * xq[i];
+        dot1 += (p[i] >> 4) * xq[kGroup + i];
+      }
+      total += (float)dot0 * (half_to_float(w.scales[s + g]) * x.scales[g]) + half_to_float(w.minimums[s + g]) * x.sums[g];
+      total += (float)dot1 * (half_to_float(w.scales[s + g + 1]) * x.scales[g + 1]) +
+               half_to_float(w.minimums[s + g + 1]) * x.sums[g + 1];
+    }
+    out[r] = total;
+  }
+}
+#endif
 
 // The per-row work before rounding that a decode step would otherwise spend separate tensor ops on:
 // RMSNorm (x / sqrt(mean(x^2) + eps) * weight) or SwiGLU's silu(gate) * up.
@@ -182,4 +337,14 @@ void int4_linear(const Int4Layer* layer, const float* x, int64_t rows, float* ou
       for (int r = 0; r < count; r++) y[r] = (accumulate ? y[r] : 0.f) + (bias ? bias[n + r] : 0.f) + dots[r];
     }
   }
+}
+
+const char* kernel_level() {
+#if defined(LLMGEN_AVX512)
+  return "avx512";
+#elif defined(LLMGEN_AVX2)
+  return "avx2";
+#else
+  return "portable";
+#endif
 }

@@ -19,6 +19,9 @@ struct Int4Layer {
 
 extern "C" {
 
+// Which build of int4_matmul.cpp this library is: "avx512", "avx2" or "portable".
+const char* kernel_level();
+
 // out (rows, out_features) = prepare(x) W^T [+ bias] [+ out, when accumulate], float32 throughout.
 void int4_linear(const Int4Layer* layer, const float* x, int64_t rows, float* out, int32_t accumulate,
                  int32_t threads);

@@ -6,8 +6,8 @@ Python in between. On SmolLM2-135M (2 cores) that made PyTorch's int4 steps ~10%
 VM's slow phases, but compiling takes ~100 s the first time on a machine and ~7 s in each later process
 (Inductor keeps its kernels on disk), so it pays off only for long generations. It traces PyTorch ops
 only: models on llmgen's own kernels (kernels/), about twice as fast again, are refused.
-benchmarks/RESULTS.md has the numbers. The graph is the model's own decode_tokens: the same code as the
-eager steps.
+benchmarks/RESULTS.md has the numbers. The graph is the family's pytorch_step (decode/llama.py,
+decode/gpt2.py): the same code as the eager steps.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import warnings
 
 import torch
 
+from llmgen.decode import Decoder
 from llmgen.errors import LLMGenError
 
 CACHE_STEP = 256  # KV caches are sized in steps of this, so that runs of similar length share one graph
 
 
-class CompiledDecoder:
-    """decode_step(token, pos) -> (vocab,) logits for one model, compiled on its first call.
+class CompiledDecoder(Decoder):
+    """The pytorch step compiled on its first call.
 
     Shapes must not change from step to step, or each position would compile anew: positions go in as
     tensors, and attention always covers the whole cache (unwritten positions are masked).
@@ -36,21 +37,24 @@ class CompiledDecoder:
             raise LLMGenError("--compile needs a C++ compiler (g++ or clang++; or set CXX)")
         if any(getattr(m, "own_kernel", False) for m in model.modules()):
             raise LLMGenError("--compile needs PyTorch's int4 kernel: load the model with own_kernels=False")
-        self.model = model
-        self._step = torch.compile(model.decode_tokens, fullgraph=True, dynamic=False,
-                                   options={"cpp_wrapper": True})
+        # A window of the whole cache: the same shapes at every position.
+        super().__init__(model, "torch.compile", "--compile: Inductor over PyTorch's ops",
+                         window_step=model.config.context_length)
+        self._compiled = torch.compile(self._pytorch_step, fullgraph=True, dynamic=False,
+                                       options={"cpp_wrapper": True})
+
+    def _pytorch_step(self, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.family.pytorch_step(self.model, self.plan, token, pos, mask)
 
     def cache_length(self, needed: int) -> int:
         """The cache to set up for `needed` positions: rounded up to CACHE_STEP, at most the context."""
         return min(-(-needed // CACHE_STEP) * CACHE_STEP, self.model.config.context_length)
 
-    def __call__(self, token: int, pos: int) -> torch.Tensor:
+    def step(self, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         try:
             with warnings.catch_warnings():  # Inductor's deprecation notices are not the user's business
                 warnings.simplefilter("ignore")
-                # A window of the whole cache: the same shapes at every position.
-                return self.model.decode_step(token, pos, window_step=self.model.config.context_length,
-                                              decode_tokens=self._step)
+                return self._compiled(token, pos, mask)
         except Exception as e:  # the compiler's own failures (no headers, a broken toolchain) are long
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LLMGenError(f"--compile failed: {first_line[:300]}") from None

@@ -1,0 +1,150 @@
+"""LLaMA decode steps: the model's math for one token (B = T = 1), written flat over a plan.
+
+The same math as Llama.forward for one token, without what forward does to serve any batch and length
+(module calls, attribute lookups, reshapes, mask logic): at ~100 tokens/s a step is ~10 ms, and on
+SmolLM2-135M those cost a third of it (each tensor op costs 1-3 us of Python and dispatch, a step makes
+~1,000). Two steps, chosen by decode/__init__.py:
+- pytorch_step: tensor ops over a Plan of plain functions; positions are tensors so that torch.compile
+  sees one graph for every position (compiled.py);
+- kernel_step: all blocks in one call into llmgen's kernels (kernels/llama_layers.cpp), each block five
+  kernel calls with the norms, SwiGLU and residual adds inside them, where every block's matmuls are
+  int4 on llmgen's kernels and the caches are float32.
+tests/test_generation.py holds each equal to forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from llmgen.kernels import LlamaLayers
+from llmgen.models.kv_cache import DecodeWindow, KVCache, decode_attention
+from llmgen.models.llama import Llama, RMSNorm, TransformerBlock, rms_norm, rope_matrix
+from llmgen.quantize import Int4Linear, linear_function
+
+
+def caches(model: Llama) -> list[KVCache]:
+    return [layer.attention.kv_cache for layer in model.layers]
+
+
+@dataclass(slots=True)
+class Plan:
+    """What decode steps need of the model, looked up once per setup_cache."""
+
+    caches: list[KVCache]  # the caches it was built for: a new setup_cache needs a new plan
+    layers: list[Layer]
+    window: DecodeWindow
+    rope_cos_sin: torch.Tensor  # (max_len, 2, head_dim / 2): each position's RoPE cos and sin
+    dtype: torch.dtype  # the caches'
+    kernel_layers: LlamaLayers | None  # for kernel_step
+
+    @classmethod
+    def of(cls, model: Llama, window_step: int, with_kernels: bool) -> Plan:
+        model_caches = caches(model)
+        rotations = model.rope_rotations  # (max_len, head_dim / 2) complex
+        rope_cos_sin = torch.stack((rotations.real, rotations.imag), dim=1)
+        return cls(model_caches, [Layer.of(layer) for layer in model.layers], DecodeWindow(model_caches, window_step),
+                   rope_cos_sin, model_caches[0].v.dtype, kernel_layers(model, rope_cos_sin) if with_kernels else None)
+
+
+@dataclass(slots=True)
+class Layer:
+    """What a decode step needs of one TransformerBlock: plain functions of (1, features) inputs and the
+    cache tensors."""
+
+    attention_norm: Callable[[torch.Tensor], torch.Tensor]
+    qkv: Callable[[torch.Tensor], torch.Tensor]  # -> q, k, v side by side
+    wo: Callable[[torch.Tensor], torch.Tensor]
+    ffn_norm: Callable[[torch.Tensor], torch.Tensor]
+    gate_up: Callable[[torch.Tensor], torch.Tensor]  # -> gate, up side by side
+    down: Callable[[torch.Tensor], torch.Tensor]
+    k_cache: torch.Tensor  # (n_kv_heads, head_dim, max_len): keys transposed (see KVCache)
+    v_cache: torch.Tensor  # (n_kv_heads, max_len, head_dim)
+
+    @classmethod
+    def of(cls, block: TransformerBlock) -> Layer:
+        attention, feed_forward = block.attention, block.feed_forward
+        if attention.wqkv is not None:
+            qkv = linear_function(attention.wqkv)
+        else:
+            wq, wk, wv = (linear_function(m) for m in (attention.wq, attention.wk, attention.wv))
+            qkv = lambda h: torch.cat((wq(h), wk(h), wv(h)), dim=-1)  # noqa: E731
+        if feed_forward.w13 is not None:
+            gate_up = linear_function(feed_forward.w13)
+        else:
+            w1, w3 = linear_function(feed_forward.w1), linear_function(feed_forward.w3)
+            gate_up = lambda h: torch.cat((w1(h), w3(h)), dim=-1)  # noqa: E731
+        return cls(norm_function(block.attention_norm), qkv, linear_function(attention.wo),
+                   norm_function(block.ffn_norm), gate_up, linear_function(feed_forward.w2),
+                   attention.kv_cache.k_t[0], attention.kv_cache.v[0])
+
+
+def norm_function(norm: RMSNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+    """RMSNorm.forward with the attribute lookups done once."""
+    if norm.weight.dtype == torch.float32:
+        return partial(rms_norm, doubled_weight=torch.cat((norm.weight, norm.weight)), eps=norm.eps)
+    return norm.forward
+
+
+def kernel_blocker(model: Llama) -> str | None:
+    """Why kernel_step cannot run this model (None when it can): it needs every block's matmuls fused
+    int4 layers on llmgen's kernels, and float32 caches."""
+    for block in model.layers:
+        linears = (block.attention.wqkv, block.attention.wo, block.feed_forward.w13, block.feed_forward.w2)
+        if not all(isinstance(m, Int4Linear) for m in linears):
+            return "its matmuls are not all int4 (llmgen's kernels run int4 layers)"
+        if not all(m.own_kernel for m in linears):
+            return "its int4 layers were built for PyTorch's kernel"
+    if model.tok_embeddings.weight.dtype != torch.float32:
+        return f"its caches are {model.tok_embeddings.weight.dtype} (llmgen's kernels attend over float32)"
+    return None
+
+
+def kernel_layers(model: Llama, rope_cos_sin: torch.Tensor) -> LlamaLayers:
+    """The model's blocks as one call into llmgen's kernels (see kernel_blocker for when)."""
+    blocks = []
+    for block in model.layers:
+        attention, feed_forward, cache = block.attention, block.feed_forward, block.attention.kv_cache
+        norms = block.attention_norm, block.ffn_norm
+        blocks.append((attention.wqkv.kernel_matmul(norms[0].weight, norms[0].eps), attention.wo.kernel_matmul(),
+                       feed_forward.w13.kernel_matmul(norms[1].weight, norms[1].eps),
+                       feed_forward.w2.kernel_matmul(gated=True), cache.k_t[0], cache.v[0]))
+    return LlamaLayers(blocks, model.config.n_heads, rope_cos_sin)
+
+
+def head(model: Llama, x: torch.Tensor) -> torch.Tensor:
+    """Final norm and output head: (1, dim) -> (vocab,) float32 logits."""
+    x = model.norm(x)
+    logits = F.linear(x, model.tok_embeddings.weight) if model.output is None else model.output(x)
+    return logits[0].float()
+
+
+def kernel_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """token, pos: (1,) -> (vocab,) logits, the blocks in one call into llmgen's kernels."""
+    x = F.embedding(token, model.tok_embeddings.weight)  # (1, dim): a new tensor, so updating it is safe
+    plan.kernel_layers(x, pos)
+    return head(model, x)
+
+
+def pytorch_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """token, pos: (1,); mask from plan.window.at(pos) -> (vocab,) logits, on PyTorch's ops."""
+    config = model.config
+    n_heads, n_kv_heads, head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+    n_rotated = n_heads + n_kv_heads  # q and k heads turn, v's do not
+    rope = rope_matrix(*plan.rope_cos_sin.index_select(0, pos)[0])  # (head_dim, head_dim)
+    x = F.embedding(token, model.tok_embeddings.weight)  # (1, dim)
+    for layer, (keys_t, values) in zip(plan.layers, plan.window.views):
+        heads = layer.qkv(layer.attention_norm(x)).view(n_rotated + n_kv_heads, head_dim).float()
+        turned = torch.mm(heads[:n_rotated], rope).to(plan.dtype)  # RoPE on the q and k heads
+        layer.k_cache.index_copy_(2, pos, turned[n_heads:, :, None])  # into (n_kv_heads, head_dim, max_len)
+        layer.v_cache.index_copy_(1, pos, heads[n_rotated:, None].to(plan.dtype))  # (n_kv_heads, max_len, hd)
+        q = turned[:n_heads].view(n_kv_heads, n_heads // n_kv_heads, head_dim)
+        y = decode_attention(q, keys_t, values, mask, head_dim ** -0.5)  # like q
+        x = x + layer.wo(y.view(1, n_heads * head_dim))
+        gate, up = layer.gate_up(layer.ffn_norm(x)).chunk(2, dim=-1)
+        x = x + layer.down(F.silu(gate) * up)
+    return head(model, x)
