@@ -1,5 +1,6 @@
 """GGUF: parity with transformers on the real SmolLM2 weights, writer round-trips, hostile files."""
 
+import math
 import random
 
 import numpy as np
@@ -227,3 +228,95 @@ def test_fuzzed_headers_never_crash(tmp_path):
         except LLMGenError:
             outcomes["error"] += 1
     assert outcomes["error"] > 100  # the mutations really did break files
+
+
+# --- Llama 3.1+ RoPE scaling as llama.cpp's converter writes it -----------------------------------------
+
+def llama_cpp_rope_factors(head_dim: int, theta: float, scaling: dict) -> list[float]:
+    """rope_freqs.weight as llama.cpp's convert_hf_to_gguf.py computes it for rope_type "llama3"."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context_len = scaling["original_max_position_embeddings"]
+    low_freq_wavelen, high_freq_wavelen = old_context_len / low, old_context_len / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            factors.append(1)
+        elif wavelen > low_freq_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context_len / wavelen - low) / (high - low)
+            factors.append(float(1 / ((1 - smooth) / factor + smooth)))
+    return factors
+
+
+def write_gguf_from_hf_llama(model, path, rope_factors=None):
+    """A transformers LlamaForCausalLM as a llama.cpp "llama" GGUF (F32): q/k rows permuted back to the
+    interleaved RoPE order llama.cpp's converter writes, rope_freqs where given, tied head left out."""
+    import gguf
+
+    from checkpoints import permute_hf_to_meta
+
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    state = model.state_dict()
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    if not cfg.tie_word_embeddings:
+        names["lm_head.weight"] = "output.weight"
+    for i in range(cfg.num_hidden_layers):
+        for theirs, ours in [("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"),
+                             ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
+                             ("self_attn.o_proj", "attn_output"), ("post_attention_layernorm", "ffn_norm"),
+                             ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")]:
+            names[f"model.layers.{i}.{theirs}.weight"] = f"blk.{i}.{ours}.weight"
+    if rope_factors is not None:
+        writer.add_tensor("rope_freqs.weight", np.array(rope_factors, dtype=np.float32))
+    for theirs, ours in names.items():
+        tensor = state[theirs]
+        if theirs.endswith("q_proj.weight"):
+            tensor = permute_hf_to_meta(tensor, cfg.num_attention_heads)
+        elif theirs.endswith("k_proj.weight"):
+            tensor = permute_hf_to_meta(tensor, cfg.num_key_value_heads)
+        writer.add_tensor(ours, tensor.float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_rope_freqs_from_llama_cpps_converter_match_transformers_llama3_scaling(tmp_path):
+    """A Llama-3.2-style GGUF (tied head, rope scaling as rope_freqs.weight) loads and computes what
+    transformers computes with the llama3 rope_parameters, far enough out that the scaling matters."""
+    from checkpoints import hf_llama
+    from llmgen.weights.loading import load_weights
+
+    scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    reference = hf_llama(tie_word_embeddings=True, rope_parameters={"rope_theta": 10000.0, **scaling})
+    head_dim = reference.config.hidden_size // reference.config.num_attention_heads
+    factors = llama_cpp_rope_factors(head_dim, 10000.0, scaling)
+    assert len(set(factors)) > 2  # some frequencies scaled fully, some blended, some kept
+    model, _ = load_weights(write_gguf_from_hf_llama(reference, tmp_path / "llama32.gguf", factors))
+    assert model.config.rope_freq_factors is not None and model.config.tie_embeddings
+    ids = torch.randint(0, 1000, (1, 120), generator=torch.Generator().manual_seed(2))
+    model.setup_cache(1, ids.size(1))
+    with torch.inference_mode():
+        expected = reference(ids).logits
+        got = model(ids, 0)
+        unscaled, _ = load_weights(write_gguf_from_hf_llama(reference, tmp_path / "plain.gguf"))
+        unscaled.setup_cache(1, ids.size(1))
+        without = unscaled(ids, 0)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # The factors are what makes it match: plain RoPE is off by far more than the rounding above.
+    assert (without - expected).abs().max() > 20 * (got - expected).abs().max()

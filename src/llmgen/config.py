@@ -93,6 +93,9 @@ class LlamaConfig:
     context_length: int = 8192
     tie_embeddings: bool = False
     head_dim: int = field(default=0)  # 0: dim // n_heads
+    # Per-frequency divisors of the RoPE frequencies (head_dim / 2 of them), as llama.cpp's converter
+    # stores Llama 3.1+ scaling in a GGUF's rope_freqs tensor; None: rope_scaling (or none) applies.
+    rope_freq_factors: tuple[float, ...] | None = None
 
     arch = "llama"
 
@@ -104,6 +107,10 @@ class LlamaConfig:
         _require(self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0,
                  f"n_kv_heads {self.n_kv_heads} does not divide n_heads {self.n_heads}")
         _require(self.head_dim % 2 == 0, f"head_dim {self.head_dim} must be even for RoPE")
+        if self.rope_freq_factors is not None:
+            factors = self.rope_freq_factors
+            _require(len(factors) == self.head_dim // 2 and all(math.isfinite(f) and f > 0 for f in factors),
+                     f"rope frequency factors must be {self.head_dim // 2} positive numbers, got {len(factors)}")
 
     @classmethod
     def from_meta(cls, params: dict[str, Any], *, tie_embeddings: bool) -> LlamaConfig:

@@ -41,9 +41,13 @@ class RMSNorm(nn.Module):
         return rms_norm(x.float(), None, self.eps).type_as(x) * self.weight
 
 
-def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
-    """(head_dim / 2,) rotation frequencies, with Llama 3.1's scaling of the low frequencies."""
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None,
+                     factors: tuple[float, ...] | None = None) -> torch.Tensor:
+    """(head_dim / 2,) rotation frequencies, with Llama 3.1's scaling of the low frequencies: from its
+    parameters, or as precomputed divisors (a GGUF's rope_freqs, which llama.cpp divides by)."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if factors is not None:
+        return (freqs / torch.tensor(factors, dtype=torch.float64)).float()
     if scaling is None:
         return freqs.float()
     wavelen = 2 * math.pi / freqs
@@ -163,7 +167,8 @@ class Llama(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(batch_size, self.config.n_kv_heads, max_len, self.config.head_dim,
                                                weight.dtype, weight.device)
-        freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling)
+        freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling,
+                                 self.config.rope_freq_factors)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)  # (max_len, head_dim / 2)
         rotations = torch.polar(torch.ones_like(angles), angles).to(weight.device)  # complex64
         self.register_buffer("rope_rotations", rotations, persistent=False)

@@ -49,6 +49,7 @@ PRE_TOKENIZER_PATTERNS = {
     "llama-bpe": LLAMA3_PATTERN,
     "llama3": LLAMA3_PATTERN,
 }
+ROPE_FREQS = "rope_freqs.weight"
 TOKEN_TYPE_NORMAL = 1
 STOP_TOKEN_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>")
 
@@ -309,8 +310,12 @@ def read_llama_gguf(path: Path, keep_int4: bool = False
     if arch != "llama":
         raise LLMGenError(f"{gguf_file.path.name}: GGUF architecture {arch!r:.40} is not supported (llama)")
     names = [t.name for t in gguf_file.tensors]
-    if "rope_freqs.weight" in names:
-        raise LLMGenError(f"{gguf_file.path.name}: GGUF rope_freqs (Llama 3.1 rope scaling) is not supported yet")
+    rope_factors = None
+    if ROPE_FREQS in names:  # Llama 3.1+ RoPE scaling, as llama.cpp's converter writes it: not a weight
+        rope_freqs = gguf_file.tensors[names.index(ROPE_FREQS)]
+        if rope_freqs.tensor_type.name != "F32" or len(rope_freqs.shape) != 1:
+            raise LLMGenError(f"{gguf_file.path.name}: GGUF {ROPE_FREQS} must be a float32 vector")
+        rope_factors = tuple(gguf_file.tensor(names.index(ROPE_FREQS)).tolist())
     for key in ("llama.attention.head_count", "llama.embedding_length", "llama.block_count",
                 "llama.feed_forward_length"):
         gguf_file.require(key)
@@ -327,10 +332,13 @@ def read_llama_gguf(path: Path, keep_int4: bool = False
         rope_theta=gguf_file.typed("llama.rope.freq_base", float, 10000.0),
         context_length=gguf_file.typed("llama.context_length", int, 2048),
         tie_embeddings="output.weight" not in names,
+        rope_freq_factors=rope_factors,
     )
     check_memory(gguf_file.materialized_bytes(keep_int4), gguf_file.path.name)
     state = {}
     for i, name in enumerate(names):
+        if name == ROPE_FREQS:
+            continue
         # The embedding is a table lookup, not a matmul: a 4-bit token_embd is read as float32.
         groups = gguf_file.int4_groups(i) if keep_int4 and name != "token_embd.weight" else None
         state[name] = groups if groups is not None else gguf_file.tensor(i)
