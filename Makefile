@@ -1,11 +1,13 @@
 # Two entry points for a fresh Debian/Ubuntu machine with Python 3.11 (see README):
 #   make demo   install llmgen and run it
-#   make test   install llmgen with its test dependencies and run the whole suite
+#   make test   install llmgen with its test dependencies, lint, and run the whole suite (what CI runs)
+#   make test-fast   the tests that take no model-loading subprocess, speech engine or reference model
+#                    (the edit loop; needs `make install-test` once)
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-test assets demo test bench bench-peers
+.PHONY: install install-test assets demo test test-fast lint bench bench-peers
 
 # torch first, pinned: a looser spec with no torch installed pulls several GB of CUDA wheels.
 # espeak-ng is the speech engine pyttsx3 drives on Linux (`--speak`, `--speak-to`); g++ builds llmgen's
@@ -32,8 +34,14 @@ install-test: install
 demo: install
 	llmgen generate "Once upon a time" --max-new-tokens 40
 
-test: install-test
+lint:
+	$(PYTHON) -m ruff check src tests benchmarks
+
+test: install-test lint
 	$(PYTHON) -m pytest -q
+
+test-fast: lint
+	$(PYTHON) -m pytest -q -m "not slow"
 
 # The peers llmgen is measured against: transformers (test extras) and llama.cpp through
 # llama-cpp-python, which compiles llama.cpp from source (10+ minutes on 2 cores, once).

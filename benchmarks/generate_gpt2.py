@@ -16,7 +16,15 @@ import json
 import time
 from pathlib import Path
 
-from common import llama_cpp_greedy, llmgen_greedy, machine, measurements, print_table, run_interleaved, transformers_greedy
+from common import (
+    llama_cpp_greedy,
+    llmgen_greedy,
+    machine,
+    measurements,
+    print_table,
+    run_interleaved,
+    transformers_greedy,
+)
 
 OUT = Path(__file__).parent / "out"
 QUANTIZE = {"llmgen": "auto", "llmgen int8": "int8", "llmgen int4": "int4"}  # auto: float32 as stored

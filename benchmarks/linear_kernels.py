@@ -75,7 +75,7 @@ def main() -> None:
         print(f"llmgen's kernel left out: {kernels_module.unavailable_reason()}")
     for engine in ("fbgemm", "x86", "onednn"):
         kernels[f"dynamic int8, {engine}"] = ([dynamic_int8(w, engine) for w in weights], float_inputs)
-    print(f"| kernel | min ms | median ms |\n|---|---|---|")
+    print("| kernel | min ms | median ms |\n|---|---|---|")
     with torch.inference_mode():
         for name, (matmuls, inputs) in kernels.items():
             best, median = time_step(matmuls, inputs, args.repeats)

@@ -86,9 +86,8 @@ def run_measured(command: list[str]) -> dict:
 
 def llama_cpp_worker(gguf: Path) -> None:
     """One llama.cpp run, reporting what `llmgen --stats` reports."""
-    from llama_cpp import Llama
-
     from common import llama_cpp_greedy
+    from llama_cpp import Llama
 
     started = time.perf_counter()
     llm = Llama(model_path=str(gguf), n_ctx=64, n_threads=2, n_threads_batch=2, verbose=False)

@@ -16,7 +16,15 @@ import argparse
 import json
 import time
 
-from common import llama_cpp_greedy, llmgen_greedy, machine, measurements, print_table, run_interleaved, transformers_greedy
+from common import (
+    llama_cpp_greedy,
+    llmgen_greedy,
+    machine,
+    measurements,
+    print_table,
+    run_interleaved,
+    transformers_greedy,
+)
 
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. Write a short story about a cat."
 # llmgen: its default for this file (--quantize auto: the Q4_1 weights stay 4-bit, on llmgen's own kernels

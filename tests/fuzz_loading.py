@@ -41,7 +41,6 @@ def peak_rss_mb() -> float:
 
 def gguf_seed(workdir: Path) -> tuple[Path, bytes, int]:
     import gguf
-
     from test_gguf import write_tiny_gguf
 
     path = workdir / "seed.gguf"

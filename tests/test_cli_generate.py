@@ -8,9 +8,10 @@ import time
 
 import pytest
 import torch
-
 from checkpoints import hf_gpt2, hf_llama, save_hf, save_meta
 from conftest import LLMGEN, assert_one_line_error, default_sigint, run_llmgen
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_num_samples_and_seed(llama3_dir):
                         "--json", "-t", "1.5")
     samples = [json.loads(line) for line in result.out.splitlines()]
     assert len(samples) == 3
-    again = [json.loads(l) for l in run_llmgen("generate", "hi", "-n", "4", "-m", llama3_dir, "--num-samples", "3",
+    again = [json.loads(text) for text in run_llmgen("generate", "hi", "-n", "4", "-m", llama3_dir, "--num-samples", "3",
                                                 "--seed", "3", "--json", "-t", "1.5").out.splitlines()]
     assert [s["ids"] for s in samples] == [s["ids"] for s in again]
 

@@ -4,8 +4,8 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import LLMGEN, assert_one_line_error, run_llmgen
+
 from llmgen.cli import _run_typer, tokenize_fast
 
 

@@ -2,13 +2,15 @@
 
 import pytest
 import torch
-
 from checkpoints import hf_gpt2, hf_llama, save_hf
+
 from llmgen.decode import Decoder
 from llmgen.decode.compiled import CACHE_STEP, CompiledDecoder
 from llmgen.generation import SamplingSettings, generate_ids
 from llmgen.quantize import quantize_model
 from llmgen.weights.loading import load_weights
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("make, quantize", [(hf_llama, "int4"), (hf_gpt2, "none")])

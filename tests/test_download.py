@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import LLMGEN, assert_one_line_error, default_sigint, run_llmgen
 from hub_server import HubServer, Repo
+
+pytestmark = pytest.mark.slow
 
 TOKEN = "hf_test_token_that_must_never_be_printed"
 META_FILES = {
@@ -275,7 +276,7 @@ def test_models_lists_aliases_and_downloads(hub, tmp_path):
     assert run_llmgen("download", "gpt2", env=env).returncode == 0
     listing = run_llmgen("models", env=env)
     assert listing.returncode == 0
-    line = next(l for l in listing.out.splitlines() if "openai-community/gpt2 " in l)
+    line = next(text for text in listing.out.splitlines() if "openai-community/gpt2 " in text)
     assert "MB" in line
     assert "llama-3.2-1B-instruct" in listing.out
 

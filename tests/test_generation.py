@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from checkpoints import hf_gpt2, hf_llama, save_hf
+
 from llmgen import kernels
 from llmgen.generation import SamplingSettings, TextStream, generate_ids
 from llmgen.tokenizers import get_tokenizer
@@ -141,7 +141,8 @@ def test_stop_ids_end_generation_and_are_reported(llama):
 
 def test_seeded_sampling_is_reproducible(llama):
     settings = SamplingSettings(max_new_tokens=15, temperature=1.0, top_k=50)
-    run = lambda seed: list(generate_ids(llama, [5, 6], settings, generator=torch.Generator().manual_seed(seed)))
+    def run(seed):
+        return list(generate_ids(llama, [5, 6], settings, generator=torch.Generator().manual_seed(seed)))
     assert run(7) == run(7)
     assert run(7) != run(8)
 

@@ -6,13 +6,15 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_llmgen
+
 from llmgen import assets
 from llmgen.errors import LLMGenError
 from llmgen.generation import SamplingSettings, generate_ids
 from llmgen.weights.gguf_format import read_llama_gguf
 from llmgen.weights.loading import load_model
+
+pytestmark = pytest.mark.slow
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n", "武汉是一座", "Once upon a time, 🎉"]
 
@@ -215,7 +217,7 @@ def test_fuzzed_headers_never_crash(tmp_path):
     header_end = 2048  # magic, version, counts and the metadata live here
     rng = random.Random(0)
     outcomes = {"ok": 0, "error": 0}
-    for i in range(2000):
+    for _i in range(2000):
         data = bytearray(original)
         for _ in range(rng.randint(1, 4)):
             position = rng.randrange(header_end)
@@ -255,7 +257,6 @@ def write_gguf_from_hf_llama(model, path, rope_factors=None):
     """A transformers LlamaForCausalLM as a llama.cpp "llama" GGUF (F32): q/k rows permuted back to the
     interleaved RoPE order llama.cpp's converter writes, rope_freqs where given, tied head left out."""
     import gguf
-
     from checkpoints import permute_hf_to_meta
 
     cfg = model.config
@@ -299,6 +300,7 @@ def test_rope_freqs_from_llama_cpps_converter_match_transformers_llama3_scaling(
     """A Llama-3.2-style GGUF (tied head, rope scaling as rope_freqs.weight) loads and computes what
     transformers computes with the llama3 rope_parameters, far enough out that the scaling matters."""
     from checkpoints import hf_llama
+
     from llmgen.weights.loading import load_weights
 
     scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import LLMGEN, assert_one_line_error, run_llmgen
+
+pytestmark = pytest.mark.slow
 
 # --- GGUF files crafted byte by byte (the writer in the gguf package refuses what an attacker would write)
 
@@ -69,7 +70,6 @@ def llama_metadata(**overrides) -> list[tuple[str, int, bytes]]:
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
     import gguf
-
     from test_gguf import write_tiny_gguf
 
     path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
@@ -98,7 +98,6 @@ def generate_with(model, *extra, **kwargs):
 ])
 def test_wrong_gguf_metadata(tmp_path, key, kind, value, message):
     import gguf
-
     from test_gguf import write_tiny_gguf
 
     path = tmp_path / "bad.gguf"
@@ -118,7 +117,6 @@ def test_nested_arrays_are_refused(tmp_path):
 
 def test_duplicate_metadata_keys_and_tensor_names_are_refused(tiny_gguf, tmp_path):
     import gguf
-
     from test_gguf import write_tiny_gguf
 
     path = tmp_path / "keys.gguf"

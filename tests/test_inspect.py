@@ -8,10 +8,10 @@ import struct
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from checkpoints import hf_llama, save_hf, save_meta
 from conftest import assert_one_line_error, run_llmgen
+from safetensors.torch import save_file
+
 from llmgen.errors import LLMGenError
 from llmgen.weights.inspect import inspect_path
 
@@ -43,7 +43,6 @@ def test_each_file_format(files, name, fmt):
 
 def test_gguf_file(tmp_path):
     import gguf
-
     from test_gguf import write_tiny_gguf
 
     write_tiny_gguf(tmp_path / "m.gguf", gguf.GGMLQuantizationType.Q4_1)
@@ -143,7 +142,6 @@ def test_absurd_safetensors_header_sizes(tmp_path):
 @pytest.mark.parametrize("name", ["model.safetensors", "weights.pth", "m.gguf"])
 def test_truncated_and_flipped_files_never_crash(files, name):
     import gguf
-
     from test_gguf import write_tiny_gguf
 
     write_tiny_gguf(files / "m.gguf", gguf.GGMLQuantizationType.Q8_0)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from checkpoints import hf_gpt2, hf_llama, save_hf
+
 from llmgen import kernels
 from llmgen.decode import choose_decoder
 from llmgen.models.kv_cache import decode_attention

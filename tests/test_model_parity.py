@@ -2,10 +2,12 @@
 
 import pytest
 import torch
-
 from checkpoints import hf_gpt2, hf_llama, save_hf, save_meta
+
 from llmgen.generation import SamplingSettings, generate_ids
 from llmgen.weights.loading import load_weights
+
+pytestmark = pytest.mark.slow
 
 ATOL = 1e-4
 

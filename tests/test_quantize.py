@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from checkpoints import hf_gpt2, hf_llama, save_hf
 from torch import nn
 
-from checkpoints import hf_gpt2, hf_llama, save_hf
 from llmgen import assets
 from llmgen.generation import SamplingSettings, generate_ids
 from llmgen.quantize import Int4Groups, Int4Head, Int4Linear, Int8Linear, quantize_model, top_indices
@@ -127,7 +127,8 @@ def test_quantized_smollm2_agrees_with_float32(smollm2_models, kind, min_agreeme
     with torch.inference_mode():
         logits_full, logits_q = full.model(ids, 0)[0], quant.model(ids, 0)[0]
     agreement = (logits_full.argmax(-1) == logits_q.argmax(-1)).float().mean().item()
-    nll = lambda logits: torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:]).item()
+    def nll(logits):
+        return torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:]).item()
     assert agreement >= min_agreement, agreement
     assert abs(nll(logits_q) - nll(logits_full)) < 0.1  # log-perplexity barely moves
 

@@ -7,11 +7,12 @@ import shutil
 import wave
 
 import pytest
-
 from conftest import assert_one_line_error, run_llmgen
+
 from llmgen.speech import SpeechError, language_of, list_voices, speak
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make test installs it)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                                 reason="espeak-ng is not installed (make test installs it)")]
 
 ENGLISH_SHORT = "Hello world."
 ENGLISH_LONG = "Hello world. This is a much longer sentence that the speech engine has to read out loud, slowly."

@@ -6,7 +6,6 @@ import sys
 
 from rich.console import Console
 
-
 # Results go to stdout; progress, warnings, statistics and errors go to stderr so pipelines stay clean.
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)

@@ -1,13 +1,12 @@
 """Decode steps through torch.compile: `llmgen generate --compile` (opt-in).
 
-A decode step on a small model is ~1,000 tensor ops of a few microseconds of Python and dispatch each.
-Inductor fuses the small ops between the matmuls into C++ kernels, and its C++ wrapper calls them with no
-Python in between. On SmolLM2-135M (2 cores) that made PyTorch's int4 steps ~10% faster, 25% in this
-VM's slow phases, but compiling takes ~100 s the first time on a machine and ~7 s in each later process
-(Inductor keeps its kernels on disk), so it pays off only for long generations. It traces PyTorch ops
-only: models on llmgen's own kernels (kernels/), about twice as fast again, are refused.
-benchmarks/RESULTS.md has the numbers. The graph is the family's pytorch_step (decode/llama.py,
-decode/gpt2.py): the same code as the eager steps.
+A decode step on a small model is about a thousand tensor ops of a few microseconds of Python and
+dispatch each. Inductor fuses the small ops between the matmuls into C++ kernels, and its C++ wrapper
+calls them with no Python in between. That makes PyTorch's int4 steps a little faster, but compiling
+takes minutes the first time on a machine and seconds in each later process (Inductor keeps its kernels
+on disk), so it pays off only for long generations. It traces PyTorch ops only: models on llmgen's own
+kernels (kernels/), faster again, are refused. benchmarks/RESULTS.md has the numbers. The graph is the
+family's pytorch_step (decode/llama.py, decode/gpt2.py): the same code as the eager steps.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@ its time on.
 
 - int4_matmul.cpp: y = x W^T for 4-bit weights (GGUF's Q4_1 form). Decoding a small model reads weights
   that mostly stay in the CPU's caches, so its speed is set by how fast the kernel turns 4-bit weights
-  into dot products. PyTorch's CPU int4 kernel converts every weight to float (~12 G weights/s per core
-  here); this one rounds the activations to int8 and multiplies bytes, 64 per instruction with AVX-512
-  VNNI (~30 G/s per core), 32 per two instructions with AVX2, as llama.cpp does. It can also RMS-normalise its input or take
-  SwiGLU's silu(gate) * up first, and add its result into the residual stream.
+  into dot products. PyTorch's CPU int4 kernel converts every weight to float; this one rounds the
+  activations to int8 and multiplies bytes, 64 per instruction with AVX-512 VNNI, 32 per two
+  instructions with AVX2, as llama.cpp does. It can also RMS-normalise its input or take SwiGLU's
+  silu(gate) * up first, and add its result into the residual stream.
 - attention.cpp: one decode step's attention for one layer (RoPE, cache writes, softmax attention), one
-  call instead of ~12 tensor ops that each cost more in dispatch than in arithmetic.
+  call instead of a dozen tensor ops that each cost more in dispatch than in arithmetic.
 - llama_layers.cpp: all of a LLaMA's blocks for one token in one call (decode/llama.py's kernel_step).
 The numbers are in benchmarks/RESULTS.md.
 

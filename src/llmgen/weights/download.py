@@ -250,7 +250,6 @@ class hub_errors:
 
 def _is_connection_error(error: BaseException) -> bool:
     import httpx2  # huggingface_hub's HTTP client
-
     from huggingface_hub import errors
 
     if isinstance(error, errors.LocalEntryNotFoundError):  # the client could not reach the hub for a file

@@ -22,8 +22,8 @@ import torch
 from llmgen.config import LlamaConfig
 from llmgen.errors import LLMGenError
 from llmgen.quantize import Int4Groups
-from llmgen.weights.memory import check_memory
 from llmgen.tokenizers import GPT2_PATTERN, LLAMA3_PATTERN, Tokenizer, encoding_from_vocab
+from llmgen.weights.memory import check_memory
 
 # GGUF tensor names -> ours (Meta's), `{}` for the layer number.
 GGUF_LLAMA = {

@@ -21,8 +21,8 @@ from llmgen.models import build_model
 from llmgen.quantize import QUANTIZATIONS, Int4Groups, quantize_model
 from llmgen.tokenizers import Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
 from llmgen.weights import maps
-from llmgen.weights.memory import check_memory
 from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_tokenizer, read_llama_gguf
+from llmgen.weights.memory import check_memory
 from llmgen.weights.readers import read_json, read_shards, shards_from_index
 
 EXPECTED_FILES = (

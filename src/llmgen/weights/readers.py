@@ -12,7 +12,6 @@ import torch
 
 from llmgen.errors import LLMGenError
 
-
 MAX_JSON_BYTES = 64 << 20  # configs and shard indexes are kilobytes; tokenizer.json files a few MB
 
 
