@@ -322,3 +322,20 @@ def test_rope_freqs_from_llama_cpps_converter_match_transformers_llama3_scaling(
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     # The factors are what makes it match: plain RoPE is off by far more than the rounding above.
     assert (without - expected).abs().max() > 20 * (got - expected).abs().max()
+
+
+def test_q6_k_dequantizes_as_ggml_does():
+    """Q6_K (llama.cpp's choice for a tied embedding or output in most of its quantizations) through
+    torch, against the gguf package's reference dequantization, on random super-blocks."""
+    import gguf
+    from gguf.quants import dequantize
+
+    from llmgen.weights.gguf_format import TORCH_DEQUANTIZERS
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, size=(96, 210), dtype=np.uint8)  # any bytes are a valid Q6_K block
+    scales = np.float16(rng.standard_normal(96) * 0.01)
+    raw[:, 208:210] = np.frombuffer(scales.tobytes(), dtype=np.uint8).reshape(96, 2)
+    expected = dequantize(raw.reshape(6, -1), gguf.GGMLQuantizationType.Q6_K)  # 6 rows of 16 super-blocks
+    got = TORCH_DEQUANTIZERS["Q6_K"](torch.from_numpy(raw.reshape(-1))).reshape(expected.shape)
+    assert np.array_equal(got.numpy(), expected)

@@ -107,6 +107,7 @@ def test_8b_shaped_checkpoint_from_header_only(tmp_path):
     assert result.returncode == 0 and json.loads(result.out)["total_params"] == 8_030_261_248
 
 
+@pytest.mark.slow  # runs llmgen in subprocesses
 def test_cli_filter_json_and_tables(files):
     payload = json.loads(run_llmgen("inspect-weights", files / "model.safetensors", "--json", "--filter", "a.*").out)
     assert payload["tensors"] == [{"name": "a.weight", "shape": [4, 6], "dtype": "float32", "params": 24}]
@@ -117,6 +118,7 @@ def test_cli_filter_json_and_tables(files):
     assert "a.weight" not in totals.out and "3 tensors" in totals.out
 
 
+@pytest.mark.slow  # runs llmgen in subprocesses
 def test_pickle_that_calls_a_function_is_refused(tmp_path):
     marker = tmp_path / "ran"
 
@@ -129,6 +131,7 @@ def test_pickle_that_calls_a_function_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # runs llmgen in subprocesses
 def test_absurd_safetensors_header_sizes(tmp_path):
     bigger = tmp_path / "header-too-big.safetensors"
     bigger.write_bytes(struct.pack("<Q", 10**12) + b"{}")
@@ -139,6 +142,7 @@ def test_absurd_safetensors_header_sizes(tmp_path):
     assert_one_line_error(run_llmgen("inspect-weights", offsets), "not a readable safetensors file")
 
 
+@pytest.mark.slow  # runs llmgen in subprocesses
 @pytest.mark.parametrize("name", ["model.safetensors", "weights.pth", "m.gguf"])
 def test_truncated_and_flipped_files_never_crash(files, name):
     import gguf

@@ -45,15 +45,22 @@ def dequantized_fp16(groups: Int4Groups) -> torch.Tensor:
 
 
 # in_features: whole 512-chunks only; pairs only; an odd group count (padded); chunks and pairs (576: SmolLM2)
+@pytest.mark.parametrize("symmetric", [False, True], ids=["q4_1", "q4_0"])
 @pytest.mark.parametrize("in_features", [512, 1024, 64, 96, 576, 768])
-@pytest.mark.parametrize("out_features", [37, 64])  # 37: rows left over from the kernel's 4-row steps
-def test_int4_matmul_computes_exactly_its_rounded_product(level, in_features, out_features):
+@pytest.mark.parametrize("out_features", [37, 64])
+def test_int4_matmul_computes_exactly_its_rounded_product(level, in_features, out_features, symmetric):
+    """Q4_1 form (a minimum per group) and Q4_0 form (minimum -8 * scale, kept implicit), exact against a
+    float64 simulation of the int8-rounded product."""
     generator = torch.Generator().manual_seed(in_features + out_features)
     groups = Int4Groups.from_float(torch.randn(out_features, in_features, generator=generator) * 0.05)
+    if symmetric:
+        groups = Int4Groups(groups.q, groups.scale, -8 * groups.scale)
     x = torch.randn(5, in_features, generator=generator)
     x[1, :32] = 0  # an all-zero group: scale 0
     bias = torch.randn(out_features, generator=generator)
-    matmul = kernels.Int4Matmul(kernels.pack_int4(groups.q, groups.scale, groups.minimum), bias)
+    packed = kernels.pack_int4(groups.q, groups.scale, groups.minimum)
+    assert (packed.minimums is None) == symmetric
+    matmul = kernels.Int4Matmul(packed, bias)
     expected = int8_rounded(x) @ dequantized_fp16(groups).T + bias.double()
     got = matmul(x)
     assert got.shape == (5, out_features) and got.dtype == torch.float32

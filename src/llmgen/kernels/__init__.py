@@ -72,7 +72,7 @@ class PackedInt4:
 
     packed: torch.Tensor  # (out, padded_in / 2) uint8
     scales: torch.Tensor  # (out, groups) float16
-    minimums: torch.Tensor  # (out, groups) float16
+    minimums: torch.Tensor | None  # (out, groups) float16; None: GGUF's Q4_0 form, minimum = -8 * scale
     in_features: int
 
     @property
@@ -87,6 +87,9 @@ class PackedInt4:
 def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> PackedInt4:
     """q (out, in) uint8 in 0..15, scale and minimum (out, in / 32) -> int4_matmul.cpp's layout.
 
+    Weights in GGUF's Q4_0 form (every minimum -8 * scale) keep no minimums: a tenth fewer bytes for
+    the kernel to read, one stream fewer.
+
     Whole chunks of 16 groups: byte 4j + i of vector u holds q[group j][8u + i] (low nibble) and
     q[group j][8u + 4 + i] (high). Then the remaining groups in pairs, byte i holding q[i] and q[32 + i];
     an odd group count gets an empty group (zero weights) to pair with.
@@ -100,8 +103,9 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> Pa
     pairs = q[:, chunks * CHUNK_GROUPS * GROUP:].reshape(out_features, -1, 2, GROUP)
     pairs = pairs[:, :, 0] | pairs[:, :, 1] << 4  # (out, pair, 32)
     packed = torch.cat((whole.reshape(out_features, -1), pairs.reshape(out_features, -1)), dim=1)
-    padded = (F.pad(t.float(), (0, groups - t.size(1))).half().contiguous() for t in (scale, minimum))
-    return PackedInt4(packed.contiguous(), *padded, in_features)
+    scales, minimums = (F.pad(t.float(), (0, groups - t.size(1))).half().contiguous() for t in (scale, minimum))
+    symmetric = torch.equal(minimums, scales * -8)  # exact in float16: a power of two
+    return PackedInt4(packed.contiguous(), scales, None if symmetric else minimums, in_features)
 
 
 class Int4Layer(ctypes.Structure):
@@ -127,7 +131,7 @@ class Int4Matmul:
         self.weights = weights
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.norm_weight = None if norm_weight is None else norm_weight.detach().float().contiguous()
-        self.layer = Int4Layer(weights.packed.data_ptr(), weights.scales.data_ptr(), weights.minimums.data_ptr(),
+        self.layer = Int4Layer(weights.packed.data_ptr(), weights.scales.data_ptr(), _pointer(weights.minimums),
                                weights.groups, weights.in_features, weights.out_features,
                                _pointer(self.bias), _pointer(self.norm_weight), norm_eps, int(gated))
         self.address, self.out_features = ctypes.addressof(self.layer), weights.out_features

@@ -116,6 +116,11 @@ inline float half_to_float(uint16_t h) {
 #endif
 }
 
+// A group's minimum: stored, or Q4_0's -8 * scale when the layer keeps none.
+inline float minimum_of(const Int4Layer& w, int64_t s) {
+  return w.minimums ? half_to_float(w.minimums[s]) : -8.f * half_to_float(w.scales[s]);
+}
+
 // R rows of W (starting at `row`) times one rounded row of x -> R floats.
 #if defined(LLMGEN_AVX512)
 template <int R>
@@ -141,7 +146,8 @@ inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, flo
       }
       const int64_t s = (row + r) * groups + c * kChunkGroups;
       const __m512 scales = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w.scales + s)));
-      const __m512 minimums = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w.minimums + s)));
+      const __m512 minimums = w.minimums ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w.minimums + s)))
+                                         : _mm512_mul_ps(scales, _mm512_set1_ps(-8.f));
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)), _mm512_mul_ps(scales, x_scales), acc[r]);
       acc[r] = _mm512_fmadd_ps(minimums, x_sums, acc[r]);
     }
@@ -160,7 +166,7 @@ inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, flo
       const __m512 scales = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(half_to_float(w.scales[s]) * x.scales[g]),
                                                  _mm512_set1_ps(half_to_float(w.scales[s + 1]) * x.scales[g + 1]));
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales, acc[r]);
-      minimum_terms[r] += half_to_float(w.minimums[s]) * x.sums[g] + half_to_float(w.minimums[s + 1]) * x.sums[g + 1];
+      minimum_terms[r] += minimum_of(w, s) * x.sums[g] + minimum_of(w, s + 1) * x.sums[g + 1];
     }
   }
   for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + minimum_terms[r];
@@ -204,7 +210,8 @@ inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, flo
         const __m256i dots = _mm256_madd_epi16(pairs, ones);  // int32: one group per lane
         const int64_t s = (row + r) * groups + c * kChunkGroups + 8 * half;
         const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w.scales + s)));
-        const __m256 minimums = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w.minimums + s)));
+        const __m256 minimums = w.minimums ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w.minimums + s)))
+                                           : _mm256_mul_ps(scales, _mm256_set1_ps(-8.f));
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(scales, x_scales), acc[r]);
         acc[r] = _mm256_fmadd_ps(minimums, x_sums, acc[r]);
       }
@@ -225,7 +232,7 @@ inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, flo
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot0), _mm256_set1_ps(half_to_float(w.scales[s]) * x.scales[g]), acc[r]);
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot1),
                                _mm256_set1_ps(half_to_float(w.scales[s + 1]) * x.scales[g + 1]), acc[r]);
-      minimum_terms[r] += half_to_float(w.minimums[s]) * x.sums[g] + half_to_float(w.minimums[s + 1]) * x.sums[g + 1];
+      minimum_terms[r] += minimum_of(w, s) * x.sums[g] + minimum_of(w, s + 1) * x.sums[g + 1];
     }
   }
   for (int r = 0; r < R; r++) out[r] = sum8(acc[r]) + minimum_terms[r];
@@ -253,8 +260,7 @@ inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, flo
       for (int j = 0; j < kChunkGroups; j++) {
         const int64_t g = c * kChunkGroups + j;
         const int32_t dot = lanes[4 * j] + lanes[4 * j + 1] + lanes[4 * j + 2] + lanes[4 * j + 3];
-        total += (float)dot * (half_to_float(w.scales[s + g]) * x.scales[g]) +
-                 half_to_float(w.minimums[s + g]) * x.sums[g];
+        total += (float)dot * (half_to_float(w.scales[s + g]) * x.scales[g]) + minimum_of(w, s + g) * x.sums[g];
       }
     }
     for (int64_t g = whole_chunks * kChunkGroups; g < groups; g += 2) {
@@ -265,9 +271,8 @@ inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, flo
         dot0 += (p[i] & 0x0F) * xq[i];
         dot1 += (p[i] >> 4) * xq[kGroup + i];
       }
-      total += (float)dot0 * (half_to_float(w.scales[s + g]) * x.scales[g]) + half_to_float(w.minimums[s + g]) * x.sums[g];
-      total += (float)dot1 * (half_to_float(w.scales[s + g + 1]) * x.scales[g + 1]) +
-               half_to_float(w.minimums[s + g + 1]) * x.sums[g + 1];
+      total += (float)dot0 * (half_to_float(w.scales[s + g]) * x.scales[g]) + minimum_of(w, s + g) * x.sums[g];
+      total += (float)dot1 * (half_to_float(w.scales[s + g + 1]) * x.scales[g + 1]) + minimum_of(w, s + g + 1) * x.sums[g + 1];
     }
     out[r] = total;
   }

@@ -8,7 +8,7 @@
 struct Int4Layer {
   const uint8_t* packed;      // (out_features, padded_in / 2)
   const uint16_t* scales;     // (out_features, groups) fp16
-  const uint16_t* minimums;   // (out_features, groups) fp16
+  const uint16_t* minimums;   // (out_features, groups) fp16, or null: GGUF's Q4_0 form, minimum = -8 * scale
   int64_t groups;             // padded_in / 32: even
   int64_t in_features, out_features;
   const float* bias;          // (out_features,) or null

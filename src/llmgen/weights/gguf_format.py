@@ -292,6 +292,21 @@ def _q4_1(raw: torch.Tensor) -> torch.Tensor:
     return _f16(blocks, 0) * _nibbles(blocks[:, 4:]).float() + _f16(blocks, 2)
 
 
+def _q6_k(raw: torch.Tensor) -> torch.Tensor:
+    """Q6_K super-blocks of 256 weights (210 bytes): ql[128] low 4 bits, qh[64] high 2 bits, 16 int8 scales
+    (one per 16 weights), an fp16 scale. Each half of 128 weights takes 64 bytes of ql, 32 of qh, 8 scales:
+    weight 32k + l (k < 4, l < 32) has its low bits in nibble k // 2 of ql[l + 32 (k % 2)] and its high
+    bits in bits 2k, 2k + 1 of qh[l]; w = d * scale[(32k + l) // 16] * (q - 32)."""
+    blocks = raw.view(-1, 210)
+    ql = blocks[:, :128].reshape(-1, 2, 64)
+    qh = blocks[:, 128:192].reshape(-1, 2, 1, 32)
+    low = torch.cat((ql & 0x0F, ql >> 4), dim=-1)  # (n, 2, 128): weights 0-31, 32-63, 64-95, 96-127
+    high = (qh >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)) & 3  # (n, 2, 4, 32)
+    q = (low | high.reshape(-1, 2, 128) << 4).view(torch.int8) - 32  # (n, 2, 128) in -32..31
+    scales = blocks[:, 192:208].contiguous().view(torch.int8).float() * _f16(blocks, 208)  # (n, 16): d * scale
+    return (q.reshape(-1, 16, 16).float() * scales[:, :, None]).reshape(-1, 256)
+
+
 TORCH_DEQUANTIZERS = {
     "F32": lambda raw: raw.view(torch.float32).clone(),
     "F16": lambda raw: raw.view(torch.float16).float(),
@@ -299,6 +314,7 @@ TORCH_DEQUANTIZERS = {
     "Q8_0": _q8_0,
     "Q4_0": _q4_0,
     "Q4_1": _q4_1,
+    "Q6_K": _q6_k,
 }
 
 
