@@ -117,3 +117,26 @@ def print_table(medians: dict[str, dict], reference: str = "llmgen") -> None:
                 text += f" ({values[key] / base[key]:.2f}x)"
             cells.append(text)
         print(f"| {engine} | " + " | ".join(cells) + " |")
+
+
+def engines_main(script: str, worker, engines: list[str], title: str, new_tokens: int, prepare=None) -> None:
+    """The command line of a side-by-side benchmark: --rounds, --new-tokens, --engines, and --worker ENGINE
+    (one measurement in this process, printed as JSON, which run_interleaved reads). `title` is formatted
+    with new_tokens and rounds; `prepare` makes the benchmark's files first."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=new_tokens)
+    parser.add_argument("--engines", default=",".join(engines))
+    parser.add_argument("--worker")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.new_tokens)))
+        return
+    if prepare is not None:
+        prepare()
+    print(machine())
+    medians = run_interleaved(script, args.engines.split(","), ["--new-tokens", str(args.new_tokens)], args.rounds)
+    print(title.format(new_tokens=args.new_tokens, rounds=args.rounds) + "\n")
+    print_table(medians)

@@ -12,13 +12,11 @@ file: greedy, 2 threads, fresh processes, interleaved, medians. Needs llama-cpp-
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from pathlib import Path
 
-from common import llama_cpp_greedy, llmgen_greedy, machine, measurements, print_table, run_interleaved
+from common import engines_main, llama_cpp_greedy, llmgen_greedy, measurements
 
 OUT = Path(__file__).parent / "out"
 F16_FILE, Q4_0_FILE = OUT / "llama-3.2-1b-shaped-f16.gguf", OUT / "llama-3.2-1b-shaped-q4_0.gguf"
@@ -128,21 +126,9 @@ def worker(engine: str, new_tokens: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--engines", default=",".join(ENGINES))
-    parser.add_argument("--worker")
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.new_tokens)))
-        return
-    write_files()
-    print(machine())
-    medians = run_interleaved(__file__, args.engines.split(","), ["--new-tokens", str(args.new_tokens)], args.rounds)
-    print(f"Llama-3.2-1B-shaped Q4_0 GGUF (llama.cpp's quantizer, rope_freqs), greedy, {args.new_tokens} new tokens, "
-          f"2 threads, median of {args.rounds} interleaved rounds\n")
-    print_table(medians)
+    engines_main(__file__, worker, ENGINES, "Llama-3.2-1B-shaped Q4_0 GGUF (llama.cpp's quantizer, rope_freqs), "
+                 "greedy, {new_tokens} new tokens, 2 threads, median of {rounds} interleaved rounds", new_tokens=32,
+                 prepare=write_files)
 
 
 if __name__ == "__main__":

@@ -12,19 +12,9 @@ keeps what it compiled on disk).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
-from common import (
-    llama_cpp_greedy,
-    llmgen_greedy,
-    machine,
-    measurements,
-    print_table,
-    run_interleaved,
-    transformers_greedy,
-)
+from common import engines_main, llama_cpp_greedy, llmgen_greedy, measurements, transformers_greedy
 
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. Write a short story about a cat."
 # llmgen: its default for this file (--quantize auto: the Q4_1 weights stay 4-bit, on llmgen's own kernels
@@ -77,20 +67,8 @@ def worker(engine: str, new_tokens: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--engines", default=",".join(ENGINES))
-    parser.add_argument("--worker")
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.new_tokens)))
-        return
-    print(machine())
-    medians = run_interleaved(__file__, args.engines.split(","), ["--new-tokens", str(args.new_tokens)], args.rounds)
-    print(f"SmolLM2-135M-Instruct Q4_1 GGUF, greedy, {args.new_tokens} new tokens, 2 threads, "
-          f"median of {args.rounds} interleaved rounds\n")
-    print_table(medians)
+    engines_main(__file__, worker, ENGINES, "SmolLM2-135M-Instruct Q4_1 GGUF, greedy, {new_tokens} new tokens, "
+                 "2 threads, median of {rounds} interleaved rounds", new_tokens=64)
 
 
 if __name__ == "__main__":
