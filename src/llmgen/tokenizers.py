@@ -77,13 +77,18 @@ class Tokenizer(NamedTuple):
     bos_id: int | None = None  # prepended to every prompt when set (LLaMA-3)
     stop_ids: tuple[int, ...] = ()  # a generation ends at any of these
     chat_format: str | None = None  # "chatml" or "llama3": how chat.py wraps a prompt
+    # Single bytes the vocabulary has no token for (SmolLM2 lacks 21): BPE cannot start from them.
+    missing_bytes: frozenset[int] = frozenset()
 
     @property
     def n_vocab(self) -> int:
         return self.encoding.n_vocab
 
     def encode(self, text: str, *, bos: bool = True, allow_special: bool = False) -> list[int]:
-        ids = self.encoding.encode(text, allowed_special="all" if allow_special else set(), disallowed_special=())
+        if self.missing_bytes and not self.missing_bytes.isdisjoint(text.encode("utf-8", "surrogatepass")):
+            ids = encode_without_bytes(self.encoding, text, self.missing_bytes, allow_special)
+        else:
+            ids = self.encoding.encode(text, allowed_special="all" if allow_special else set(), disallowed_special=())
         if bos and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         return ids
@@ -122,6 +127,28 @@ class StreamDecoder:
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
+
+
+def encode_without_bytes(encoding: tiktoken.Encoding, text: str, missing: frozenset[int],
+                         allow_special: bool) -> list[int]:
+    """BPE of a text holding bytes the vocabulary lacks, as Hugging Face's tokenizers does it (the
+    reference for these vocabularies; it has no byte fallback): each pre-tokenized piece with those bytes
+    dropped, the rest merged as usual. tiktoken itself cannot start BPE from a byte it has no rank for."""
+    import regex
+
+    pieces = regex.compile(encoding._pat_str)
+    special = encoding._special_tokens if allow_special else {}
+    chunks = regex.split("(" + "|".join(map(regex.escape, special)) + ")", text) if special else [text]
+    ids = []
+    for chunk in chunks:
+        if chunk in special:
+            ids.append(special[chunk])
+            continue
+        for match in pieces.finditer(chunk):
+            kept = bytes(b for b in match.group().encode("utf-8", "surrogatepass") if b not in missing)
+            if kept:
+                ids.extend(encoding._encode_single_piece(kept))
+    return ids
 
 
 def piece(token: bytes) -> str:

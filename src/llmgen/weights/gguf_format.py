@@ -22,7 +22,7 @@ import torch
 from llmgen.config import LlamaConfig
 from llmgen.errors import LLMGenError
 from llmgen.quantize import Int4Groups
-from llmgen.tokenizers import GPT2_PATTERN, LLAMA3_PATTERN, Tokenizer, encoding_from_vocab
+from llmgen.tokenizers import GPT2_PATTERN, LLAMA3_PATTERN, Tokenizer, bytes_to_unicode, encoding_from_vocab
 from llmgen.weights.memory import check_memory
 
 # GGUF tensor names -> ours (Meta's), `{}` for the layer number.
@@ -45,7 +45,10 @@ GGUF_LLAMA = {
 PRE_TOKENIZER_PATTERNS = {
     "default": GPT2_PATTERN,
     "gpt-2": GPT2_PATTERN,
-    "smollm": r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+    # SmolLM2 (llama.cpp's "smollm", HF's Digits(individual_digits=True) then ByteLevel): every numeral is split
+    # off first, then GPT-2's regex runs on each piece between numerals. As one regex: numerals alone, no
+    # " ?\p{N}+", and a whitespace run before a numeral ends like one at the end of the text (whole).
+    "smollm": r"\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?=\p{N})|\s+(?!\S)|\s",
     "llama-bpe": LLAMA3_PATTERN,
     "llama3": LLAMA3_PATTERN,
 }
@@ -381,6 +384,8 @@ def gguf_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
         raise LLMGenError(f"{gguf_file.path.name}: GGUF vocabulary lists a token twice")
     special = {token for token, kind in zip(tokens, types) if kind != TOKEN_TYPE_NORMAL}
     encoding = encoding_from_vocab(f"gguf:{gguf_file.path.name}", vocab, PRE_TOKENIZER_PATTERNS[pre], special)
+    present = {token[0] for token in tokens if len(token) == 1}  # the byte-level alphabet's characters
+    missing = frozenset(b for b, ch in bytes_to_unicode().items() if ch not in present)
     stop = {vocab[t] for t in STOP_TOKEN_TEXTS if t in vocab}
     if (eos := gguf_file.typed("tokenizer.ggml.eos_token_id", int)) is not None:
         stop.add(eos)
@@ -390,4 +395,4 @@ def gguf_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
     template = gguf_file.typed("tokenizer.chat_template", str) or ""
     chat_format = "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
     return Tokenizer(name=f"gguf:{pre}", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
-                     chat_format=chat_format)
+                     chat_format=chat_format, missing_bytes=missing)
