@@ -161,3 +161,17 @@ def test_python_dash_m_works():
     done = subprocess.run([sys.executable, "-m", "llmgen", "tokenize", "--count", "hello world!"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert done.returncode == 0 and done.stdout == "3\n"
+
+
+def test_a_gguf_models_own_tokenizer(tmp_path):
+    """--model takes what generate takes: the embedded default (by name), a .gguf file; its vocabulary,
+    with SmolLM2's numeral split ("  " before "4" stays one token, as in the model's tokenizer.json)."""
+    from llmgen import assets
+
+    by_name = run_llmgen("tokenize", "--model", "default", "--ids", "Total:  42")
+    by_file = run_llmgen("tokenize", "--model", assets.locate("smollm2-135m-instruct-q4_1"), "--ids", "Total:  42")
+    assert by_name.returncode == 0, by_name.err
+    assert by_name.out == by_file.out == "17647 42 256 36 34\n"
+    described = run_llmgen("tokenize", "-m", "default", "--json", "hi")
+    assert '"encoding": "gguf:smollm"' in described.out
+    assert_one_line_error(run_llmgen("tokenize", "-m", tmp_path / "none.gguf", "hi"), "unknown model")

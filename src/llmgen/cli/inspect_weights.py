@@ -12,14 +12,17 @@ from llmgen.cli import console
 
 
 def inspect_weights(
-    path: Path = typer.Argument(..., help="A .safetensors, .pth/.bin or .gguf file, or a model directory."),
+    name: str = typer.Argument(..., metavar="PATH", help="A .safetensors, .pth/.bin or .gguf file, a model "
+                               "directory, an alias `llmgen download` fetched, or 'default' (the embedded model)."),
     filter_glob: Optional[str] = typer.Option(None, "--filter", help="Only tensors whose name matches this glob."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of tables."),
     no_tensors: bool = typer.Option(False, "--no-tensors", help="Show the config and totals only."),
 ) -> None:
     """Show a checkpoint's tensors, shapes, dtypes, parameter counts and config (without loading it)."""
+    from llmgen.cli.model_path import resolve_model
     from llmgen.weights.inspect import inspect_path
 
+    path = resolve_model(name)[0]
     inspection = inspect_path(path).filtered(filter_glob)
     if as_json:
         console.write(json.dumps(inspection.to_json(with_tensors=not no_tensors), default=str) + "\n")
@@ -44,10 +47,12 @@ def _render(path: Path, inspection, show_tensors: bool) -> None:
         table.add_column("shape", justify="right")
         table.add_column("dtype")
         table.add_column("params", justify="right")
+        table.add_column("bytes", justify="right")
         for t in inspection.tensors:
-            table.add_row(t.name, "×".join(map(str, t.shape)) or "scalar", t.dtype, f"{t.params:,}")
+            table.add_row(t.name, "×".join(map(str, t.shape)) or "scalar", t.dtype, f"{t.params:,}", _size(t.nbytes))
         out.print(table)
-    by_dtype = ", ".join(f"{dtype} {params:,}" for dtype, params in inspection.by_dtype().items())
+    sizes = inspection.bytes_by_dtype()
+    by_dtype = ", ".join(f"{dtype} {params:,} in {_size(sizes[dtype])}" for dtype, params in inspection.by_dtype().items())
     out.print(f"{len(inspection.tensors)} tensors, {inspection.total_params:,} parameters, "
               f"{_size(inspection.total_bytes)}" + (f" ({by_dtype})" if by_dtype else ""),
               markup=False, highlight=False, soft_wrap=True)

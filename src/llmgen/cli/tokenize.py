@@ -21,7 +21,11 @@ def tokenize(
     encoding: Optional[str] = typer.Option(
         None, "--encoding", "-e", help="cl100k_base (default), gpt2, r50k_base or llama3."
     ),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Use this model's tokenizer (a model directory)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m",
+        help="Use this model's tokenizer: a model directory, a .gguf file, an alias `llmgen download` fetched, "
+             "or 'default' (the embedded SmolLM2).",
+    ),
     tokenizer_path: Optional[Path] = typer.Option(
         None, "--tokenizer", help="A tokenizer file (LLaMA-3 tokenizer.model) or a directory holding one."
     ),
@@ -51,7 +55,10 @@ def tokenize(
         input_text = read_text(args)
 
     if model is not None:
-        tok = tokenizer_from_path(Path(model))
+        from llmgen.cli.model_path import resolve_model
+        from llmgen.weights.loading import model_tokenizer
+
+        tok = model_tokenizer(resolve_model(model)[0])
     elif tokenizer_path is not None:
         tok = tokenizer_from_path(tokenizer_path)
     elif decode:

@@ -51,6 +51,13 @@ class Inspection:
             counts[t.dtype] += t.params
         return dict(counts.most_common())
 
+    def bytes_by_dtype(self) -> dict[str, int]:
+        """Bytes per dtype or GGUF block type (what each type costs to store and to read per token)."""
+        sizes: Counter[str] = Counter()
+        for t in self.tensors:
+            sizes[t.dtype] += t.nbytes
+        return dict(sizes.most_common())
+
     def filtered(self, pattern: str | None) -> Inspection:
         if pattern is None:
             return self
@@ -59,9 +66,10 @@ class Inspection:
     def to_json(self, with_tensors: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"format": self.format, "config": self.config}
         if with_tensors:
-            out["tensors"] = [{k: v for k, v in asdict(t).items() if k in ("name", "shape", "dtype", "params")}
+            out["tensors"] = [{k: v for k, v in asdict(t).items() if k in ("name", "shape", "dtype", "params", "nbytes")}
                               for t in self.tensors]
-        out |= {"total_params": self.total_params, "total_bytes": self.total_bytes, "params_by_dtype": self.by_dtype()}
+        out |= {"total_params": self.total_params, "total_bytes": self.total_bytes, "params_by_dtype": self.by_dtype(),
+                "bytes_by_dtype": self.bytes_by_dtype()}
         return out
 
 

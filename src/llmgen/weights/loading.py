@@ -299,6 +299,15 @@ def _no_random_init():
             cls.reset_parameters = method
 
 
+def model_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer that goes with a model (a GGUF file's metadata, or a directory's tokenizer files),
+    without reading its weights."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return gguf_tokenizer(GGUFFile(path))
+    return tokenizer_from_path(path)
+
+
 def _tokenizer_for(layout: Layout, config: ModelConfig) -> Tokenizer:
     if layout.gguf_file is not None:
         return gguf_tokenizer(layout.gguf_file)
