@@ -106,10 +106,41 @@ def test_hf_gpt2_directory_and_context_crop_warning(gpt2_dir):
     assert result.err.count("warning:") == 1 and "window of 32" in result.err
 
 
-def test_empty_prompt_on_model_without_bos(gpt2_dir, llama3_dir):
-    assert_one_line_error(run_llmgen("generate", "", "-m", gpt2_dir), "no BOS")
-    # LLaMA-3 starts from BOS, so an empty prompt is fine.
-    assert run_llmgen("generate", "", "-n", "2", "-m", llama3_dir).returncode == 0
+def test_an_empty_prompt_is_a_usage_error(gpt2_dir, llama3_dir):
+    for model in (gpt2_dir, llama3_dir):
+        result = run_llmgen("generate", "", "-m", model)
+        assert_one_line_error(result, "no prompt: give PROMPT, or pipe text into stdin")
+        assert result.returncode == 2 and result.out == ""
+    bare = run_llmgen("generate", "-m", gpt2_dir)  # no argument, stdin not piped (DEVNULL reads as empty)
+    assert bare.returncode == 2
+
+
+@pytest.mark.parametrize("args", [["--top-p", "2"], ["-n", "-1"], ["--num-samples", "0"], ["--device", "tpu"],
+                                  ["--seed", "-1"], ["--volume", "3"], ["--quantize", "int3"], ["--dtype", "f8"],
+                                  ["--temperature", "-1"], ["--no-such-option"]])
+def test_usage_errors_exit_2(args):
+    result = run_llmgen("generate", "hi", *args)
+    assert_one_line_error(result)
+    assert result.returncode == 2, result.err
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = run_llmgen("--version")
+    assert result.returncode == 0 and result.out == f"llmgen {version('llmgen')}\n"
+
+
+@pytest.mark.parametrize("args", [["generate", "Tell me a long story", "-n", "200"], ["models"],
+                                  ["inspect-weights", "default"], ["tokenize", "hello " * 20000]])
+def test_a_reader_that_stops_early_gets_status_0(args):
+    """`llmgen ... | head -c 20` under `set -o pipefail`: the reader has what it wanted, llmgen ends quietly."""
+    process = subprocess.Popen([LLMGEN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL)
+    assert len(process.stdout.read(20)) == 20
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and err == b"", err
 
 
 @pytest.mark.parametrize("args, fragment", [

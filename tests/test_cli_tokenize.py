@@ -57,6 +57,8 @@ def test_user_mistakes_give_one_line_and_nonzero_exit(tmp_path):
     assert_one_line_error(run_llmgen("tokenize", "-", input=b"\xff\xfe"), "not valid UTF-8")
     usage = run_llmgen("tokenize", "--bogus")
     assert usage.returncode == 2
+    for args in (["-e", "nosuch", "hi"], ["--ids", "--json", "hi"], ["--ids"]):  # usage mistakes: exit 2
+        assert run_llmgen("tokenize", *args).returncode == 2, args
     assert_one_line_error(usage, "No such option: --bogus")
     bad = tmp_path / "tokenizer.model"
     bad.write_bytes(b"\x00\x01garbage\n")

@@ -14,3 +14,10 @@ class LLMGenError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+class UsageError(LLMGenError):
+    """A value the user gave that llmgen cannot take (an option out of range, an unknown name, an empty
+    prompt): exit code 2, as for the options Typer itself rejects."""
+
+    exit_code = 2

@@ -19,7 +19,7 @@ import threading
 import wave
 from pathlib import Path
 
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, UsageError
 
 RATE_SLOWER_BY = 50  # the seed speaks a little slower than the engine's default
 FILE_ATTEMPTS = 3
@@ -36,7 +36,7 @@ class SpeechError(LLMGenError):
 
 def check_volume(volume: float) -> None:
     if not 0.0 <= volume <= 1.0:
-        raise SpeechError(f"--volume must be between 0.0 and 1.0, got {volume}")
+        raise UsageError(f"--volume must be between 0.0 and 1.0, got {volume}")
 
 
 def check_target(to_file: Path) -> None:

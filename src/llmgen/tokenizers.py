@@ -16,7 +16,7 @@ from typing import NamedTuple
 import tiktoken
 
 from llmgen import assets
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, UsageError
 from llmgen.ranks import BinaryRanks
 
 # Imported where used, not here: tiktoken.load (hashlib's OpenSSL: 11 ms), json, tempfile. This module
@@ -283,7 +283,7 @@ def get_tokenizer(name: str) -> Tokenizer:
         return load_llama3()
     base = ENCODING_ALIASES.get(key, key)
     if base not in TIKTOKEN_URLS:
-        raise LLMGenError(f"unknown encoding {name!r}; choose one of: {', '.join(ENCODINGS)}")
+        raise UsageError(f"unknown encoding {name!r}; choose one of: {', '.join(ENCODINGS)}")
     return _tiktoken_tokenizer(key, _tiktoken_encoding(base))
 
 

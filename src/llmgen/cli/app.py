@@ -15,8 +15,17 @@ app = typer.Typer(
 )
 
 
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"llmgen {version('llmgen')}")
+        raise typer.Exit(0)
+
+
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context) -> None:
+def _root(ctx: typer.Context, version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show llmgen's version and exit.")) -> None:
     if ctx.invoked_subcommand is None:  # bare `llmgen`: show the help, like --help
         typer.echo(ctx.get_help())
         raise typer.Exit(0)

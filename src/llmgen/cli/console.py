@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
 
+
+class _StdoutForRich:
+    """sys.stdout, as Rich writes results to it, where a reader that closed the pipe ends llmgen quietly
+    (see reader_went_away) instead of Click's exit status 1."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except BrokenPipeError:
+            reader_went_away()
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            reader_went_away()
+
+    def __getattr__(self, name: str):
+        return getattr(sys.stdout, name)  # isatty, fileno, encoding: the real stdout's
+
+
 # Results go to stdout; progress, warnings, statistics and errors go to stderr so pipelines stay clean.
-stdout = Console(highlight=False)
+stdout = Console(file=_StdoutForRich(), highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 
@@ -38,9 +60,21 @@ def print_info(message: str) -> None:
 
 def write(text: str) -> None:
     """Results on stdout as they come: through Rich on a terminal, the exact text on a pipe."""
-    if stdout.is_terminal:
-        stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
-        stdout.file.flush()
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    try:
+        if stdout.is_terminal:
+            stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+            stdout.file.flush()
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        reader_went_away()
+
+
+def reader_went_away() -> None:
+    """The reader closed the pipe (`llmgen generate ... | head -c 20`): it has what it wanted. Stop
+    quietly with status 0, as cat and grep do, so `set -o pipefail` scripts work; stdout goes to
+    /dev/null so the interpreter's last flush cannot fail too. (Click would exit 1 on the error.)"""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(0)

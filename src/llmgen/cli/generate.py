@@ -11,7 +11,7 @@ import typer
 from llmgen.cli import console
 from llmgen.cli.model_path import DEFAULT_MODEL_NAME, resolve_model
 from llmgen.cli.text_input import check_utf8, read_text_argument
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, UsageError
 
 
 def generate(
@@ -60,15 +60,17 @@ def generate(
     if speak_to is not None:
         check_target(speak_to)
     if num_samples < 1:
-        raise LLMGenError(f"--num-samples must be >= 1, got {num_samples}")
+        raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
     if seed is not None and not 0 <= seed < 2**64:
-        raise LLMGenError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
+        raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
     for text, what in [(system, "--system"), *((s, "--stop") for s in stop or [])]:
         if text is not None:
             check_utf8(text, what)
     if device not in ("auto", "cpu", "cuda"):
-        raise LLMGenError(f"unknown device {device!r}; choose cpu, cuda or auto")
+        raise UsageError(f"unknown device {device!r}; choose cpu, cuda or auto")
     prompt_text = read_text_argument(prompt, combine_with_stdin=True)
+    if not prompt_text:
+        raise UsageError("no prompt: give PROMPT, or pipe text into stdin")
 
     import torch  # heavy: only once we know there is work to do
 
@@ -78,7 +80,7 @@ def generate(
     try:
         settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p)
     except ValueError as e:
-        raise LLMGenError(str(e)) from None
+        raise UsageError(str(e)) from None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():

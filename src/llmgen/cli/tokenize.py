@@ -11,7 +11,7 @@ import typer
 from llmgen.cli import console
 from llmgen.cli.text_input import read_text_argument
 from llmgen.cli.tokenize_fast import CONTROL_ESCAPES, listing, read_text, text_source
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, UsageError
 
 
 def tokenize(
@@ -41,9 +41,9 @@ def tokenize(
     from llmgen.tokenizers import DEFAULT_ENCODING, get_tokenizer, piece, tokenizer_for_text, tokenizer_from_path
 
     if sum(x is not None for x in (encoding, model, tokenizer_path)) > 1:
-        raise LLMGenError("choose one of --encoding, --model and --tokenizer")
+        raise UsageError("choose one of --encoding, --model and --tokenizer")
     if sum((ids_only, count_only, as_json)) > 1:
-        raise LLMGenError("choose one of --ids, --count and --json")
+        raise UsageError("choose one of --ids, --count and --json")
 
     args = text or []
     if decode:

@@ -14,7 +14,7 @@ import sys
 from typing import NamedTuple
 
 from llmgen.cli.text_input import read_text_argument
-from llmgen.errors import LLMGenError
+from llmgen.errors import UsageError
 
 # C0 controls and DEL shown as escapes so a piece never breaks a table row or a line of output.
 CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {
@@ -66,7 +66,7 @@ def text_source(words: list[str] | None) -> str | None:
 def read_text(words: list[str] | None) -> str:
     text = read_text_argument(text_source(words), combine_with_stdin=False)
     if not text:
-        raise LLMGenError("no text to tokenize: pass TEXT, or pipe it on stdin")
+        raise UsageError("no text to tokenize: pass TEXT, or pipe it on stdin")
     return text
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from llmgen.config import GPT2Config, LlamaConfig, ModelConfig
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, UsageError
 from llmgen.models import build_model
 from llmgen.quantize import QUANTIZATIONS, Int4Groups, quantize_model
 from llmgen.tokenizers import Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
@@ -110,7 +110,7 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
     own_kernels=False: PyTorch's int4 kernel instead of llmgen's (for torch.compile; see quantize_model).
     """
     if quantize not in QUANTIZATIONS:
-        raise LLMGenError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
+        raise UsageError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     on_cpu = not str(device).startswith("cuda")
     if quantize in ("int8", "int4") and not on_cpu:
         raise LLMGenError(f"--quantize {quantize} uses PyTorch's CPU kernels; use it with --device cpu")
@@ -139,7 +139,7 @@ def _stored_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
 def _resolve_dtype(requested: str, stored: torch.dtype, device: str) -> torch.dtype:
     if requested != "auto":
         if requested not in DTYPES:
-            raise LLMGenError(f"unknown dtype {requested!r}; choose auto, {', '.join(DTYPES)}")
+            raise UsageError(f"unknown dtype {requested!r}; choose auto, {', '.join(DTYPES)}")
         return DTYPES[requested]
     # Keep the checkpoint's precision, except float16 on a CPU, where it has no fast kernels.
     if stored == torch.float16 and not str(device).startswith("cuda"):
