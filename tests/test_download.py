@@ -276,9 +276,11 @@ def test_models_lists_aliases_and_downloads(hub, tmp_path):
     assert run_llmgen("download", "gpt2", env=env).returncode == 0
     listing = run_llmgen("models", env=env)
     assert listing.returncode == 0
-    line = next(text for text in listing.out.splitlines() if "openai-community/gpt2 " in text)
-    assert "MB" in line
-    assert "llama-3.2-1B-instruct" in listing.out
+    rows = [line.split("\t") for line in listing.out.splitlines()]  # on a pipe: tab-separated, nothing cut
+    assert rows[0] == ["alias", "repo", "layout", "downloaded"]
+    assert all(len(row) == 4 for row in rows)
+    assert ["gpt2", "openai-community/gpt2", "hf"] == rows[1][:3] and rows[1][3].endswith("MB")
+    assert ["llama-3.2-1B-instruct", "meta-llama/Llama-3.2-1B-Instruct (gated)", "meta", ""] in rows
 
 
 def test_disk_space_is_checked_first(tmp_path, monkeypatch):

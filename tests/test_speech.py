@@ -112,4 +112,8 @@ def test_hung_engine_times_out_and_keeps_text():
 def test_json_and_voices_command():
     result = run_llmgen("voices", "--json", "-l", "cmn")
     assert result.returncode == 0 and any(v["id"].endswith("cmn") for v in json.loads(result.out))
+    plain = run_llmgen("voices", "-l", "cmn")  # on a pipe: tab-separated lines, no box table
+    rows = [line.split("\t") for line in plain.out.splitlines()]
+    assert rows[0] == ["id", "name", "languages"] and all(len(row) == 3 for row in rows)
+    assert {v["id"] for v in json.loads(result.out)} == {row[0] for row in rows[1:]}
     assert_one_line_error(run_llmgen("generate", "hi", "--volume", "2"), "--volume must be between")

@@ -33,6 +33,16 @@ stdout = Console(file=_StdoutForRich(), highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 
+def status(message: str):
+    """A transient spinner line on stderr while something slow runs (loading a model), on a terminal only:
+    pipes and logs get nothing."""
+    if stderr.is_terminal:
+        return stderr.status(message, spinner="dots")
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
 def print_error(message: str) -> None:
     first_line = " ".join(message.split())  # one line, however the message was built
     if stderr.is_terminal:
@@ -69,6 +79,11 @@ def write(text: str) -> None:
             sys.stdout.flush()
     except BrokenPipeError:
         reader_went_away()
+
+
+def rows(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> None:
+    """A listing for scripts on a pipe: a header line, then one tab-separated line per row, nothing cut."""
+    write("".join("\t".join(row) + "\n" for row in [header, *lines]))
 
 
 def reader_went_away() -> None:

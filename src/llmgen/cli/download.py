@@ -70,14 +70,17 @@ def models() -> None:
     from llmgen.weights.download import cached_models, disk_usage_text
 
     cached = cached_models()
+    header = ("alias", "repo", "layout", "downloaded")
+    lines = [(entry.alias, entry.repo_id + (" (gated)" if entry.gated else ""), entry.layout,
+              disk_usage_text(cached[entry.repo_id]) if entry.repo_id in cached else "") for entry in MODELS.values()]
+    lines += [("", repo_id, "", disk_usage_text(size)) for repo_id, size in sorted(cached.items())
+              if all(e.repo_id != repo_id for e in MODELS.values())]
+    if not console.stdout.is_terminal:
+        console.rows(header, lines)
+        return
     table = Table(caption="download with `llmgen download ALIAS`; gated repos need HF_TOKEN")
-    for column in ("alias", "repo", "layout", "downloaded"):
+    for column in header:
         table.add_column(column)
-    for entry in MODELS.values():
-        size = cached.get(entry.repo_id)
-        table.add_row(entry.alias, entry.repo_id + (" (gated)" if entry.gated else ""), entry.layout,
-                      disk_usage_text(size) if size else "")
-    for repo_id, size in sorted(cached.items()):
-        if all(e.repo_id != repo_id for e in MODELS.values()):
-            table.add_row("", repo_id, "", disk_usage_text(size))
+    for line in lines:
+        table.add_row(*line)
     console.stdout.print(table)

@@ -88,8 +88,13 @@ def generate(
 
     model_path, is_default = resolve_model(model)
     # torch.compile cannot trace into llmgen's own kernels (ctypes calls): --compile keeps PyTorch's.
-    loaded = load_model(model_path, device=device, dtype=dtype, quantize=quantize, tokenizer_path=tokenizer_path,
-                        own_kernels=not compile_decode)
+    with console.status(f"loading {model or model_path.name}"):  # on a terminal only: a transient line on stderr
+        loaded = load_model(model_path, device=device, dtype=dtype, quantize=quantize,
+                            tokenizer_path=tokenizer_path, own_kernels=not compile_decode)
+    if dtype != "auto" and quantize == "auto" and _has_int4_layers(loaded.model):
+        console.print_warning(f"--dtype {dtype}: this file's 4-bit weights stay 4-bit (their matmuls take int8 or "
+                              "bfloat16 activations); add --quantize none to compute every matmul in "
+                              f"{dtype}")
     tokenizer = loaded.tokenizer
     model_name = DEFAULT_MODEL_NAME if is_default else str(model or model_path)
     from llmgen.decode import choose_decoder
@@ -145,6 +150,12 @@ def generate(
 
     if speak or speak_to is not None:
         _speak("\n".join(texts), play=speak, to_file=speak_to, voice=voice, rate=rate, volume=volume)
+
+
+def _has_int4_layers(model) -> bool:
+    from llmgen.quantize import Int4Linear
+
+    return any(isinstance(m, Int4Linear) for m in model.modules())
 
 
 def _speak(text: str, *, play: bool, to_file: Path | None, voice, rate, volume) -> None:

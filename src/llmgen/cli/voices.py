@@ -26,11 +26,16 @@ def voices(
     if as_json:
         console.write(json.dumps(found, ensure_ascii=False) + "\n")
         return
+    header = ("id", "name", "languages")
+    lines = [(v["id"], v["name"], ", ".join(x.lstrip("\x05") for x in v["languages"])) for v in found]
+    if not console.stdout.is_terminal:
+        console.rows(header, lines)
+        return
     from rich.table import Table
 
     table = Table(caption=f"{len(found)} voices")
-    for column in ("id", "name", "languages"):
+    for column in header:
         table.add_column(column)
-    for v in found:
-        table.add_row(v["id"], v["name"], ", ".join(x.lstrip("\x05") for x in v["languages"]))
+    for line in lines:
+        table.add_row(*line)
     console.stdout.print(table)
