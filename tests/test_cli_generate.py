@@ -117,7 +117,8 @@ def test_an_empty_prompt_is_a_usage_error(gpt2_dir, llama3_dir):
 
 @pytest.mark.parametrize("args", [["--top-p", "2"], ["-n", "-1"], ["--num-samples", "0"], ["--device", "tpu"],
                                   ["--seed", "-1"], ["--volume", "3"], ["--quantize", "int3"], ["--dtype", "f8"],
-                                  ["--temperature", "-1"], ["--no-such-option"]])
+                                  ["--temperature", "-1"], ["--no-such-option"], ["--logprobs", "3"],
+                                  ["--json", "--logprobs", "21"]])
 def test_usage_errors_exit_2(args):
     result = run_llmgen("generate", "hi", *args)
     assert_one_line_error(result)

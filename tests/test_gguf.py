@@ -339,3 +339,27 @@ def test_q6_k_dequantizes_as_ggml_does():
     expected = dequantize(raw.reshape(6, -1), gguf.GGMLQuantizationType.Q6_K)  # 6 rows of 16 super-blocks
     got = TORCH_DEQUANTIZERS["Q6_K"](torch.from_numpy(raw.reshape(-1))).reshape(expected.shape)
     assert np.array_equal(got.numpy(), expected)
+
+
+def test_logprobs_match_transformers_log_softmax(smollm2_path, reference):
+    """generate --json --logprobs 5 --quantize none: each generated token's log-probability and the top 5,
+    against transformers' log-softmax over the same file's float32 weights (issue #19)."""
+    import json
+
+    model, tokenizer = reference
+    prompt = "The capital of France is"
+    result = run_llmgen("generate", prompt, "--raw", "-t", "0", "-n", "6", "--json", "--logprobs", "5",
+                        "--quantize", "none", "-m", smollm2_path)
+    assert result.returncode == 0, result.err
+    payload = json.loads(result.out)
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    assert payload["prompt_tokens"] == len(prompt_ids) and len(payload["logprobs"]) == 6
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt_ids + payload["ids"]])).logits[0]
+    expected = torch.log_softmax(logits[len(prompt_ids) - 1:-1].float(), dim=-1)  # (6, vocab)
+    for step, entry in enumerate(payload["logprobs"]):
+        assert entry["id"] == payload["ids"][step]
+        assert abs(entry["logprob"] - expected[step, entry["id"]].item()) < 1e-3
+        top = expected[step].topk(5)
+        assert [t["id"] for t in entry["top"]] == top.indices.tolist()
+        assert all(abs(t["logprob"] - v) < 1e-3 for t, v in zip(entry["top"], top.values.tolist()))

@@ -44,8 +44,12 @@ def generate_ids(
     generator: torch.Generator | None = None,
     on_crop: Callable[[str], None] | None = None,
     decoder: Decoder | None = None,
+    on_logits: Callable[[torch.Tensor], None] | None = None,
 ) -> Iterator[int]:
     """Yield sampled ids, ending after a stop id or max_new_tokens.
+
+    on_logits, when given, sees each step's (vocab,) logits before the sampler's temperature and filters
+    (for --logprobs), just before that step's id is yielded.
 
     The context is cropped to the model's window. Past the window the positions of the kept tokens
     shift, so each further step re-prefills the last `window` tokens (what crop-every-step sampling
@@ -83,6 +87,8 @@ def generate_ids(
     for step in range(settings.max_new_tokens):
         check_finite(logits[..., :n_valid], step)
         logits = mask_invalid(logits, n_valid)
+        if on_logits is not None:
+            on_logits(logits[0])
         next_id = int(sample(logits, settings.temperature, settings.top_k, settings.top_p, generator))
         yield next_id
         tokens.append(next_id)

@@ -55,6 +55,12 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int |
     return torch.softmax(logits, dim=-1)
 
 
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """(vocab,) logits -> log-probabilities, in float32: what --logprobs reports (before temperature and
+    filters, as the OpenAI API reports them)."""
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, vocab) logits -> (B,) token ids. Temperature 0 is greedy (argmax)."""

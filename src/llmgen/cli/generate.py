@@ -45,6 +45,10 @@ def generate(
     ),
     tokenizer_path: Optional[Path] = typer.Option(None, "--tokenizer", help="Use this tokenizer file instead."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per sample instead of text."),
+    logprobs: Optional[int] = typer.Option(
+        None, "--logprobs", help="With --json: each generated token's log-probability and the K most likely "
+                                 "tokens' (log-softmax of the logits before temperature and top-k/top-p).",
+    ),
     stats: bool = typer.Option(False, "--stats", help="Print load time and tokens/s to stderr."),
     allow_special: bool = typer.Option(False, "--allow-special", help="Encode special-token text in the prompt."),
     speak: bool = typer.Option(False, "--speak", help="Read the generated text aloud afterwards (pyttsx3)."),
@@ -61,6 +65,8 @@ def generate(
         check_target(speak_to)
     if num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
+    if logprobs is not None and not (as_json and 0 <= logprobs <= 20):
+        raise UsageError("--logprobs K takes K from 0 to 20, with --json")
     if seed is not None and not 0 <= seed < 2**64:
         raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
     for text, what in [(system, "--system"), *((s, "--stop") for s in stop or [])]:
@@ -75,6 +81,7 @@ def generate(
     import torch  # heavy: only once we know there is work to do
 
     from llmgen.generation import SamplingSettings, TextStream, generate_ids
+    from llmgen.sampling import log_probs
     from llmgen.weights.loading import load_model
 
     try:
@@ -121,19 +128,25 @@ def generate(
 
     texts = []
     for sample_index in range(num_samples):
+        step_log_probs: list[torch.Tensor] = []  # (vocab,) per generated token, for --logprobs
         ids = generate_ids(loaded.model, prompt_ids, settings, stop_ids=tokenizer.stop_ids,
                            n_valid=tokenizer.n_vocab, generator=generator, on_crop=console.print_warning,
-                           decoder=decoder)
+                           decoder=decoder,
+                           on_logits=None if logprobs is None else
+                           lambda logits, sink=step_log_probs: sink.append(log_probs(logits)))
         stream = TextStream(ids, tokenizer, stop or [])
         if as_json:
             for _ in stream:
                 pass
-            console.write(json.dumps({
+            result = {
                 "model": model_name, "prompt": prompt_text, "text": stream.text, "ids": stream.ids,
                 "finish_reason": stream.finish_reason, "prompt_tokens": len(prompt_ids),
                 "generated_tokens": len(stream.ids),
                 "tokens_per_second": round(stream.decode_tokens_per_second, 2),
-            }, ensure_ascii=False) + "\n")
+            }
+            if logprobs is not None:
+                result["logprobs"] = _logprob_entries(tokenizer, stream.ids, step_log_probs, logprobs)
+            console.write(json.dumps(result, ensure_ascii=False) + "\n")
         else:
             if sample_index > 0 and console.stdout.is_terminal:
                 console.stdout.rule(style="dim")
@@ -150,6 +163,22 @@ def generate(
 
     if speak or speak_to is not None:
         _speak("\n".join(texts), play=speak, to_file=speak_to, voice=voice, rate=rate, volume=volume)
+
+
+def _logprob_entries(tokenizer, ids: list[int], step_log_probs: list, k: int) -> list[dict]:
+    """One entry per generated token: its id, text, log-probability, and the k most likely alternatives."""
+    from llmgen.tokenizers import piece
+
+    def token(i: int) -> dict:
+        return {"id": i, "token": piece(tokenizer.token_bytes(i))}
+
+    entries = []
+    for chosen, values in zip(ids, step_log_probs):
+        top = values.topk(k) if k else None
+        entries.append({**token(chosen), "logprob": round(float(values[chosen]), 6),
+                        "top": [] if top is None else [{**token(int(i)), "logprob": round(float(v), 6)}
+                                                       for v, i in zip(top.values, top.indices)]})
+    return entries
 
 
 def _has_int4_layers(model) -> bool:
