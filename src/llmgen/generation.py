@@ -45,11 +45,14 @@ def generate_ids(
     on_crop: Callable[[str], None] | None = None,
     decoder: Decoder | None = None,
     on_logits: Callable[[torch.Tensor], None] | None = None,
+    cached: int | None = None,
 ) -> Iterator[int]:
     """Yield sampled ids, ending after a stop id or max_new_tokens.
 
     on_logits, when given, sees each step's (vocab,) logits before the sampler's temperature and filters
     (for --logprobs), just before that step's id is yielded.
+    cached: the caller manages the KV cache (chat.Conversation): it is set up, holds the keys and values
+    of prompt_ids[:cached], and has room for the prompt and max_new_tokens; only the rest is prefilled.
 
     The context is cropped to the model's window. Past the window the positions of the kept tokens
     shift, so each further step re-prefills the last `window` tokens (what crop-every-step sampling
@@ -81,8 +84,13 @@ def generate_ids(
         from llmgen.decode import choose_decoder
 
         decoder = choose_decoder(model)
-    model.setup_cache(1, decoder.cache_length(min(window, len(tokens) + settings.max_new_tokens)))
-    logits = prefill_last_window()
+    if cached is None:
+        model.setup_cache(1, decoder.cache_length(min(window, len(tokens) + settings.max_new_tokens)))
+        logits = prefill_last_window()
+    else:
+        if not 0 <= cached < len(tokens) or len(tokens) + settings.max_new_tokens > window:
+            raise ValueError(f"{cached} cached of {len(tokens)} prompt tokens cannot continue in a window of {window}")
+        logits = model(torch.tensor([tokens[cached:]], device=device), cached, last_only=True)[:, -1]
     pos = min(len(tokens), window)  # next position to write in the cache
     for step in range(settings.max_new_tokens):
         check_finite(logits[..., :n_valid], step)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llmgen.cli import download, generate, inspect_weights, tokenize, voices
+from llmgen.cli import chat, download, generate, inspect_weights, tokenize, voices
 
 app = typer.Typer(
     name="llmgen",
@@ -32,6 +32,7 @@ def _root(ctx: typer.Context, version: bool = typer.Option(
 
 
 app.command("generate")(generate.generate)
+app.command("chat")(chat.chat)
 app.command("tokenize")(tokenize.tokenize)
 app.command("download")(download.download)
 app.command("models")(download.models)

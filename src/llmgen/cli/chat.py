@@ -1,0 +1,216 @@
+"""`llmgen chat`: a conversation with an instruct model, each turn reusing the KV cache of the ones before.
+
+On a terminal: a prompt with line editing and history (readline; kept in llmgen's data directory),
+replies streamed and rendered as Markdown, and commands: /exit, /reset, /system TEXT, /save FILE. A line
+ending in a backslash continues on the next. Anywhere else (a pipe, a file): each line of stdin is one
+user turn, and each reply goes to stdout followed by a newline.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from llmgen.cli import console
+from llmgen.errors import LLMGenError, UsageError
+
+PROMPT, CONTINUATION = "> ", ". "
+COMMANDS = "/exit, /reset, /system TEXT, /save FILE"
+
+
+def chat(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="An instruct model: a directory, a .gguf file, an alias, or the embedded default."
+    ),
+    system: Optional[str] = typer.Option(None, "--system", help="A system message that starts the conversation."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", "-n", help="Most tokens per reply."),
+    temperature: float = typer.Option(0.7, "--temperature", "-t", help="Sampling temperature; 0 is greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens only."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample from the smallest set with this much mass."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+    quantize: str = typer.Option("auto", "--quantize", "-q", help="auto, none, int8 or int4 (see generate)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    stats: bool = typer.Option(False, "--stats", help="Per turn on stderr: new and cached prompt tokens, speeds."),
+) -> None:
+    """Chat with an instruct model; each turn prefills only its new tokens."""
+    from llmgen.cli.model_path import resolve_model
+    from llmgen.cli.text_input import check_utf8
+
+    if seed is not None and not 0 <= seed < 2**64:
+        raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
+    if system is not None:
+        check_utf8(system, "--system")
+    import torch
+
+    from llmgen.chat import Conversation
+    from llmgen.decode import choose_decoder
+    from llmgen.generation import SamplingSettings
+    from llmgen.weights.loading import load_model
+
+    try:
+        settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    path, _ = resolve_model(model)
+    with console.status(f"loading {model or path.name}"):
+        loaded = load_model(path, dtype=dtype, quantize=quantize)
+    conversation = Conversation(loaded.model, loaded.tokenizer, system, on_drop=console.print_warning)
+    decoder = choose_decoder(loaded.model)
+    generator = torch.Generator()
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    session = _Session(conversation, settings, generator, decoder, stats)
+    if sys.stdin is not None and sys.stdin.isatty():
+        _repl(session)
+    else:
+        _pipe(session)
+
+
+class _Session:
+    def __init__(self, conversation, settings, generator, decoder, stats: bool):
+        self.conversation, self.settings, self.generator, self.decoder = conversation, settings, generator, decoder
+        self.stats = stats
+
+    def turn(self, text: str, render) -> None:
+        """One user turn: the reply's text chunks go to `render`; statistics to stderr."""
+        from llmgen.generation import TextStream
+
+        ids = self.conversation.reply(text, self.settings, generator=self.generator, decoder=self.decoder)
+        stream = TextStream(ids, self.conversation.tokenizer)
+        render(stream)
+        if self.stats:
+            turn = self.conversation.turns[-1]
+            console.print_info(
+                f"prompt: {turn.new_tokens} new tokens ({turn.cached_tokens} cached) at "
+                f"{turn.new_tokens / max(stream.prefill_seconds, 1e-9):.1f} tok/s; generated {len(stream.ids)} "
+                f"tokens at {stream.decode_tokens_per_second:.1f} tok/s ({stream.finish_reason})")
+
+
+def _pipe(session: _Session) -> None:
+    """Each line of stdin is a user turn; each reply is written to stdout, then a newline."""
+    from llmgen.cli.text_input import check_utf8
+
+    def render(stream) -> None:
+        for chunk in stream:
+            console.write(chunk)
+        console.write("\n")
+
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise LLMGenError(f"line {number} of standard input is not valid UTF-8") from None
+        if line.strip():
+            session.turn(check_utf8(line, f"line {number}"), render)
+
+
+def _repl(session: _Session) -> None:
+    history = _start_history()
+    console.print_info(f"chatting with {session.conversation.tokenizer.name} · {COMMANDS} · Ctrl-D to end")
+    try:
+        while True:
+            text = _read_message()
+            if text is None:  # Ctrl-D
+                console.write("\n")
+                return
+            if not text.strip():
+                continue
+            if text.startswith("/"):
+                if _command(session, text.strip()):
+                    return
+                continue
+            try:
+                session.turn(text, _render_markdown)
+            except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat
+                console.write("\n")
+    finally:
+        _save_history(history)
+
+
+def _read_message() -> str | None:
+    lines = []
+    while True:
+        try:
+            line = input(CONTINUATION if lines else PROMPT)
+        except EOFError:
+            return None
+        except KeyboardInterrupt:  # Ctrl-C drops what was typed
+            console.write("\n")
+            lines = []
+            continue
+        if line.endswith("\\"):
+            lines.append(line[:-1])
+            continue
+        return "\n".join([*lines, line])
+
+
+def _command(session: _Session, text: str) -> bool:
+    """Run a /command; True ends the chat."""
+    name, _, argument = text.partition(" ")
+    conversation = session.conversation
+    if name in ("/exit", "/quit"):
+        return True
+    if name == "/reset":
+        conversation.reset(conversation.system)
+        console.print_info("the conversation starts again")
+    elif name == "/system":
+        conversation.reset(argument.strip() or None)
+        console.print_info("new system message; the conversation starts again")
+    elif name == "/save" and argument.strip():
+        target = Path(argument.strip()).expanduser()
+        try:
+            target.write_text(json.dumps(conversation.messages(), ensure_ascii=False, indent=2) + "\n")
+        except OSError as e:
+            console.print_warning(f"could not save to {target}: {e.strerror or e}")
+        else:
+            console.print_info(f"saved {len(conversation.messages())} messages to {target}")
+    else:
+        console.print_warning(f"unknown command {text!r}; commands: {COMMANDS}")
+    return False
+
+
+def _render_markdown(stream) -> None:
+    """The reply as it streams, rendered as Markdown (code blocks, lists, emphasis) on the terminal."""
+    from rich.live import Live
+    from rich.markdown import Markdown
+
+    text = ""
+    with Live(Markdown(""), console=console.stdout, refresh_per_second=10, vertical_overflow="visible") as live:
+        for chunk in stream:
+            text += chunk
+            live.update(Markdown(text))
+
+
+def _start_history():
+    """readline's line editing, and the history of earlier chats (llmgen's data directory)."""
+    try:
+        import readline
+    except ImportError:  # Windows without pyreadline: plain input()
+        return None
+    from llmgen.assets import data_dir
+
+    path = data_dir() / "chat_history"
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+    return path
+
+
+def _save_history(path) -> None:
+    if path is None:
+        return
+    import readline
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        readline.write_history_file(path)
+    except OSError:
+        pass
