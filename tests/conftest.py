@@ -49,3 +49,33 @@ def llama3_tokenizer_file():
     path = assets.locate("llama3")
     assert path is not None, "run `python -m llmgen.assets fetch` (make test does)"
     return path
+
+
+def run_on_terminal(*args, columns: int = 80, timeout: float = 120) -> str:
+    """Run `llmgen ARGS` with stdout and stderr on a pseudo-terminal of this width; what it showed, ANSI
+    escapes removed."""
+    import pty
+    import re
+    import select
+    import time
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": str(columns)}
+    process = subprocess.Popen([LLMGEN, *map(str, args)], stdin=subprocess.DEVNULL, stdout=terminal,
+                               stderr=terminal, env=env)
+    os.close(terminal)
+    seen, deadline = b"", time.time() + timeout
+    while time.time() < deadline:
+        if select.select([controller], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif process.poll() is not None:
+            break
+    os.close(controller)
+    process.wait(timeout=10)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode("utf-8", "replace")).replace("\r", "")

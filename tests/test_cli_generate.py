@@ -311,3 +311,42 @@ def test_an_explicit_dtype_on_4bit_weights_is_explained():
     assert "--quantize none" in result.err
     plain = run_llmgen("generate", "hi", "-n", "2", "--dtype", "float32", "--quantize", "none")
     assert plain.returncode == 0 and "warning" not in plain.err
+
+
+BATCH = [
+    {"prompt": "The capital of France is", "max_new_tokens": 5, "temperature": 0},
+    {"prompt": "Write a haiku about the sea", "max_new_tokens": 12, "temperature": 0.8, "seed": 7},
+    {"prompt": "Count: 1, 2, 3,", "stop": [","], "max_new_tokens": 20, "temperature": 0},
+]
+
+
+def test_batch_results_equal_the_prompts_run_one_by_one(tmp_path):
+    lines = [json.dumps(item) for item in BATCH]
+    (tmp_path / "in.jsonl").write_text(lines[0] + "\n\n" + "\n".join(lines[1:]) + "\n")  # a blank line is skipped
+    result = run_llmgen("generate", "--batch", tmp_path / "in.jsonl", "--raw")
+    assert result.returncode == 0, result.err
+    outputs = [json.loads(line) for line in result.out.splitlines()]
+    assert [o["index"] for o in outputs] == [0, 1, 2]
+    for item, output in zip(BATCH, outputs):
+        args = ["generate", item["prompt"], "--raw", "--json", "-n", str(item["max_new_tokens"]),
+                "-t", str(item["temperature"])] + (["--seed", str(item["seed"])] if "seed" in item else []) + \
+               [arg for s in item.get("stop", []) for arg in ("--stop", s)]
+        single = json.loads(run_llmgen(*args).out)
+        assert (output["ids"], output["text"], output["finish_reason"]) == (single["ids"], single["text"],
+                                                                           single["finish_reason"])
+    assert outputs[2]["finish_reason"] == "stop" and "," not in outputs[2]["text"]
+    from_stdin = run_llmgen("generate", "--batch", "-", "--raw", input=lines[0] + "\n")
+    assert json.loads(from_stdin.out)["ids"] == outputs[0]["ids"]
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"prompt": 3}', 'needs a non-empty "prompt" string'), ("not json", "is not a JSON object"),
+    ('{"prompt": "x", "temprature": 1}', "unknown key 'temprature'"),
+    ('{"prompt": "x", "top_k": "5"}', "top_k must be int"), ('{"prompt": "x", "top_p": 2}', "top-p must be in"),
+])
+def test_a_bad_batch_line_is_a_usage_error_before_anything_runs(tmp_path, line, message):
+    (tmp_path / "in.jsonl").write_text(json.dumps(BATCH[0]) + "\n" + line + "\n")
+    result = run_llmgen("generate", "--batch", tmp_path / "in.jsonl")
+    assert_one_line_error(result, message)
+    assert result.returncode == 2 and result.out == ""
+    assert_one_line_error(run_llmgen("generate", "hi", "--batch", tmp_path / "in.jsonl"), "no PROMPT")

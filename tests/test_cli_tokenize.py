@@ -4,7 +4,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import LLMGEN, assert_one_line_error, run_llmgen
+from conftest import LLMGEN, assert_one_line_error, run_llmgen, run_on_terminal
 
 from llmgen.cli import _run_typer, tokenize_fast
 
@@ -177,3 +177,18 @@ def test_a_gguf_models_own_tokenizer(tmp_path):
     described = run_llmgen("tokenize", "-m", "default", "--json", "hi")
     assert '"encoding": "gguf:smollm"' in described.out
     assert_one_line_error(run_llmgen("tokenize", "-m", tmp_path / "none.gguf", "hi"), "unknown model")
+
+
+@pytest.mark.slow  # runs llmgen on a terminal
+def test_terminal_tables_keep_their_caption_and_title_whole(tmp_path):
+    shown = run_on_terminal("tokenize", "hello world", columns=30)  # a caption wider than the table
+    assert "2 tokens · cl100k_base" in shown.splitlines()
+    long_name = tmp_path / ("a-rather-long-directory-name-" * 3) / "m.safetensors"
+    long_name.parent.mkdir()
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2, 2)}, long_name)
+    shown = run_on_terminal("inspect-weights", long_name, columns=40)
+    assert str(long_name) in shown.replace("\n", "")  # soft-wrapped by the terminal, never broken mid-word
+    assert any(line.startswith(str(long_name)[:30]) for line in shown.splitlines())

@@ -45,6 +45,10 @@ def generate(
     ),
     tokenizer_path: Optional[Path] = typer.Option(None, "--tokenizer", help="Use this tokenizer file instead."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per sample instead of text."),
+    batch: Optional[str] = typer.Option(
+        None, "--batch", help="A JSON-lines file ('-': stdin) of {\"prompt\": ..., options...}: one JSON result per "
+                              "line, in order, the model loaded once.",
+    ),
     logprobs: Optional[int] = typer.Option(
         None, "--logprobs", help="With --json: each generated token's log-probability and the K most likely "
                                  "tokens' (log-softmax of the logits before temperature and top-k/top-p).",
@@ -65,8 +69,10 @@ def generate(
         check_target(speak_to)
     if num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
-    if logprobs is not None and not (as_json and 0 <= logprobs <= 20):
-        raise UsageError("--logprobs K takes K from 0 to 20, with --json")
+    if logprobs is not None and not ((as_json or batch is not None) and 0 <= logprobs <= 20):
+        raise UsageError("--logprobs K takes K from 0 to 20, with --json or --batch")
+    if batch is not None and (prompt is not None or num_samples != 1 or speak or speak_to is not None):
+        raise UsageError("--batch takes its prompts from the file: no PROMPT, --num-samples or speech with it")
     if seed is not None and not 0 <= seed < 2**64:
         raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
     for text, what in [(system, "--system"), *((s, "--stop") for s in stop or [])]:
@@ -74,9 +80,14 @@ def generate(
             check_utf8(text, what)
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}; choose cpu, cuda or auto")
-    prompt_text = read_text_argument(prompt, combine_with_stdin=True)
-    if not prompt_text:
-        raise UsageError("no prompt: give PROMPT, or pipe text into stdin")
+    if batch is not None:
+        from llmgen.cli.batch import read_batch
+
+        items, prompt_text = read_batch(batch), ""
+    else:
+        prompt_text = read_text_argument(prompt, combine_with_stdin=True)
+        if not prompt_text:
+            raise UsageError("no prompt: give PROMPT, or pipe text into stdin")
 
     import torch  # heavy: only once we know there is work to do
 
@@ -84,10 +95,13 @@ def generate(
     from llmgen.sampling import log_probs
     from llmgen.weights.loading import load_model
 
+    defaults = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
     try:
-        settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p)
+        settings = SamplingSettings(**defaults)
+        batch_settings = [SamplingSettings(**{**defaults, **{k: v for k, v in item.options.items() if k in defaults}})
+                          for item in items] if batch is not None else []
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(str(e) if batch is None else f"--batch: {e}") from None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
@@ -111,43 +125,62 @@ def generate(
         console.print_info(f"loaded {loaded.path} ({loaded.layout} layout, {loaded.config.arch}) "
                            f"in {loaded.load_seconds:.2f} s")
         console.print_info(repr(decoder))
-    if chat if chat is not None else is_default:
-        from llmgen.chat import chat_prompt_ids
+    use_chat = chat if chat is not None else is_default
 
-        prompt_ids = chat_prompt_ids(tokenizer, prompt_text, system)
-    else:
-        prompt_ids = tokenizer.encode(prompt_text, allow_special=allow_special)
-    if not prompt_ids:
-        raise LLMGenError("the prompt is empty and this model has no BOS token to start from; give a prompt")
+    def encode(text: str) -> list[int]:
+        if use_chat:
+            from llmgen.chat import chat_prompt_ids
 
-    generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
+            return chat_prompt_ids(tokenizer, text, system)
+        ids = tokenizer.encode(text, allow_special=allow_special)
+        if not ids:
+            raise LLMGenError("the prompt is empty and this model has no BOS token to start from; give a prompt")
+        return ids
+
+    def seeded(value: int | None) -> torch.Generator:
+        generator = torch.Generator(device=device)
+        if value is not None:
+            generator.manual_seed(value)
+        else:
+            generator.seed()
+        return generator
+
+    generator = seeded(seed)
+
+    def complete(text: str, ids: list[int], sampling, stops, sample_generator) -> tuple[TextStream, dict]:
+        """Generate to the end; the stream, and the result as --json and --batch print it."""
+        step_log_probs: list[torch.Tensor] = []  # (vocab,) per generated token, for --logprobs
+        stream = TextStream(generate_ids(
+            loaded.model, ids, sampling, stop_ids=tokenizer.stop_ids, n_valid=tokenizer.n_vocab,
+            generator=sample_generator, on_crop=console.print_warning, decoder=decoder,
+            on_logits=None if logprobs is None else lambda logits: step_log_probs.append(log_probs(logits)),
+        ), tokenizer, stops)
+        for _ in stream:
+            pass
+        result = {"model": model_name, "prompt": text, "text": stream.text, "ids": stream.ids,
+                  "finish_reason": stream.finish_reason, "prompt_tokens": len(ids), "generated_tokens": len(stream.ids),
+                  "tokens_per_second": round(stream.decode_tokens_per_second, 2)}
+        if logprobs is not None:
+            result["logprobs"] = _logprob_entries(tokenizer, stream.ids, step_log_probs, logprobs)
+        return stream, result
+
+    if batch is not None:
+        for index, (item, sampling) in enumerate(zip(items, batch_settings)):
+            _, result = complete(item.prompt, encode(item.prompt), sampling, item.options.get("stop", stop or []),
+                                 seeded(item.options["seed"]) if "seed" in item.options else generator)
+            console.write(json.dumps({"index": index, **result}, ensure_ascii=False) + "\n")
+        return
+    prompt_ids = encode(prompt_text)
 
     texts = []
     for sample_index in range(num_samples):
-        step_log_probs: list[torch.Tensor] = []  # (vocab,) per generated token, for --logprobs
-        ids = generate_ids(loaded.model, prompt_ids, settings, stop_ids=tokenizer.stop_ids,
-                           n_valid=tokenizer.n_vocab, generator=generator, on_crop=console.print_warning,
-                           decoder=decoder,
-                           on_logits=None if logprobs is None else
-                           lambda logits, sink=step_log_probs: sink.append(log_probs(logits)))
-        stream = TextStream(ids, tokenizer, stop or [])
         if as_json:
-            for _ in stream:
-                pass
-            result = {
-                "model": model_name, "prompt": prompt_text, "text": stream.text, "ids": stream.ids,
-                "finish_reason": stream.finish_reason, "prompt_tokens": len(prompt_ids),
-                "generated_tokens": len(stream.ids),
-                "tokens_per_second": round(stream.decode_tokens_per_second, 2),
-            }
-            if logprobs is not None:
-                result["logprobs"] = _logprob_entries(tokenizer, stream.ids, step_log_probs, logprobs)
+            stream, result = complete(prompt_text, prompt_ids, settings, stop or [], generator)
             console.write(json.dumps(result, ensure_ascii=False) + "\n")
         else:
+            stream = TextStream(generate_ids(loaded.model, prompt_ids, settings, stop_ids=tokenizer.stop_ids,
+                                             n_valid=tokenizer.n_vocab, generator=generator,
+                                             on_crop=console.print_warning, decoder=decoder), tokenizer, stop or [])
             if sample_index > 0 and console.stdout.is_terminal:
                 console.stdout.rule(style="dim")
             elif sample_index > 0:

@@ -42,7 +42,8 @@ def _render(path: Path, inspection, show_tensors: bool) -> None:
             config.add_row(str(key), _short(value))
         out.print(config)
     if show_tensors:
-        table = Table(title=str(path))
+        out.print(str(path), style="bold", soft_wrap=True, markup=False, highlight=False)  # a title would break it
+        table = Table()
         table.add_column("name", overflow="fold")
         table.add_column("shape", justify="right")
         table.add_column("dtype")

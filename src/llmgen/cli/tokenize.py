@@ -94,7 +94,7 @@ def _print_table(encoding_name: str, ids: list[int], pieces: list[str]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(caption=f"{len(ids)} tokens · {encoding_name}", show_edge=False)
+    table = Table(show_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("id", justify="right", style="cyan")
     table.add_column("piece")
@@ -102,3 +102,5 @@ def _print_table(encoding_name: str, ids: list[int], pieces: list[str]) -> None:
         # A background makes leading and trailing spaces of a piece visible.
         table.add_row(str(n), str(token_id), Text(p.translate(CONTROL_ESCAPES), style="on grey23"))
     console.stdout.print(table)
+    # Below the table, not as its caption: a caption wraps at the table's (narrow) width.
+    console.stdout.print(f"{len(ids)} tokens · {encoding_name}", style="dim", soft_wrap=True, markup=False)
