@@ -28,6 +28,12 @@ def smollm2():
     return load_model(assets.locate("smollm2-135m-instruct-q4_1"), quantize="none")
 
 
+def load_model_tokenizer():
+    from llmgen.weights.loading import model_tokenizer
+
+    return model_tokenizer(assets.locate("smollm2-135m-instruct-q4_1"))
+
+
 def fresh(loaded, prompt_ids):
     return list(generate_ids(loaded.model, prompt_ids, GREEDY, stop_ids=loaded.tokenizer.stop_ids,
                              n_valid=loaded.tokenizer.n_vocab))
@@ -80,6 +86,12 @@ def test_chat_through_a_pipe_reports_cached_tokens_and_matches_generate(tmp_path
     first_new, first_generated = int(stats[0].split()[1]), int(stats[0].split("generated ")[1].split()[0])
     assert cached == first_new + first_generated - 1 > 0
     assert "(stop)" in stats[0]
+    # New: the reply's last token (never fed back), what closes it, the user's message, the assistant header.
+    tok = load_model_tokenizer()
+    second_new = int(stats[1].split()[1])
+    im_end = tok.encoding.encode_single_token("<|im_end|>")  # what the first reply ended with
+    assert second_new == 1 + len(end_of_reply_ids(tok, [im_end])) + len(
+        message_ids(tok, "user", questions[1])) + len(header_ids(tok, "assistant"))
     single = run_llmgen("generate", questions[0], "--chat", "-t", "0", "-n", "16")
     assert result.out.splitlines()[0] == single.out.rstrip("\n")
 
