@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 from checkpoints import hf_gpt2, hf_llama, save_hf, save_meta
-from conftest import LLMGEN, assert_one_line_error, default_sigint, run_llmgen
+from conftest import LLMGEN, assert_one_line_error, default_sigint, run_llmgen, run_on_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -282,24 +282,8 @@ def test_missing_default_model_says_how_to_get_it(tmp_path):
 
 
 def test_loading_shows_a_transient_status_on_a_terminal_only():
-    import pty
-
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen([LLMGEN, "generate", "hi", "-n", "2", "-t", "0"], stdin=subprocess.DEVNULL,
-                               stdout=terminal, stderr=terminal, env={**os.environ, "TERM": "xterm"})
-    os.close(terminal)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(controller)
-    assert process.wait(timeout=120) == 0
-    assert b"loading SmolLM2-135M-Instruct.Q4_1.gguf" in seen
+    shown = run_on_terminal("generate", "hi", "-n", "2", "-t", "0")
+    assert "loading SmolLM2-135M-Instruct.Q4_1.gguf" in shown
     piped = run_llmgen("generate", "hi", "-n", "2", "-t", "0")
     assert piped.returncode == 0 and "loading" not in piped.err
 
