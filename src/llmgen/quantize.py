@@ -30,6 +30,7 @@ from llmgen import kernels
 QUANTIZATIONS = ("auto", "none", "int8", "int4")
 INT4_GROUP = 32  # weights per scale/minimum pair, as in GGUF's 4-bit blocks
 INT4_ROWS = 16  # the int4 packing wants the output size to be a multiple of this
+ROW_CHUNK = 4096  # rows quantized at a time, so that float temporaries stay small
 
 
 class Int8Linear(nn.Module):
@@ -37,9 +38,11 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
-        weight = weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127  # (out,)
-        self.register_buffer("weight", (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
+        weight = weight.detach()
+        scales = torch.cat([w.float().abs().amax(dim=1) for w in weight.split(ROW_CHUNK)]).clamp(min=1e-8) / 127
+        rows = [(w.float() / s[:, None]).round_().clamp_(-127, 127).to(torch.int8)  # a chunk of rows at a time
+                for w, s in zip(weight.split(ROW_CHUNK), scales.split(ROW_CHUNK))]
+        self.register_buffer("weight", torch.cat(rows))
         self.register_buffer("scales", scales.to(torch.bfloat16))
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
@@ -81,15 +84,22 @@ class Int4Groups:
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Int4Groups:
-        """Round each group of 32 onto 16 levels from its minimum to its maximum (llama.cpp's Q4_1 rule)."""
+        """Round each group of 32 onto 16 levels from its minimum to its maximum (llama.cpp's Q4_1 rule).
+
+        ROW_CHUNK rows at a time: the float temporaries of a whole 128k-row head would be gigabytes."""
         out_features, in_features = weight.shape
-        groups = weight.detach().float().reshape(out_features, in_features // INT4_GROUP, INT4_GROUP)
-        minimum, maximum = groups.aminmax(dim=-1)  # (out, in // 32) each
-        scale = (maximum - minimum) / 15
-        inverse = torch.where(scale > 0, 1 / scale, 0.0)
-        # In place where possible: the head of a small model is the biggest matrix it has.
-        q = (groups - minimum[..., None]).mul_(inverse[..., None]).round_().clamp_(0, 15).to(torch.uint8)
-        return cls(q.reshape(out_features, in_features), scale, minimum)
+        q = torch.empty(out_features, in_features, dtype=torch.uint8)
+        scale = torch.empty(out_features, in_features // INT4_GROUP)
+        minimum = torch.empty_like(scale)
+        for first in range(0, out_features, ROW_CHUNK):
+            rows = slice(first, first + ROW_CHUNK)
+            groups = weight[rows].detach().float().reshape(-1, in_features // INT4_GROUP, INT4_GROUP)
+            low, high = groups.aminmax(dim=-1)  # (rows, in // 32) each
+            step = (high - low) / 15
+            inverse = torch.where(step > 0, 1 / step, 0.0)
+            levels = (groups - low[..., None]).mul_(inverse[..., None]).round_().clamp_(0, 15)
+            q[rows], scale[rows], minimum[rows] = levels.reshape(-1, in_features), step, low
+        return cls(q, scale, minimum)
 
     @classmethod
     def cat(cls, parts: list[Int4Groups]) -> Int4Groups:
@@ -99,6 +109,27 @@ class Int4Groups:
     def dequantize(self) -> torch.Tensor:
         scale = self.scale.repeat_interleave(INT4_GROUP, dim=1)
         return self.q.float() * scale + self.minimum.repeat_interleave(INT4_GROUP, dim=1)  # (out, in)
+
+
+class DeferredInt4Groups(Int4Groups):
+    """Int4Groups read only when first used (a GGUF file's 4-bit matrix): quantize_model packs one layer at a
+    time and drops it, so a model's weights are never all unpacked at once (a byte per weight)."""
+
+    def __init__(self, shape: tuple[int, int], read: Callable[[], Int4Groups]):
+        self._shape, self._read, self._groups = shape, read, None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def _read_once(self) -> Int4Groups:
+        if self._groups is None:
+            self._groups = self._read()
+        return self._groups
+
+    q = property(lambda self: self._read_once().q)
+    scale = property(lambda self: self._read_once().scale)
+    minimum = property(lambda self: self._read_once().minimum)
 
 
 def linear_function(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -224,11 +255,13 @@ def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Group
     """Swap linear layers for quantized ones in place (`kind` is "int8" or "int4").
 
     int4_groups: weights already in 4-bit groups (GGUF Q4_0/Q4_1), by parameter name; their nn.Linear
-    modules were left empty by the loader. Everything else is quantized from its float weight.
+    modules were left empty by the loader. The dict is consumed: each entry goes as its layer is built, so
+    groups read from a file are unpacked and freed one layer at a time. Everything else is quantized
+    from its float weight.
     own_kernels: int4 layers use llmgen's kernel where it runs (kernels/); False keeps PyTorch's, which
     torch.compile can trace (decode/compiled.py).
     """
-    int4_groups = dict(int4_groups or {})
+    int4_groups = int4_groups if int4_groups is not None else {}
     head = model.output if model.output is not None else (
         model.tok_embeddings if hasattr(model, "tok_embeddings") else model.wte)
     if "output.weight" not in int4_groups and getattr(head, "bias", None) is None:

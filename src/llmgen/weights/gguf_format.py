@@ -21,7 +21,7 @@ import torch
 
 from llmgen.config import LlamaConfig
 from llmgen.errors import LLMGenError
-from llmgen.quantize import Int4Groups
+from llmgen.quantize import DeferredInt4Groups, Int4Groups
 from llmgen.tokenizers import GPT2_PATTERN, LLAMA3_PATTERN, Tokenizer, bytes_to_unicode, encoding_from_vocab
 from llmgen.weights.memory import check_memory
 
@@ -62,6 +62,7 @@ SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
 STRING, ARRAY = 8, 9
 LENGTH = struct.Struct("<Q")  # string lengths and counts
 MAX_DIMS = 4
+DEQUANTIZE_CHUNK = 16 << 20  # bytes of a tensor's blocks converted at a time
 MAX_ARRAY_DEPTH = 4  # GGUF allows arrays of arrays; real files nest at most 2 deep (llama.cpp rejects deeper)
 
 
@@ -221,13 +222,13 @@ class GGUFFile:
                           f"{value!r:.40})")
 
     def materialized_bytes(self, keep_int4: bool) -> int:
-        """Memory that reading every tensor takes: float32, or the int4 form of kept Q4_0/Q4_1 matrices
-        (a byte per weight plus a float32 scale and minimum per 32)."""
+        """Memory that reading every tensor takes: float32, or the packed int4 form of kept Q4_0/Q4_1
+        matrices (unpacked one layer at a time on the way, see DeferredInt4Groups)."""
         total = 0
         for t in self.tensors:
             kept = (keep_int4 and t.tensor_type.name in ("Q4_0", "Q4_1") and len(t.shape) == 2
                     and t.name != "token_embd.weight")
-            total += t.n_elements * (1.25 if kept else 4)
+            total += t.n_elements * (0.625 if kept else 4)  # kept: packed, 4 bits and fp16 scales per weight
         return int(total)
 
     def metadata(self) -> dict[str, Any]:
@@ -235,16 +236,34 @@ class GGUFFile:
         skip = {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.scores"}
         return {k: v for k, v in self.fields.items() if k not in skip}
 
+    def _dequantized_in_chunks(self, t: GGUFTensor, dequantize) -> torch.Tensor:
+        """(n_elements,) float32, converted DEQUANTIZE_CHUNK bytes of blocks at a time: the temporaries of
+        a conversion (several per weight) never exist for the whole tensor, only the result does."""
+        from gguf import GGML_QUANT_SIZES
+
+        block, block_bytes = GGML_QUANT_SIZES[t.tensor_type]
+        n_blocks, step = t.n_elements // block, max(1, DEQUANTIZE_CHUNK // block_bytes)
+        out = torch.empty(t.n_elements, dtype=torch.float32)
+        for first in range(0, n_blocks, step):
+            count = min(step, n_blocks - first)
+            raw = np.frombuffer(self._map, dtype=np.uint8, count=count * block_bytes, offset=t.offset + first * block_bytes)
+            out[first * block:(first + count) * block] = dequantize(torch.from_numpy(raw.copy())).reshape(-1)
+        return out
+
     def _raw(self, t: GGUFTensor) -> torch.Tensor:
         # A copy of the stored bytes: the map is read-only, and torch wants writable memory.
         return torch.from_numpy(np.frombuffer(self._map, dtype=np.uint8, count=t.n_bytes, offset=t.offset).copy())
 
     def int4_groups(self, index: int) -> Int4Groups | None:
-        """A Q4_0/Q4_1 matrix as 4-bit groups, exactly as stored; None for any other tensor."""
+        """A Q4_0/Q4_1 matrix as 4-bit groups, exactly as stored, read from the file when first used;
+        None for any other tensor."""
         t = self.tensors[index]
-        kind = t.tensor_type.name
-        if kind not in ("Q4_0", "Q4_1") or len(t.shape) != 2:
+        if t.tensor_type.name not in ("Q4_0", "Q4_1") or len(t.shape) != 2:
             return None
+        return DeferredInt4Groups((int(t.shape[1]), int(t.shape[0])), lambda: self._read_int4_groups(t))
+
+    def _read_int4_groups(self, t: GGUFTensor) -> Int4Groups:
+        kind = t.tensor_type.name
         out_features, in_features = int(t.shape[1]), int(t.shape[0])
         blocks = self._raw(t).view(-1, 18 if kind == "Q4_0" else 20)
         scale = _f16(blocks, 0).view(out_features, -1)  # (out, in // 32)
@@ -259,10 +278,10 @@ class GGUFFile:
 
         t = self.tensors[index]
         shape = [int(d) for d in reversed(t.shape)]
-        raw = self._raw(t)
         kind = t.tensor_type.name
         if kind in TORCH_DEQUANTIZERS:
-            return TORCH_DEQUANTIZERS[kind](raw).reshape(shape)
+            return self._dequantized_in_chunks(t, TORCH_DEQUANTIZERS[kind]).reshape(shape)
+        raw = self._raw(t)
         try:
             return torch.from_numpy(dequantize(raw.numpy().reshape(shape[:-1] + [-1]), t.tensor_type).astype(np.float32))
         except (NotImplementedError, ValueError) as e:
