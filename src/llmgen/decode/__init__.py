@@ -13,6 +13,7 @@ choose_decoder returns a Decoder for a loaded model with its name and the reason
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
 import torch
@@ -80,11 +81,10 @@ def choose_decoder(model: torch.nn.Module, *, compile: bool = False) -> Decoder:
     if blocker := family(model).kernel_blocker(model):
         return Decoder(model, "pytorch", f"llmgen's kernels cannot run it: {blocker}")
     what = "every block's matmuls are int4 on them" if model.config.arch == "llama" else "attention on them"
-    return Decoder(model, f"llmgen kernels ({kernels.level()})", f"{what}; the CPU's best level" if
-                   _level_is_auto() else f"{what}; LLMGEN_KERNELS={kernels.level()}", use_kernels=True)
+    level = kernels.level()
+    why = "the CPU's best level" if _level_is_auto() else f"LLMGEN_KERNELS={level}"
+    return Decoder(model, f"llmgen kernels ({level})", f"{what}; {why}", use_kernels=True)
 
 
 def _level_is_auto() -> bool:
-    import os
-
     return os.environ.get("LLMGEN_KERNELS", "auto").strip().lower() in ("", "auto", "1")
