@@ -17,6 +17,7 @@ from llmgen.errors import LLMGenError
 from llmgen.tokenizers import Tokenizer
 
 CACHE_STEP = 1024  # a conversation's KV cache grows in steps of this many positions
+NO_TEMPLATE = "this model has no chat template llmgen knows (ChatML or Llama 3)"
 
 
 def message_ids(tokenizer: Tokenizer, role: str, content: str) -> list[int]:
@@ -26,7 +27,7 @@ def message_ids(tokenizer: Tokenizer, role: str, content: str) -> list[int]:
         return [special("<|im_start|>"), *text(f"{role}\n{content}"), special("<|im_end|>"), *text("\n")]
     if tokenizer.chat_format == "llama3":  # <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>
         return [*header_ids(tokenizer, role), *text(content), special("<|eot_id|>")]
-    raise LLMGenError("this model has no chat template llmgen knows (ChatML or Llama 3); use --raw")
+    raise LLMGenError(f"{NO_TEMPLATE}; use --raw")
 
 
 def header_ids(tokenizer: Tokenizer, role: str) -> list[int]:
@@ -36,7 +37,7 @@ def header_ids(tokenizer: Tokenizer, role: str) -> list[int]:
         return [special("<|im_start|>"), *text(f"{role}\n")]
     if tokenizer.chat_format == "llama3":
         return [special("<|start_header_id|>"), *text(role), special("<|end_header_id|>"), *text("\n\n")]
-    raise LLMGenError("this model has no chat template llmgen knows (ChatML or Llama 3); use --raw")
+    raise LLMGenError(f"{NO_TEMPLATE}; use --raw")
 
 
 def start_ids(tokenizer: Tokenizer) -> list[int]:
@@ -78,7 +79,7 @@ class Conversation:
     def __init__(self, model, tokenizer: Tokenizer, system: str | None = None,
                  on_drop: Callable[[str], None] | None = None):
         if tokenizer.chat_format is None:
-            raise LLMGenError("this model has no chat template llmgen knows (ChatML or Llama 3)")
+            raise LLMGenError(NO_TEMPLATE)
         self.model, self.tokenizer, self.system, self.on_drop = model, tokenizer, system, on_drop
         self.turns: list[Turn] = []
         # The KV cache holds cached_prompt and then cached_turn's reply ids but the last (never fed back).
@@ -89,7 +90,7 @@ class Conversation:
     def _first_cache(self):
         from llmgen.decode import family
 
-        return family(self.model).caches(self.model)[0]
+        return family(self.model).first_cache(self.model)
 
     @property
     def cached_ids(self) -> list[int]:

@@ -99,19 +99,17 @@ def speak(text: str, *, voice: str | None = None, rate: int | None = None, volum
         return _run_worker(request, speech_timeout(text, playing=True))["warnings"]
     to_file = Path(to_file)
     check_target(to_file)
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=to_file.parent, prefix=f".{to_file.stem}.", suffix=".wav")
         os.close(fd)
-    except OSError as e:
-        raise SpeechError(f"cannot write speech to {to_file}: {e.strerror or e}") from None
-    try:
         result = _run_worker({**request, "file": tmp}, speech_timeout(text, playing=play))
         _check_wav(Path(tmp))
         os.replace(tmp, to_file)
     except OSError as e:
         raise SpeechError(f"cannot write speech to {to_file}: {e.strerror or e}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return result["warnings"]
 

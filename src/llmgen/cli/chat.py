@@ -16,7 +16,10 @@ from typing import Optional
 import typer
 
 from llmgen.cli import console
-from llmgen.errors import LLMGenError, UsageError
+from llmgen.cli.model_path import resolve_model
+from llmgen.cli.sampling_options import check_seed, sampling_settings, seeded_generator
+from llmgen.cli.text_input import check_utf8
+from llmgen.errors import LLMGenError
 
 PROMPT, CONTINUATION = "> ", ". "
 COMMANDS = "/exit, /reset, /system TEXT, /save FILE"
@@ -37,35 +40,19 @@ def chat(
     stats: bool = typer.Option(False, "--stats", help="Per turn on stderr: new and cached prompt tokens, speeds."),
 ) -> None:
     """Chat with an instruct model; each turn prefills only its new tokens."""
-    from llmgen.cli.model_path import resolve_model
-    from llmgen.cli.text_input import check_utf8
-
-    if seed is not None and not 0 <= seed < 2**64:
-        raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
+    check_seed(seed)
     if system is not None:
         check_utf8(system, "--system")
-    import torch
-
     from llmgen.chat import Conversation
     from llmgen.decode import choose_decoder
-    from llmgen.generation import SamplingSettings
     from llmgen.weights.loading import load_model
 
-    try:
-        settings = SamplingSettings(max_new_tokens, temperature, top_k, top_p)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    settings = sampling_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     path, _ = resolve_model(model)
     with console.status(f"loading {model or path.name}"):
         loaded = load_model(path, dtype=dtype, quantize=quantize)
     conversation = Conversation(loaded.model, loaded.tokenizer, system, on_drop=console.print_warning)
-    decoder = choose_decoder(loaded.model)
-    generator = torch.Generator()
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
-    session = _Session(conversation, settings, generator, decoder, stats)
+    session = _Session(conversation, settings, seeded_generator(seed), choose_decoder(loaded.model), stats)
     if sys.stdin is not None and sys.stdin.isatty():
         _repl(session)
     else:
@@ -94,8 +81,6 @@ class _Session:
 
 def _pipe(session: _Session) -> None:
     """Each line of stdin is a user turn; each reply is written to stdout, then a newline."""
-    from llmgen.cli.text_input import check_utf8
-
     def render(stream) -> None:
         for chunk in stream:
             console.write(chunk)

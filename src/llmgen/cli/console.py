@@ -9,8 +9,8 @@ from rich.console import Console
 
 
 class _StdoutForRich:
-    """sys.stdout, as Rich writes results to it, where a reader that closed the pipe ends llmgen quietly
-    (see reader_went_away) instead of Click's exit status 1."""
+    """sys.stdout for results (through Rich or not), where a reader that closed the pipe ends llmgen
+    quietly (see reader_went_away) instead of Click's exit status 1."""
 
     def write(self, text: str) -> int:
         try:
@@ -29,7 +29,8 @@ class _StdoutForRich:
 
 
 # Results go to stdout; progress, warnings, statistics and errors go to stderr so pipelines stay clean.
-stdout = Console(file=_StdoutForRich(), highlight=False)
+_results = _StdoutForRich()
+stdout = Console(file=_results, highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 
@@ -70,15 +71,11 @@ def print_info(message: str) -> None:
 
 def write(text: str) -> None:
     """Results on stdout as they come: through Rich on a terminal, the exact text on a pipe."""
-    try:
-        if stdout.is_terminal:
-            stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
-            stdout.file.flush()
-        else:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-    except BrokenPipeError:
-        reader_went_away()
+    if stdout.is_terminal:
+        stdout.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+    else:
+        _results.write(text)
+    _results.flush()
 
 
 def rows(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> None:

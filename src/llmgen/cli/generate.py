@@ -10,6 +10,7 @@ import typer
 
 from llmgen.cli import console
 from llmgen.cli.model_path import DEFAULT_MODEL_NAME, resolve_model
+from llmgen.cli.sampling_options import check_seed, sampling_settings, seeded_generator
 from llmgen.cli.text_input import check_utf8, read_text_argument
 from llmgen.errors import LLMGenError, UsageError
 
@@ -73,8 +74,7 @@ def generate(
         raise UsageError("--logprobs K takes K from 0 to 20, with --json or --batch")
     if batch is not None and (prompt is not None or num_samples != 1 or speak or speak_to is not None):
         raise UsageError("--batch takes its prompts from the file: no PROMPT, --num-samples or speech with it")
-    if seed is not None and not 0 <= seed < 2**64:
-        raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1, got {seed}")
+    check_seed(seed)
     for text, what in [(system, "--system"), *((s, "--stop") for s in stop or [])]:
         if text is not None:
             check_utf8(text, what)
@@ -91,17 +91,15 @@ def generate(
 
     import torch  # heavy: only once we know there is work to do
 
-    from llmgen.generation import SamplingSettings, TextStream, generate_ids
+    from llmgen.generation import TextStream, generate_ids
     from llmgen.sampling import log_probs
     from llmgen.weights.loading import load_model
 
     defaults = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
-    try:
-        settings = SamplingSettings(**defaults)
-        batch_settings = [SamplingSettings(**{**defaults, **{k: v for k, v in item.options.items() if k in defaults}})
-                          for item in items] if batch is not None else []
-    except ValueError as e:
-        raise UsageError(str(e) if batch is None else f"--batch: {e}") from None
+    settings = sampling_settings(**defaults)
+    batch_settings = [sampling_settings("--batch: ", **{**defaults, **{k: v for k, v in item.options.items()
+                                                                        if k in defaults}})
+                      for item in items] if batch is not None else []
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
@@ -137,24 +135,19 @@ def generate(
             raise LLMGenError("the prompt is empty and this model has no BOS token to start from; give a prompt")
         return ids
 
-    def seeded(value: int | None) -> torch.Generator:
-        generator = torch.Generator(device=device)
-        if value is not None:
-            generator.manual_seed(value)
-        else:
-            generator.seed()
-        return generator
+    generator = seeded_generator(seed, device)
 
-    generator = seeded(seed)
+    def text_stream(ids: list[int], sampling, stops, sample_generator, on_logits=None) -> TextStream:
+        return TextStream(generate_ids(loaded.model, ids, sampling, stop_ids=tokenizer.stop_ids,
+                                       n_valid=tokenizer.n_vocab, generator=sample_generator,
+                                       on_crop=console.print_warning, decoder=decoder, on_logits=on_logits),
+                          tokenizer, stops)
 
     def complete(text: str, ids: list[int], sampling, stops, sample_generator) -> tuple[TextStream, dict]:
         """Generate to the end; the stream, and the result as --json and --batch print it."""
         step_log_probs: list[torch.Tensor] = []  # (vocab,) per generated token, for --logprobs
-        stream = TextStream(generate_ids(
-            loaded.model, ids, sampling, stop_ids=tokenizer.stop_ids, n_valid=tokenizer.n_vocab,
-            generator=sample_generator, on_crop=console.print_warning, decoder=decoder,
-            on_logits=None if logprobs is None else lambda logits: step_log_probs.append(log_probs(logits)),
-        ), tokenizer, stops)
+        stream = text_stream(ids, sampling, stops, sample_generator,
+                             None if logprobs is None else lambda logits: step_log_probs.append(log_probs(logits)))
         for _ in stream:
             pass
         result = {"model": model_name, "prompt": text, "text": stream.text, "ids": stream.ids,
@@ -167,7 +160,8 @@ def generate(
     if batch is not None:
         for index, (item, sampling) in enumerate(zip(items, batch_settings)):
             _, result = complete(item.prompt, encode(item.prompt), sampling, item.options.get("stop", stop or []),
-                                 seeded(item.options["seed"]) if "seed" in item.options else generator)
+                                 seeded_generator(item.options["seed"], device) if "seed" in item.options
+                                 else generator)
             console.write(json.dumps({"index": index, **result}, ensure_ascii=False) + "\n")
         return
     prompt_ids = encode(prompt_text)
@@ -178,9 +172,7 @@ def generate(
             stream, result = complete(prompt_text, prompt_ids, settings, stop or [], generator)
             console.write(json.dumps(result, ensure_ascii=False) + "\n")
         else:
-            stream = TextStream(generate_ids(loaded.model, prompt_ids, settings, stop_ids=tokenizer.stop_ids,
-                                             n_valid=tokenizer.n_vocab, generator=generator,
-                                             on_crop=console.print_warning, decoder=decoder), tokenizer, stop or [])
+            stream = text_stream(prompt_ids, settings, stop or [], generator)
             if sample_index > 0 and console.stdout.is_terminal:
                 console.stdout.rule(style="dim")
             elif sample_index > 0:

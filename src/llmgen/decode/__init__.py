@@ -50,8 +50,7 @@ class Decoder:
         return needed
 
     def current_plan(self):
-        caches = self.family.caches(self.model)
-        if self.plan is None or any(a is not b for a, b in zip(self.plan.caches, caches)):
+        if self.plan is None or self.plan.caches[0] is not self.family.first_cache(self.model):
             self.plan = self.family.Plan.of(self.model, self.window_step, self.use_kernels)
         return self.plan
 

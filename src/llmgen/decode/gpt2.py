@@ -24,6 +24,11 @@ def caches(model: GPT2) -> list[KVCache]:
     return [block.attn.kv_cache for block in model.h]
 
 
+def first_cache(model: GPT2) -> KVCache | None:
+    """setup_cache replaces every block's cache at once: the first one says whether a plan is current."""
+    return model.h[0].attn.kv_cache
+
+
 @dataclass(slots=True)
 class Plan:
     """What decode steps need of the model, looked up once per setup_cache."""

@@ -31,6 +31,11 @@ def caches(model: Llama) -> list[KVCache]:
     return [layer.attention.kv_cache for layer in model.layers]
 
 
+def first_cache(model: Llama) -> KVCache | None:
+    """setup_cache replaces every layer's cache at once: the first one says whether a plan is current."""
+    return model.layers[0].attention.kv_cache
+
+
 @dataclass(slots=True)
 class Plan:
     """What decode steps need of the model, looked up once per setup_cache."""

@@ -205,8 +205,9 @@ class GGUFFile:
     def get(self, key: str, default: Any = None) -> Any:
         return self.fields.get(key, default)
 
-    def require(self, key: str) -> Any:
-        value = self.get(key)
+    def require(self, key: str, kind: type | tuple[type, ...]) -> Any:
+        """A metadata value that must be there, of the expected type (see typed)."""
+        value = self.typed(key, kind)
         if value is None:
             raise LLMGenError(f"{self.path.name}: GGUF metadata has no {key!r}")
         return value
@@ -354,18 +355,15 @@ def read_llama_gguf(path: Path, keep_int4: bool = False
         if rope_freqs.tensor_type.name != "F32" or len(rope_freqs.shape) != 1:
             raise LLMGenError(f"{gguf_file.path.name}: GGUF {ROPE_FREQS} must be a float32 vector")
         rope_factors = tuple(gguf_file.tensor(names.index(ROPE_FREQS)).tolist())
-    for key in ("llama.attention.head_count", "llama.embedding_length", "llama.block_count",
-                "llama.feed_forward_length"):
-        gguf_file.require(key)
-    n_heads = gguf_file.typed("llama.attention.head_count", int)
+    n_heads = gguf_file.require("llama.attention.head_count", int)
     tokens = gguf_file.typed("tokenizer.ggml.tokens", list)
     config = LlamaConfig(  # LlamaConfig checks every value's range
         vocab_size=gguf_file.typed("llama.vocab_size", int) or (len(tokens) if tokens else 0),
-        dim=gguf_file.typed("llama.embedding_length", int),
-        n_layers=gguf_file.typed("llama.block_count", int),
+        dim=gguf_file.require("llama.embedding_length", int),
+        n_layers=gguf_file.require("llama.block_count", int),
         n_heads=n_heads,
         n_kv_heads=gguf_file.typed("llama.attention.head_count_kv", int) or n_heads,
-        ffn_dim=gguf_file.typed("llama.feed_forward_length", int),
+        ffn_dim=gguf_file.require("llama.feed_forward_length", int),
         norm_eps=gguf_file.typed("llama.attention.layer_norm_rms_epsilon", float, 1e-5),
         rope_theta=gguf_file.typed("llama.rope.freq_base", float, 10000.0),
         context_length=gguf_file.typed("llama.context_length", int, 2048),
@@ -385,16 +383,14 @@ def read_llama_gguf(path: Path, keep_int4: bool = False
 
 def gguf_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
     """The vocabulary stored in the GGUF metadata as a tiktoken Encoding (byte-level BPE models)."""
-    gguf_file.require("tokenizer.ggml.model")
-    model = gguf_file.typed("tokenizer.ggml.model", str)
+    model = gguf_file.require("tokenizer.ggml.model", str)
     if model != "gpt2":
         raise LLMGenError(f"{gguf_file.path.name}: GGUF tokenizer model {model!r:.40} is not supported (gpt2)")
     pre = gguf_file.typed("tokenizer.ggml.pre", str, "default")
     if pre not in PRE_TOKENIZER_PATTERNS:
         raise LLMGenError(f"{gguf_file.path.name}: GGUF pre-tokenizer {pre!r:.40} is not supported "
                           f"({', '.join(PRE_TOKENIZER_PATTERNS)})")
-    gguf_file.require("tokenizer.ggml.tokens")
-    tokens = gguf_file.typed("tokenizer.ggml.tokens", list)
+    tokens = gguf_file.require("tokenizer.ggml.tokens", list)
     types = gguf_file.typed("tokenizer.ggml.token_type", list) or [TOKEN_TYPE_NORMAL] * len(tokens)
     if not all(isinstance(t, str) for t in tokens) or len(types) != len(tokens):
         raise LLMGenError(f"{gguf_file.path.name}: GGUF tokenizer.ggml.tokens must be strings, one type each")

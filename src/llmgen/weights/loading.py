@@ -92,9 +92,9 @@ def _load_weights(path: Path, device: str, dtype: str, keep_int4: bool
     int4_groups = {name: value for name, value in state.items() if isinstance(value, Int4Groups)}
     tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
     target = _resolve_dtype(dtype, _stored_dtype(tensors), device)
-    # Memory-mapped tensors cost nothing until converted; GGUF files were checked as they were read.
-    check_memory(sum(t.numel() * target.itemsize for t in tensors if t.dtype != target) if layout.kind != "gguf"
-                 else 0, layout.directory.name)
+    if layout.kind != "gguf":  # GGUF files were checked as they were read
+        # Memory-mapped tensors cost nothing until converted.
+        check_memory(sum(t.numel() * target.itemsize for t in tensors if t.dtype != target), layout.directory.name)
     model = _assign(config, state)
     model.to(dtype=target)
     if not int4_groups:
