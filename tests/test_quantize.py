@@ -7,7 +7,8 @@ from torch import nn
 
 from llmgen import assets
 from llmgen.generation import SamplingSettings, generate_ids
-from llmgen.quantize import Int4Groups, Int4Head, Int4Linear, Int8Linear, quantize_model, top_indices
+from llmgen.quantize import Int4Groups, Int4Head, Int4Linear, Int8Linear, StoredHead, quantize_model, top_indices
+from llmgen.weights.gguf_blocks import BlockEmbedding
 from llmgen.weights.loading import load_model, load_weights
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is the "
@@ -133,11 +134,14 @@ def test_quantized_smollm2_agrees_with_float32(smollm2_models, kind, min_agreeme
     assert abs(nll(logits_q) - nll(logits_full)) < 0.1  # log-perplexity barely moves
 
 
-def test_auto_keeps_the_gguf_4bit_weights(smollm2_models):
+def test_auto_keeps_the_gguf_weights_as_stored(smollm2_models):
+    """Q4_1 matrices fused on the int4 kernel; the tied Q8_0 embedding looked up from its blocks, and as
+    the head a StoredHead (a 4-bit first pass, the top candidates from the stored 8-bit rows)."""
     model = smollm2_models["auto"].model
     assert isinstance(model.layers[0].attention.wqkv, Int4Linear)
     assert isinstance(model.layers[0].feed_forward.w13, Int4Linear)
-    assert model.layers[0].attention.wq is None and isinstance(model.output, Int4Head)  # see quantize.py
+    assert model.layers[0].attention.wq is None and isinstance(model.output, StoredHead)
+    assert isinstance(model.tok_embeddings, BlockEmbedding) and model.tok_embeddings.kind == "Q8_0"
 
 
 @pytest.mark.parametrize("kind", ["int8", "auto"])

@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmgen import kernels
+from llmgen.weights.memory import return_freed_memory
 
 QUANTIZATIONS = ("auto", "none", "int8", "int4")
 INT4_GROUP = 32  # weights per scale/minimum pair, as in GGUF's 4-bit blocks
 INT4_ROWS = 16  # the int4 packing wants the output size to be a multiple of this
 ROW_CHUNK = 4096  # rows quantized at a time, so that float temporaries stay small
+STORED_HEAD_ROWS = 8192  # a stored 8-bit head this large gets a 4-bit first pass (StoredHead)
 
 
 class Int8Linear(nn.Module):
@@ -111,25 +113,66 @@ class Int4Groups:
         return self.q.float() * scale + self.minimum.repeat_interleave(INT4_GROUP, dim=1)  # (out, in)
 
 
-class DeferredInt4Groups(Int4Groups):
-    """Int4Groups read only when first used (a GGUF file's 4-bit matrix): quantize_model packs one layer at a
-    time and drops it, so a model's weights are never all unpacked at once (a byte per weight)."""
+    def rows(self, first: int, stop: int) -> Int4Groups:
+        return Int4Groups(self.q[first:stop], self.scale[first:stop], self.minimum[first:stop])
 
-    def __init__(self, shape: tuple[int, int], read: Callable[[], Int4Groups]):
-        self._shape, self._read, self._groups = shape, read, None
+
+@dataclass
+class Int8Groups:
+    """8-bit weights in groups: w[n, k] = q[n, k] * scale[n, k // group] (+ minimum[n, k // group]): GGUF's
+    5-, 6- and 8-bit block types, and its 2- and 3-bit k-quants, as stored (weights/gguf_blocks.py)."""
+
+    q: torch.Tensor  # (out, in) int8
+    scale: torch.Tensor  # (out, in // group) float32
+    minimum: torch.Tensor | None  # like scale, or None
+    group: int  # 16 or 32
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self._shape
+        return tuple(self.q.shape)
 
-    def _read_once(self) -> Int4Groups:
-        if self._groups is None:
-            self._groups = self._read()
-        return self._groups
+    @classmethod
+    def cat(cls, parts: list[Int8Groups]) -> Int8Groups:
+        """Stack along the output dimension (parts of one group size, all with minimums or none)."""
+        minimum = None if parts[0].minimum is None else torch.cat([p.minimum for p in parts])
+        return cls(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]), minimum, parts[0].group)
 
-    q = property(lambda self: self._read_once().q)
-    scale = property(lambda self: self._read_once().scale)
-    minimum = property(lambda self: self._read_once().minimum)
+    def rows(self, first: int, stop: int) -> Int8Groups:
+        minimum = None if self.minimum is None else self.minimum[first:stop]
+        return Int8Groups(self.q[first:stop], self.scale[first:stop], minimum, self.group)
+
+    def dequantize(self) -> torch.Tensor:
+        w = self.q.float() * self.scale.repeat_interleave(self.group, dim=1)
+        return w if self.minimum is None else w + self.minimum.repeat_interleave(self.group, dim=1)  # (out, in)
+
+
+class DeferredGroups:
+    """Int4Groups or Int8Groups read from a file only when used: quantize_model builds one layer at a time
+    and drops what it read, and a large matrix (a 128k-row head) is read and packed ROW_CHUNK rows at a
+    time, so a model's weights are never all unpacked at once."""
+
+    def __init__(self, shape: tuple[int, int], kind: type, read_rows: Callable[[int, int], Int4Groups | Int8Groups]):
+        self.shape, self.kind, self._read_rows = shape, kind, read_rows  # kind: Int4Groups or Int8Groups
+
+    def read(self) -> Int4Groups | Int8Groups:
+        return self._read_rows(0, self.shape[0])
+
+    def rows(self, first: int, stop: int) -> Int4Groups | Int8Groups:
+        return self._read_rows(first, min(stop, self.shape[0]))
+
+
+StoredGroups = Int4Groups | Int8Groups | DeferredGroups
+
+
+def _resolved(groups: StoredGroups) -> Int4Groups | Int8Groups:
+    return groups.read() if isinstance(groups, DeferredGroups) else groups
+
+
+def _format(groups: Int4Groups | Int8Groups) -> tuple:
+    """What parts must share to be fused into one matrix."""
+    if isinstance(groups, Int4Groups):
+        return ("int4",)
+    return ("int8", groups.group, groups.minimum is not None)
 
 
 def linear_function(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -145,7 +188,30 @@ def int4_fits(weight_shape: tuple[int, ...]) -> bool:
     return len(weight_shape) == 2 and weight_shape[1] % INT4_GROUP == 0
 
 
-class Int4Linear(nn.Module):
+class KernelLinear(nn.Module):
+    """A layer that llmgen's kernels can run (own_kernel): kernel_parts are its packed matrices."""
+
+    own_kernel: bool
+    _matmul: kernels.QuantMatmul | None = None
+
+    def kernel_parts(self) -> list[tuple[kernels.Packed, torch.Tensor | None]]:
+        raise NotImplementedError
+
+    def kernel_matmul(self, norm_weight: torch.Tensor | None = None, norm_eps: float = 0.0,
+                      gated: bool = False) -> kernels.QuantMatmul:
+        """This layer as a call into llmgen's kernels (own_kernel only), optionally with the RMSNorm or
+        SwiGLU before it done in the same call (see kernels.QuantMatmul)."""
+        return kernels.QuantMatmul(self.kernel_parts(), norm_weight, norm_eps, gated)
+
+    def kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in) -> (..., out) on the kernels: float32, cast back to a bfloat16 x's dtype."""
+        if self._matmul is None or self._matmul.weights.packed is not self.kernel_parts()[0][0].packed:
+            self._matmul = self.kernel_matmul()  # built once per weights
+        y = self._matmul(x.reshape(-1, self.in_features))
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class Int4Linear(KernelLinear):
     """y = x W^T (+ b) with W in 4-bit groups, computed by llmgen's own kernel where it runs
     (kernels/: int8 activations, float32 out), else by PyTorch's int4 kernel (bfloat16)."""
 
@@ -155,12 +221,14 @@ class Int4Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.own_kernel = own_kernel and kernels.library() is not None
-        self._matmul: kernels.Int4Matmul | None = None
         if self.own_kernel:
-            weights = kernels.pack_int4(groups.q, groups.scale, groups.minimum)
-            for name in ("packed", "scales", "minimums"):
-                self.register_buffer(name, getattr(weights, name))
+            packed, scales, minimums = packed_in_chunks(groups, lambda g: kernels.pack_int4(g.q, g.scale, g.minimum))
+            self.register_buffer("packed", packed)
+            self.register_buffer("scales", scales)
+            symmetric = torch.equal(minimums, scales * -8)  # Q4_0: minimums implicit
+            self.register_buffer("minimums", None if symmetric else minimums)
             return
+        groups = _resolved(groups)
         padded = -out_features % INT4_ROWS  # zero rows, sliced off the output again
         q, scale, minimum = (F.pad(t, (0, 0, 0, padded)) for t in (groups.q, groups.scale, groups.minimum))
         self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q.int(), 1))
@@ -173,10 +241,7 @@ class Int4Linear(nn.Module):
         bfloat16 from PyTorch's, its own output: at ~100 tokens/s a cast per layer is worth saving, and
         the next op (a residual add, SwiGLU, the next int4 layer) takes it as is."""
         if self.own_kernel:
-            if self._matmul is None or self._matmul.weights.packed is not self.packed:  # built once per weights
-                self._matmul = self.kernel_matmul()
-            y = self._matmul(x.reshape(-1, self.in_features))
-            return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+            return self.kernel_forward(x)
         x2d = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (rows, in)
         y = torch._weight_int4pack_mm_for_cpu(x2d, self.packed, INT4_GROUP, self.scales_and_zeros)
         if y.size(1) != self.out_features:
@@ -199,12 +264,128 @@ class Int4Linear(nn.Module):
 
         return matmul
 
-    def kernel_matmul(self, norm_weight: torch.Tensor | None = None, norm_eps: float = 0.0,
-                      gated: bool = False) -> kernels.Int4Matmul:
-        """This layer as a call into llmgen's kernel (own_kernel only), optionally with the RMSNorm or
-        SwiGLU before it done in the same call (see kernels.Int4Matmul)."""
-        weights = kernels.PackedInt4(self.packed, self.scales, self.minimums, self.in_features)
-        return kernels.Int4Matmul(weights, self.bias, norm_weight, norm_eps, gated)
+    def kernel_parts(self) -> list[tuple[kernels.Packed, torch.Tensor | None]]:
+        return [(kernels.PackedInt4(self.packed, self.scales, self.minimums, self.in_features), self.bias)]
+
+
+class Int8GroupsLinear(KernelLinear):
+    """y = x W^T (+ b) with W as int8 in groups (Int8Groups: GGUF's 5-, 6- and 8-bit types as stored), on
+    llmgen's int8 kernel where it runs, else dequantized ROW_CHUNK rows at a time for F.linear."""
+
+    def __init__(self, groups: Int8Groups | DeferredGroups, bias: torch.Tensor | None = None, own_kernel: bool = True):
+        super().__init__()
+        out_features, in_features = groups.shape
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.own_kernel = own_kernel and kernels.library() is not None
+        self.group = groups.rows(0, 1).group
+        packed, scales, minimums = packed_in_chunks(groups, lambda g: kernels.pack_int8(g.q, g.scale, g.minimum, g.group))
+        self.register_buffer("packed", packed)  # (out, padded_in) int8
+        self.register_buffer("scales", scales)  # (out, padded_in / group) fp16
+        self.register_buffer("minimums", minimums)  # like scales, or None
+
+    def kernel_parts(self) -> list[tuple[kernels.Packed, torch.Tensor | None]]:
+        weights = kernels.PackedInt8(self.packed, self.scales, self.minimums, self.in_features, self.group)
+        return [(weights, self.bias)]
+
+    def dequantized_rows(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Rows of W (a slice, or indices) in float32 (rows, in), from the stored integers and fp16 scales."""
+        w = self.packed[rows].float() * self.scales[rows].float().repeat_interleave(self.group, dim=-1)
+        if self.minimums is not None:
+            w += self.minimums[rows].float().repeat_interleave(self.group, dim=-1)
+        return w[..., :self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.own_kernel:
+            return self.kernel_forward(x)
+        y = torch.cat([F.linear(x.float(), self.dequantized_rows(slice(first, first + ROW_CHUNK)))
+                       for first in range(0, self.out_features, ROW_CHUNK)], dim=-1)
+        return (y if self.bias is None else y + self.bias).to(x.dtype)
+
+    def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.kernel_matmul() if self.own_kernel else self.forward
+
+
+def packed_in_chunks(groups: Int4Groups | Int8Groups | DeferredGroups, pack: Callable
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(packed, scales, minimums) of a whole matrix, packed ROW_CHUNK rows at a time into tensors allocated
+    once: a 128k-row head is never held twice, nor unpacked whole. For the int4 layout a chunk without
+    minimums (Q4_0 form) gets its implicit -8 * scale."""
+    out_features = groups.shape[0]
+    buffers = None
+    for first in range(0, out_features, ROW_CHUNK):
+        part = pack(groups.rows(first, first + ROW_CHUNK))
+        minimums = part.minimums
+        if minimums is None and isinstance(part, kernels.PackedInt4):
+            minimums = part.scales * -8
+        fields = (part.packed, part.scales, minimums)
+        if buffers is None:
+            buffers = [None if f is None else f.new_empty((out_features, *f.shape[1:])) for f in fields]
+        for buffer, field in zip(buffers, fields):
+            if buffer is not None:
+                buffer[first:first + field.shape[0]] = field
+    return tuple(buffers)
+
+
+class StoredHead(nn.Module):
+    """A GGUF's 5-to-8-bit output head (or tied embedding, e.g. Q6_K or Q8_0): logits for the whole
+    vocabulary from a 4-bit copy, then the `top` largest recomputed from the stored weights.
+
+    The head is the largest matrix a decode step reads (a Llama-3.2-1B's 128k x 2048 Q6_K head is a third
+    of its bytes per token) and decoding is memory-bound: the 4-bit copy reads 0.6 bytes a weight instead
+    of 1.1, and the candidates come out exactly as stored (see Int4Head for the same idea from float).
+    """
+
+    def __init__(self, groups: Int8Groups | DeferredGroups, top: int = 64, own_kernel: bool = True):
+        super().__init__()
+        self.fine = Int8GroupsLinear(groups, own_kernel=False)  # its rows only: never a whole matmul
+        out_features = self.fine.out_features
+        coarse = DeferredGroups(groups.shape, Int4Groups, lambda first, stop: Int4Groups.from_float(
+            self.fine.dequantized_rows(slice(first, stop))))
+        self.coarse = Int4Linear(coarse, own_kernel=own_kernel)
+        self.top = min(top, out_features)
+        self.in_features, self.out_features = self.fine.in_features, out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.coarse(x).float()  # (..., vocab)
+        top = top_indices(logits, self.top)  # (..., top)
+        rows = self.fine.dequantized_rows(top.reshape(-1)).view(*top.shape, self.in_features)  # (..., top, in)
+        exact = (rows @ x.float()[..., :, None])[..., 0]  # (..., top)
+        return logits.scatter_(-1, top, exact)
+
+
+class SideBySide(KernelLinear):
+    """Linear layers on one input with their outputs concatenated: a fused q/k/v or gate/up whose parts
+    are stored in different formats (a "Q4_K_M" block's v is Q6_K, its q and k Q4_K). On the kernels the
+    parts run in one call."""
+
+    def __init__(self, parts: list[nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.own_kernel = all(getattr(p, "own_kernel", False) for p in parts)
+        self.in_features, self.out_features = parts[0].in_features, sum(p.out_features for p in parts)
+
+    def kernel_parts(self) -> list[tuple[kernels.Packed, torch.Tensor | None]]:
+        return [part for p in self.parts for part in p.kernel_parts()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.own_kernel:
+            return self.kernel_forward(x)
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+    def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.own_kernel:
+            return self.kernel_matmul()
+        functions = [linear_function(p) for p in self.parts]
+        return lambda x: torch.cat([f(x) for f in functions], dim=-1)
+
+
+def stored_linear(groups: StoredGroups, bias: torch.Tensor | None = None, own_kernel: bool = True) -> nn.Module:
+    """The layer for weights kept as stored: Int4Linear for 4-bit groups, Int8GroupsLinear for 8-bit."""
+    if isinstance(groups, DeferredGroups) and not own_kernel:
+        groups = groups.read()
+    kind = groups.kind if isinstance(groups, DeferredGroups) else type(groups)
+    return (Int4Linear if kind is Int4Groups else Int8GroupsLinear)(groups, bias, own_kernel)
 
 
 class Int4Head(nn.Module):
@@ -250,48 +431,87 @@ def top_indices(scores: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
     return positions.gather(-1, candidates.topk(k, dim=-1).indices)
 
 
-def quantize_model(model: nn.Module, kind: str, int4_groups: dict[str, Int4Groups] | None = None,
+def quantize_model(model: nn.Module, kind: str, stored: dict[str, StoredGroups | nn.Module] | None = None,
                    own_kernels: bool = True) -> nn.Module:
     """Swap linear layers for quantized ones in place (`kind` is "int8" or "int4").
 
-    int4_groups: weights already in 4-bit groups (GGUF Q4_0/Q4_1), by parameter name; their nn.Linear
-    modules were left empty by the loader. The dict is consumed: each entry goes as its layer is built, so
-    groups read from a file are unpacked and freed one layer at a time. Everything else is quantized
-    from its float weight.
-    own_kernels: int4 layers use llmgen's kernel where it runs (kernels/); False keeps PyTorch's, which
-    torch.compile can trace (decode/compiled.py).
+    stored: weights kept as a file stores them (a GGUF's quantized blocks), by parameter name: Int4Groups,
+    Int8Groups or DeferredGroups, whose nn.Linear modules the loader left empty; and an embedding kept in
+    its blocks under the embedding's weight name (an nn.Module, weights/gguf_blocks.BlockEmbedding). The
+    dict is consumed: each entry goes as its layer is built, so groups read from a file are unpacked and
+    freed one layer at a time. Everything else is quantized from its float weight.
+    own_kernels: layers use llmgen's kernels where they run (kernels/); False keeps PyTorch's int4
+    kernel, which torch.compile can trace (decode/compiled.py).
     """
-    int4_groups = int4_groups if int4_groups is not None else {}
-    head = model.output if model.output is not None else (
-        model.tok_embeddings if hasattr(model, "tok_embeddings") else model.wte)
-    if "output.weight" not in int4_groups and getattr(head, "bias", None) is None:
+    stored = stored if stored is not None else {}
+    embedding_name = "tok_embeddings" if hasattr(model, "tok_embeddings") else "wte"
+    if isinstance(stored_embedding := stored.pop(f"{embedding_name}.weight", None), nn.Module):
+        setattr(model, embedding_name, stored_embedding)
+        if model.output is None:  # tied: the head is the embedding's matrix, as stored
+            model.output = stored_head(stored_embedding.groups(), own_kernels)
+    if "output.weight" in stored:
+        model.output = stored_head(stored.pop("output.weight"), own_kernels)
+    return_freed_memory()
+    head = model.output if model.output is not None else getattr(model, embedding_name)
+    if isinstance(head, (nn.Linear, nn.Embedding)) and getattr(head, "bias", None) is None:
         fits = kind == "int4" and int4_fits(tuple(head.weight.shape))
         model.output = Int4Head(head.weight, own_kernel=own_kernels) if fits else Int8Linear(head.weight)
 
-    def int4_of(name: str, linear: nn.Linear) -> Int4Groups | None:
-        if f"{name}.weight" in int4_groups:
-            return int4_groups.pop(f"{name}.weight")
+    def stored_or_int4(name: str, linear: nn.Linear) -> StoredGroups | None:
+        if f"{name}.weight" in stored:
+            return stored.pop(f"{name}.weight")
         return Int4Groups.from_float(linear.weight) if int4_fits(tuple(linear.weight.shape)) else None
 
     for prefix, module in list(model.named_modules()):
         prefix = f"{prefix}." if prefix else ""
-        if kind == "int4":  # fused projections first: they need the parts' groups before packing
-            for fused_name, part_names in getattr(module, "FUSIONS", {}).items():
-                parts = [getattr(module, n) for n in part_names]
-                if any(p.bias is not None for p in parts):
-                    continue
-                groups = [int4_of(f"{prefix}{n}", p) for n, p in zip(part_names, parts)]
-                if all(g is not None for g in groups):
-                    setattr(module, fused_name, Int4Linear(Int4Groups.cat(groups), own_kernel=own_kernels))
-                    for n in part_names:
-                        setattr(module, n, None)
+        # Fused projections first: they need the parts' groups before packing.
+        for fused_name, part_names in getattr(module, "FUSIONS", {}).items():
+            parts = [getattr(module, n) for n in part_names]
+            if any(p is None or p.bias is not None for p in parts):
+                continue
+            if kind != "int4":
+                continue
+            groups = [stored_or_int4(f"{prefix}{n}", p) for n, p in zip(part_names, parts)]
+            if any(g is None for g in groups):  # a part that is neither stored nor int4-shaped: no fusion
+                for n, g in zip(part_names, groups):
+                    if g is not None:
+                        setattr(module, n, stored_linear(g, own_kernel=own_kernels))
+                continue
+            setattr(module, fused_name, fused_linear([_resolved(g) for g in groups], own_kernels))
+            for n in part_names:
+                setattr(module, n, None)
+            return_freed_memory()
         for child_name, child in list(module.named_children()):
             if not isinstance(child, nn.Linear):
                 continue
-            if kind == "int8":
+            name = f"{prefix}{child_name}"
+            if f"{name}.weight" in stored:
+                setattr(module, child_name, stored_linear(stored.pop(f"{name}.weight"), child.bias, own_kernels))
+            elif kind == "int8":
                 setattr(module, child_name, Int8Linear(child.weight, child.bias))
-            elif (groups := int4_of(f"{prefix}{child_name}", child)) is not None:
+            elif (groups := stored_or_int4(name, child)) is not None:
                 setattr(module, child_name, Int4Linear(groups, child.bias, own_kernels))
-    if int4_groups:
-        raise ValueError(f"4-bit weights left without a linear layer: {sorted(int4_groups)[:3]}")
+    if stored:
+        raise ValueError(f"stored weights left without a linear layer: {sorted(stored)[:3]}")
     return model
+
+
+def stored_head(groups: StoredGroups, own_kernels: bool) -> nn.Module:
+    """A head kept as stored: as is when 4-bit, else a StoredHead when large enough to matter."""
+    kind = groups.kind if isinstance(groups, DeferredGroups) else type(groups)
+    if kind is Int8Groups and groups.shape[0] >= STORED_HEAD_ROWS and int4_fits(groups.shape):
+        return StoredHead(groups, own_kernel=own_kernels)
+    return stored_linear(groups, own_kernel=own_kernels)
+
+
+def fused_linear(groups: list[Int4Groups | Int8Groups], own_kernels: bool) -> nn.Module:
+    """Parts on one input as one layer: one matrix where their formats agree, else side by side (each run
+    of parts in one format fused)."""
+    runs: list[list[Int4Groups | Int8Groups]] = []
+    for g in groups:
+        if runs and _format(runs[-1][0]) == _format(g):
+            runs[-1].append(g)
+        else:
+            runs.append([g])
+    layers = [stored_linear(type(run[0]).cat(run) if len(run) > 1 else run[0], own_kernel=own_kernels) for run in runs]
+    return layers[0] if len(layers) == 1 else SideBySide(layers)

@@ -79,7 +79,7 @@ def choose_decoder(model: torch.nn.Module, *, compile: bool = False) -> Decoder:
         return Decoder(model, "pytorch", kernels.unavailable_reason() or "llmgen's kernels do not run here")
     if blocker := family(model).kernel_blocker(model):
         return Decoder(model, "pytorch", f"llmgen's kernels cannot run it: {blocker}")
-    what = "every block's matmuls are int4 on them" if model.config.arch == "llama" else "attention on them"
+    what = "every block's matmuls are on them" if model.config.arch == "llama" else "attention on them"
     level = kernels.level()
     why = "the CPU's best level" if _level_is_auto() else f"LLMGEN_KERNELS={level}"
     return Decoder(model, f"llmgen kernels ({level})", f"{what}; {why}", use_kernels=True)

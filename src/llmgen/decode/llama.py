@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from llmgen.kernels import LlamaLayers
 from llmgen.models.kv_cache import DecodeWindow, KVCache, decode_attention
 from llmgen.models.llama import Llama, RMSNorm, TransformerBlock, rms_norm, rope_matrix
-from llmgen.quantize import Int4Linear, linear_function
+from llmgen.quantize import KernelLinear, linear_function
 
 
 def caches(model: Llama) -> list[KVCache]:
@@ -97,15 +97,15 @@ def norm_function(norm: RMSNorm) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def kernel_blocker(model: Llama) -> str | None:
     """Why kernel_step cannot run this model (None when it can): it needs every block's matmuls fused
-    int4 layers on llmgen's kernels, and float32 caches."""
+    quantized layers on llmgen's kernels (int4, or a GGUF's types as stored), and float32 caches."""
     for block in model.layers:
         linears = (block.attention.wqkv, block.attention.wo, block.feed_forward.w13, block.feed_forward.w2)
-        if not all(isinstance(m, Int4Linear) for m in linears):
-            return "its matmuls are not all int4 (llmgen's kernels run int4 layers)"
+        if not all(isinstance(m, KernelLinear) for m in linears):
+            return "its matmuls are not all quantized for them (int4, or a GGUF's quantized types)"
         if not all(m.own_kernel for m in linears):
             return "its int4 layers were built for PyTorch's kernel"
-    if model.tok_embeddings.weight.dtype != torch.float32:
-        return f"its caches are {model.tok_embeddings.weight.dtype} (llmgen's kernels attend over float32)"
+    if model.norm.weight.dtype != torch.float32:
+        return f"its caches are {model.norm.weight.dtype} (llmgen's kernels attend over float32)"
     return None
 
 
@@ -130,7 +130,7 @@ def head(model: Llama, x: torch.Tensor) -> torch.Tensor:
 
 def kernel_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """token, pos: (1,) -> (vocab,) logits, the blocks in one call into llmgen's kernels."""
-    x = F.embedding(token, model.tok_embeddings.weight)  # (1, dim): a new tensor, so updating it is safe
+    x = model.tok_embeddings(token)  # (1, dim): a new tensor, so updating it is safe
     plan.kernel_layers(x, pos)
     return head(model, x)
 
@@ -141,7 +141,7 @@ def pytorch_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tenso
     n_heads, n_kv_heads, head_dim = config.n_heads, config.n_kv_heads, config.head_dim
     n_rotated = n_heads + n_kv_heads  # q and k heads turn, v's do not
     rope = rope_matrix(*plan.rope_cos_sin.index_select(0, pos)[0])  # (head_dim, head_dim)
-    x = F.embedding(token, model.tok_embeddings.weight)  # (1, dim)
+    x = model.tok_embeddings(token)  # (1, dim)
     for layer, (keys_t, values) in zip(plan.layers, plan.window.views):
         heads = layer.qkv(layer.attention_norm(x)).view(n_rotated + n_kv_heads, head_dim).float()
         turned = torch.mm(heads[:n_rotated], rope).to(plan.dtype)  # RoPE on the q and k heads

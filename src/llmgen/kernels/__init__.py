@@ -5,8 +5,11 @@ its time on.
   that mostly stay in the CPU's caches, so its speed is set by how fast the kernel turns 4-bit weights
   into dot products. PyTorch's CPU int4 kernel converts every weight to float; this one rounds the
   activations to int8 and multiplies bytes, 64 per instruction with AVX-512 VNNI, 32 per two
-  instructions with AVX2, as llama.cpp does. It can also RMS-normalise its input or take SwiGLU's
-  silu(gate) * up first, and add its result into the residual stream.
+  instructions with AVX2, as llama.cpp does.
+- int8_matmul.cpp: the same for 8-bit weights in groups of 16 or 32: the GGUF block types that are not
+  4-bit (Q8_0, Q5_x, Q6_K, ...), held losslessly as int8 and a scale per group.
+- linear.cpp: one layer's call: it can RMS-normalise its input or take SwiGLU's silu(gate) * up first,
+  add its result into the residual stream, and run parts in different formats side by side.
 - attention.cpp: one decode step's attention for one layer (RoPE, cache writes, softmax attention), one
   call instead of a dozen tensor ops that each cost more in dispatch than in arithmetic.
 - llama_layers.cpp: all of a LLaMA's blocks for one token in one call (decode/llama.py's kernel_step).
@@ -41,8 +44,9 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "int4_matmul.cpp", HERE / "attention.cpp", HERE / "llama_layers.cpp")
-HEADERS = (HERE / "kernels.h", HERE / "fast_exp.h")
+SOURCES = (HERE / "int4_matmul.cpp", HERE / "int8_matmul.cpp", HERE / "linear.cpp", HERE / "attention.cpp",
+           HERE / "llama_layers.cpp")
+HEADERS = (HERE / "kernels.h", HERE / "fast_exp.h", HERE / "simd.h")
 FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 
 
@@ -64,6 +68,8 @@ LEVELS = (
 X86 = ("x86_64", "amd64", "i386", "i686")
 GROUP = 32  # weights per scale and minimum (GGUF's Q4_1 blocks)
 CHUNK_GROUPS = 16  # groups per whole chunk of the packed layout (int4_matmul.cpp)
+INT8_GROUPS = (16, 32)  # the group sizes int8_matmul.cpp takes
+INT8_ROW_ALIGN = 64  # int8 rows are padded to whole 64-byte steps (int8_matmul.cpp)
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,9 @@ class PackedInt4:
     minimums: torch.Tensor | None  # (out, groups) float16; None: GGUF's Q4_0 form, minimum = -8 * scale
     in_features: int
 
+    bits = 4
+    group = GROUP
+
     @property
     def groups(self) -> int:
         return self.scales.size(1)
@@ -82,6 +91,41 @@ class PackedInt4:
     @property
     def out_features(self) -> int:
         return self.packed.size(0)
+
+
+@dataclass(frozen=True)
+class PackedInt8:
+    """8-bit weights in groups in int8_matmul.cpp's layout: w = q * scale [+ minimum]."""
+
+    packed: torch.Tensor  # (out, padded_in) int8: rows padded with zeros to a multiple of 64
+    scales: torch.Tensor  # (out, padded_in / group) float16
+    minimums: torch.Tensor | None  # like scales, or None: no minimum
+    in_features: int
+    group: int  # 16 or 32
+
+    bits = 8
+
+    @property
+    def groups(self) -> int:
+        return self.scales.size(1)
+
+    @property
+    def out_features(self) -> int:
+        return self.packed.size(0)
+
+
+def pack_int8(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None, group: int) -> PackedInt8:
+    """q (out, in) int8, scale and minimum (out, in / group) -> int8_matmul.cpp's layout: rows padded to
+    whole 64-byte steps, the pad groups' scales 0."""
+    if group not in INT8_GROUPS:
+        raise ValueError(f"int8 groups are {INT8_GROUPS}, not {group}")
+    out_features, in_features = q.shape
+    padded_in = -(-in_features // INT8_ROW_ALIGN) * INT8_ROW_ALIGN
+    groups = padded_in // group
+    packed = F.pad(q.to(torch.int8), (0, padded_in - in_features)).contiguous()
+    scales, minimums = (None if t is None else F.pad(t.float(), (0, groups - t.size(1))).half().contiguous()
+                        for t in (scale, minimum))
+    return PackedInt8(packed, scales, minimums, in_features, group)
 
 
 def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> PackedInt4:
@@ -108,35 +152,55 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> Pa
     return PackedInt4(packed.contiguous(), scales, None if symmetric else minimums, in_features)
 
 
-class Int4Layer(ctypes.Structure):
-    """kernels.h's Int4Layer: what a layer's calls share."""
-
-    _fields_ = [("packed", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("minimums", ctypes.c_void_p),
-                ("groups", ctypes.c_int64), ("in_features", ctypes.c_int64), ("out_features", ctypes.c_int64),
-                ("bias", ctypes.c_void_p), ("norm_weight", ctypes.c_void_p), ("norm_eps", ctypes.c_float),
-                ("gated", ctypes.c_int32)]
+class QuantLayer(ctypes.Structure):
+    """kernels.h's QuantLayer: what a layer's calls share."""
 
 
-class Int4Matmul:
-    """x -> prepare(x) W^T (+ bias) through int4_linear, for one layer: float32 (rows, in) in, (rows, out) out.
+QuantLayer._fields_ = [
+    ("packed", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("minimums", ctypes.c_void_p),
+    ("groups", ctypes.c_int64), ("in_features", ctypes.c_int64), ("out_features", ctypes.c_int64),
+    ("bias", ctypes.c_void_p), ("norm_weight", ctypes.c_void_p), ("norm_eps", ctypes.c_float),
+    ("gated", ctypes.c_int32), ("bits", ctypes.c_int32), ("group", ctypes.c_int32),
+    ("next", ctypes.POINTER(QuantLayer))]
+
+Packed = PackedInt4 | PackedInt8
+
+
+class QuantMatmul:
+    """x -> prepare(x) W^T (+ bias) through quant_linear, for one layer: float32 (rows, in) in, (rows, out)
+    out. W is one packed matrix, or several side by side (`parts`, each with its bias or None), whose
+    outputs are concatenated: a fused q/k/v whose parts are stored in different formats.
 
     prepare is nothing, RMSNorm with `norm_weight` (then x is the un-normalised residual stream), or with
     `gated`, silu(gate) * up of x = [gate, up] (rows, 2 in). With `out` and accumulate=True the result
     is added into `out` in place: a residual connection with no extra tensor op.
     """
 
-    def __init__(self, weights: PackedInt4, bias: torch.Tensor | None = None,
-                 norm_weight: torch.Tensor | None = None, norm_eps: float = 0.0, gated: bool = False):
-        # Kept here: the struct holds raw pointers to these tensors.
-        self.weights = weights
-        self.bias = None if bias is None else bias.detach().float().contiguous()
+    def __init__(self, parts: list[tuple[Packed, torch.Tensor | None]], norm_weight: torch.Tensor | None = None,
+                 norm_eps: float = 0.0, gated: bool = False):
+        in_features = parts[0][0].in_features
+        if any(weights.in_features != in_features for weights, _ in parts):
+            raise ValueError("the parts of a fused layer take the same input")
+        # Kept here: the structs hold raw pointers to these tensors.
+        self.parts = [(weights, None if bias is None else bias.detach().float().contiguous()) for weights, bias in parts]
         self.norm_weight = None if norm_weight is None else norm_weight.detach().float().contiguous()
-        self.layer = Int4Layer(weights.packed.data_ptr(), weights.scales.data_ptr(), _pointer(weights.minimums),
-                               weights.groups, weights.in_features, weights.out_features,
-                               _pointer(self.bias), _pointer(self.norm_weight), norm_eps, int(gated))
-        self.address, self.out_features = ctypes.addressof(self.layer), weights.out_features
-        self.in_width = 2 * weights.in_features if gated else weights.in_features  # x's columns
-        self.run = library().int4_linear
+        self.layers = (QuantLayer * len(parts))()
+        for i, (weights, bias) in enumerate(self.parts):
+            first = i == 0
+            self.layers[i] = QuantLayer(
+                weights.packed.data_ptr(), weights.scales.data_ptr(), _pointer(weights.minimums), weights.groups,
+                in_features, weights.out_features, _pointer(bias), _pointer(self.norm_weight) if first else None,
+                norm_eps, int(gated and first), weights.bits, weights.group,
+                ctypes.pointer(self.layers[i + 1]) if i + 1 < len(parts) else None)
+        self.layer = self.layers[0]
+        self.address = ctypes.addressof(self.layers)
+        self.out_features = sum(weights.out_features for weights, _ in parts)
+        self.in_width = 2 * in_features if gated else in_features  # x's columns
+        self.run = library().quant_linear
+
+    @property
+    def weights(self) -> Packed:
+        return self.parts[0][0]
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
         if x.dtype != torch.float32 or not x.is_contiguous():
@@ -144,13 +208,19 @@ class Int4Matmul:
         rows = x.shape[0]
         # The kernel trusts these shapes: a wrong one would read or write past the tensors.
         if x.dim() != 2 or x.shape[1] != self.in_width:
-            raise ValueError(f"int4 layer takes (rows, {self.in_width}) inputs, got {tuple(x.shape)}")
+            raise ValueError(f"quantized layer takes (rows, {self.in_width}) inputs, got {tuple(x.shape)}")
         if out is None:
             out = torch.empty(rows, self.out_features)
         elif out.shape != (rows, self.out_features) or out.dtype != torch.float32 or not out.is_contiguous():
-            raise ValueError(f"int4 layer writes a contiguous float32 ({rows}, {self.out_features}) output")
+            raise ValueError(f"quantized layer writes a contiguous float32 ({rows}, {self.out_features}) output")
         self.run(self.address, x.data_ptr(), rows, out.data_ptr(), int(accumulate), torch.get_num_threads())
         return out
+
+
+def Int4Matmul(weights: PackedInt4, bias: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
+               norm_eps: float = 0.0, gated: bool = False) -> QuantMatmul:  # noqa: N802 (kept for its callers)
+    """One packed matrix as a QuantMatmul."""
+    return QuantMatmul([(weights, bias)], norm_weight, norm_eps, gated)
 
 
 class AttentionStep:
@@ -185,7 +255,7 @@ class AttentionStep:
 class LlamaLayer(ctypes.Structure):
     """llama_layers.cpp's LlamaLayer: one TransformerBlock's four int4 layers and its caches."""
 
-    _fields_ = [("qkv", Int4Layer), ("wo", Int4Layer), ("gate_up", Int4Layer), ("down", Int4Layer),
+    _fields_ = [("qkv", QuantLayer), ("wo", QuantLayer), ("gate_up", QuantLayer), ("down", QuantLayer),
                 ("keys_t", ctypes.c_void_p), ("values", ctypes.c_void_p)]
 
 
@@ -193,12 +263,12 @@ class LlamaLayers:
     """x -> x after all of a LLaMA's transformer blocks, for one decode step, in place: one call into
     llama_layers.cpp, which runs each block as five kernel calls (described there).
 
-    Each block is given as its Int4Matmuls, (qkv with attention_norm, wo, gate_up with ffn_norm, down
+    Each block is given as its QuantMatmuls, (qkv with attention_norm, wo, gate_up with ffn_norm, down
     gated), and its caches: keys_t (n_kv_heads, head_dim, max_len), values (n_kv_heads, max_len, head_dim).
     rope: (max_len, 2, head_dim / 2), each position's cos and sin.
     """
 
-    def __init__(self, blocks: list[tuple[Int4Matmul, Int4Matmul, Int4Matmul, Int4Matmul, torch.Tensor, torch.Tensor]],
+    def __init__(self, blocks: list[tuple[QuantMatmul, QuantMatmul, QuantMatmul, QuantMatmul, torch.Tensor, torch.Tensor]],
                  n_heads: int, rope: torch.Tensor):
         self.blocks, self.rope = blocks, rope.contiguous()  # kept: the structs point into them
         n_kv_heads, head_dim, max_len = blocks[0][4].shape
@@ -332,13 +402,13 @@ def _build(chosen: Level) -> Path:
 def _load(path: Path) -> ctypes.CDLL:
     library = ctypes.CDLL(str(path))
     pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-    library.int4_linear.argtypes = [pointer, pointer, size, pointer, flag, flag]
+    library.quant_linear.argtypes = [pointer, pointer, size, pointer, flag, flag]
     library.attention_step.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, size, size,
                                        ctypes.c_float, pointer, flag]
     library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, pointer, size, size, size, size,
                                             pointer, pointer, flag]
     library.kernel_level.argtypes = []
     library.kernel_level.restype = ctypes.c_char_p
-    library.int4_linear.restype = None
+    library.quant_linear.restype = None
     library.attention_step.restype = library.llama_decode_layers.restype = ctypes.c_int32
     return library

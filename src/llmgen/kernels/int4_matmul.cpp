@@ -25,26 +25,12 @@
 //   group in lanes 0-7 and its second in lanes 8-15.
 // Each row of x is rounded into the same order once per call (round_input).
 
-// LLMGEN_PORTABLE (the portable level) keeps the intrinsics out even where the compiler targets a CPU
-// that has them, so that level can be tested on any machine.
-#if defined(LLMGEN_PORTABLE)
-#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
-#define LLMGEN_AVX512 1
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define LLMGEN_AVX2 1
-#endif
-
-#if defined(LLMGEN_AVX512) || defined(LLMGEN_AVX2)
-#include <immintrin.h>
-#endif
-#include <math.h>
-#include <stdint.h>
 #include <string.h>
 
 #include <vector>
 
-#include "fast_exp.h"
 #include "kernels.h"
+#include "simd.h"
 
 namespace {
 
@@ -104,27 +90,15 @@ void round_input(const float* x, int64_t in_features, int64_t groups, int8_t* q,
   }
 }
 
-inline float half_to_float(uint16_t h) {
-#if defined(LLMGEN_AVX512) || defined(LLMGEN_AVX2)
-  return _cvtsh_ss(h);
-#else
-  const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF;
-  if (exponent == 0) return (sign ? -1.f : 1.f) * ldexpf((float)mantissa, -24);  // zero and subnormals
-  const uint32_t bits = exponent == 31 ? sign | 0x7F800000u | (mantissa << 13)      // inf and NaN
-                                       : sign | ((exponent + 112) << 23) | (mantissa << 13);
-  return __builtin_bit_cast(float, bits);
-#endif
-}
-
 // A group's minimum: stored, or Q4_0's -8 * scale when the layer keeps none.
-inline float minimum_of(const Int4Layer& w, int64_t s) {
+inline float minimum_of(const QuantLayer& w, int64_t s) {
   return w.minimums ? half_to_float(w.minimums[s]) : -8.f * half_to_float(w.scales[s]);
 }
 
 // R rows of W (starting at `row`) times one rounded row of x -> R floats.
 #if defined(LLMGEN_AVX512)
 template <int R>
-inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, float* out) {
+inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, float* out) {
   const int64_t groups = w.groups, row_bytes = groups * kGroup / 2;
   const int64_t whole_chunks = groups / kChunkGroups;
   const __m512i low = _mm512_set1_epi8(0x0F);
@@ -173,18 +147,12 @@ inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, flo
 }
 
 #elif defined(LLMGEN_AVX2)
-inline float sum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
 // Each 64-byte vector of a chunk is two 32-byte halves: groups 0-7 and 8-15. VPMADDUBSW multiplies the
 // unsigned 4-bit q by the signed int8 xq and adds adjacent pairs into int16 (at most 2 * 15 * 127; a
 // chunk's 8 steps sum to at most 30480, inside int16), VPMADDWD by ones adds pairs of those into the
 // int32 lane of each group: the lanes VPDPBUSD fills on AVX-512.
 template <int R>
-inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, float* out) {
+inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, float* out) {
   const int64_t groups = w.groups, row_bytes = groups * kGroup / 2;
   const int64_t whole_chunks = groups / kChunkGroups;
   const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
@@ -241,7 +209,7 @@ inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, flo
 #else
 // Plain C++: the same sums, one group's 32 products at a time.
 template <int R>
-inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, float* out) {
+inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, float* out) {
   const int64_t groups = w.groups, row_bytes = groups * kGroup / 2;
   const int64_t whole_chunks = groups / kChunkGroups;
   for (int r = 0; r < R; r++) {
@@ -279,27 +247,10 @@ inline void dot_rows(const Int4Layer& w, int64_t row, const RoundedInput& x, flo
 }
 #endif
 
-// The per-row work before rounding that a decode step would otherwise spend separate tensor ops on:
-// RMSNorm (x / sqrt(mean(x^2) + eps) * weight) or SwiGLU's silu(gate) * up.
-void prepare_input(const Int4Layer& layer, const float* x, float* prepared) {
-  const int64_t n = layer.in_features;
-  if (layer.gated) {  // x is [gate (n), up (n)]
-    const float *gate = x, *up = x + n;
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) prepared[i] = gate[i] / (1.f + fast_exp(-gate[i])) * up[i];
-  } else if (layer.norm_weight) {
-    float squares = 0.f;
-#pragma omp simd reduction(+ : squares)
-    for (int64_t i = 0; i < n; i++) squares += x[i] * x[i];
-    const float inverse_rms = 1.f / sqrtf(squares / n + layer.norm_eps);
-    for (int64_t i = 0; i < n; i++) prepared[i] = x[i] * inverse_rms * layer.norm_weight[i];
-  }
-}
-
-// out (rows, out_features) = x W^T [+ bias] [+ out], R rows of W per step, the steps shared among threads.
+// out (rows, out_stride) = x W^T [+ bias] [+ out], R rows of W per step, the steps shared among threads.
 template <int R>
-void matmul_rows(const Int4Layer& layer, const RoundedInput& x, int64_t rows, float* out, int32_t accumulate,
-                 int32_t threads) {
+void matmul_rows(const QuantLayer& layer, const RoundedInput& x, int64_t rows, float* out, int64_t out_stride,
+                 int32_t accumulate, int32_t threads) {
   const int64_t out_features = layer.out_features, groups = layer.groups, padded_in = groups * kGroup;
   const float* bias = layer.bias;
   const int64_t tiles = (out_features + R - 1) / R;
@@ -315,7 +266,7 @@ void matmul_rows(const Int4Layer& layer, const RoundedInput& x, int64_t rows, fl
       } else {
         for (int r = 0; r < count; r++) dot_rows<1>(layer, n + r, xm, dots + r);
       }
-      float* y = out + m * out_features + n;
+      float* y = out + m * out_stride + n;
       for (int r = 0; r < count; r++) y[r] = (accumulate ? y[r] : 0.f) + (bias ? bias[n + r] : 0.f) + dots[r];
     }
   }
@@ -323,34 +274,26 @@ void matmul_rows(const Int4Layer& layer, const RoundedInput& x, int64_t rows, fl
 
 }  // namespace
 
-// x is (rows, in_features), or (rows, 2 in_features) for a gated layer.
-void int4_linear(const Int4Layer* layer, const float* x, int64_t rows, float* out, int32_t accumulate,
-                 int32_t threads) {
+// x (rows, in_features), prepared by quant_linear (linear.cpp).
+void int4_matmul(const QuantLayer& layer, const float* x, int64_t rows, float* out, int64_t out_stride,
+                 int32_t accumulate, int32_t threads) {
   static thread_local std::vector<int8_t> q;
-  static thread_local std::vector<float> x_scales, x_sums, prepared;
-  const int64_t in_features = layer->in_features, out_features = layer->out_features, groups = layer->groups;
-  const int64_t padded_in = groups * kGroup, x_stride = layer->gated ? 2 * in_features : in_features;
-  const bool prepares = layer->gated || layer->norm_weight;
+  static thread_local std::vector<float> x_scales, x_sums;
+  const int64_t in_features = layer.in_features, groups = layer.groups, padded_in = groups * kGroup;
   q.resize(rows * padded_in);
   x_scales.resize(rows * groups);
   x_sums.resize(rows * groups);
-  prepared.resize(prepares ? in_features : 0);
-  for (int64_t m = 0; m < rows; m++) {
-    const float* row = x + m * x_stride;
-    if (prepares) {
-      prepare_input(*layer, row, prepared.data());
-      row = prepared.data();
-    }
-    round_input(row, in_features, groups, q.data() + m * padded_in, x_scales.data() + m * groups,
+  for (int64_t m = 0; m < rows; m++)
+    round_input(x + m * in_features, in_features, groups, q.data() + m * padded_in, x_scales.data() + m * groups,
                 x_sums.data() + m * groups);
-  }
 
   // One row of W per step: each thread then reads three streams (quants, scales, minimums), which the
   // hardware prefetchers follow at close to full bandwidth. Four rows per step (four independent chains,
   // each x vector loaded once for four rows) read twelve and lost a fifth of the bandwidth with AVX-512,
   // two fifths with AVX2, on matrices streaming from memory, and gained nothing on cached ones
   // (benchmarks/RESULTS.md).
-  matmul_rows<1>(*layer, RoundedInput{q.data(), x_scales.data(), x_sums.data()}, rows, out, accumulate, threads);
+  matmul_rows<1>(layer, RoundedInput{q.data(), x_scales.data(), x_sums.data()}, rows, out, out_stride, accumulate,
+                 threads);
 }
 
 const char* kernel_level() {

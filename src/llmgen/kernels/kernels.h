@@ -3,28 +3,43 @@
 
 #include <stdint.h>
 
-// One 4-bit linear layer: everything int4_linear needs that does not change from call to call
-// (kernels.Int4Layer mirrors it for ctypes; int4_matmul.cpp describes the packed layout).
-struct Int4Layer {
-  const uint8_t* packed;      // (out_features, padded_in / 2)
+// One quantized linear layer, or one part of a fused one: everything quant_linear needs that does not
+// change from call to call (kernels.QuantLayer mirrors it for ctypes).
+// - 4 bits (int4_matmul.cpp): w = q * scale + minimum, q in 0..15, groups of 32 (GGUF's Q4_0, Q4_1 and
+//   the sub-blocks of Q4_K), packed in int4_matmul.cpp's layout.
+// - 8 bits (int8_matmul.cpp): w = q * scale [+ minimum], q int8, groups of 16 or 32 (Q8_0, Q5_0, Q5_1,
+//   Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL: each holds its weights as small integers times a scale per group).
+struct QuantLayer {
+  const uint8_t* packed;      // 4 bits: (out_features, padded_in / 2); 8 bits: (out_features, padded_in) int8
   const uint16_t* scales;     // (out_features, groups) fp16
-  const uint16_t* minimums;   // (out_features, groups) fp16, or null: GGUF's Q4_0 form, minimum = -8 * scale
-  int64_t groups;             // padded_in / 32: even
+  const uint16_t* minimums;   // (out_features, groups) fp16, or null: 4 bits -8 * scale (Q4_0), 8 bits none
+  int64_t groups;             // padded_in / group
   int64_t in_features, out_features;
   const float* bias;          // (out_features,) or null
   const float* norm_weight;   // (in_features,): RMS-normalise each row of x and scale by this first; or null
   float norm_eps;
   int32_t gated;              // rows of x are [gate, up], 2 in_features wide: the input is silu(gate) * up
+  int32_t bits;               // 4 or 8
+  int32_t group;              // weights per scale: 32, or 16 (8 bits only)
+  const QuantLayer* next;     // a fused layer's next part, its outputs after this one's (same input); or null
 };
+
+// The matmul of one part: out (rows, out_stride), columns 0 .. out_features, = x W^T [+ bias] [+ out],
+// x (rows, in_features) already prepared (normalised or gated by quant_linear).
+void int4_matmul(const QuantLayer& layer, const float* x, int64_t rows, float* out, int64_t out_stride,
+                 int32_t accumulate, int32_t threads);
+void int8_matmul(const QuantLayer& layer, const float* x, int64_t rows, float* out, int64_t out_stride,
+                 int32_t accumulate, int32_t threads);
 
 extern "C" {
 
-// Which build of int4_matmul.cpp this library is: "avx512", "avx2" or "portable".
+// Which build of the kernels this library is: "avx512", "avx2" or "portable".
 const char* kernel_level();
 
-// out (rows, out_features) = prepare(x) W^T [+ bias] [+ out, when accumulate], float32 throughout.
-void int4_linear(const Int4Layer* layer, const float* x, int64_t rows, float* out, int32_t accumulate,
-                 int32_t threads);
+// out (rows, sum of the parts' out_features) = prepare(x) W^T [+ bias] [+ out, when accumulate], float32
+// throughout, over a layer and the parts chained to it (linear.cpp).
+void quant_linear(const QuantLayer* layer, const float* x, int64_t rows, float* out, int32_t accumulate,
+                  int32_t threads);
 
 // One decode step's attention for one layer; attention.cpp describes the arguments.
 // Returns 0, or -1 (and does nothing) when the position is outside the caches.

@@ -1,11 +1,11 @@
 // All of a LLaMA's transformer blocks for one decode step, in one call: Llama.decode_with_kernels.
 // The same loop in Python costs five ctypes calls a layer, ~5 us each of Python, ctypes and tensor
 // allocation: about a tenth of a SmolLM2 step. Per block (a pre-norm transformer block):
-//     heads = wqkv(attention_norm(x))          int4_linear, the norm folded in
+//     heads = wqkv(attention_norm(x))          quant_linear, the norm folded in
 //     y = attention(RoPE(heads), caches, pos)   attention_step, which also writes the caches
-//     x += wo(y)                               int4_linear, accumulating into x
+//     x += wo(y)                               quant_linear, accumulating into x
 //     gate_up = w13(ffn_norm(x))
-//     x += w2(silu(gate) * up)                 int4_linear, SwiGLU folded in
+//     x += w2(silu(gate) * up)                 quant_linear, SwiGLU folded in
 
 #include <math.h>
 #include <stdint.h>
@@ -16,7 +16,7 @@
 
 // One TransformerBlock (kernels.LlamaLayer mirrors it for ctypes).
 struct LlamaLayer {
-  Int4Layer qkv, wo, gate_up, down;  // qkv and gate_up with their RMSNorm, down gated
+  QuantLayer qkv, wo, gate_up, down;  // qkv and gate_up with their RMSNorm, down gated; each with its parts
   float* keys_t;                     // (n_kv_heads, head_dim, max_len)
   float* values;                     // (n_kv_heads, max_len, head_dim)
 };
@@ -31,13 +31,15 @@ extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layer
   y.resize(n_heads * head_dim);
   for (int64_t i = 0; i < n_layers; i++) {
     const LlamaLayer& layer = layers[i];
-    gate_up.resize(layer.gate_up.out_features);
-    int4_linear(&layer.qkv, x, 1, heads.data(), 0, threads);
+    int64_t gate_up_width = 0;
+    for (const QuantLayer* part = &layer.gate_up; part; part = part->next) gate_up_width += part->out_features;
+    gate_up.resize(gate_up_width);
+    quant_linear(&layer.qkv, x, 1, heads.data(), 0, threads);
     attention_step(heads.data(), rope, layer.keys_t, layer.values, position, n_heads, n_kv_heads, head_dim,
                    max_len, 1.f / sqrtf((float)head_dim), y.data(), threads);
-    int4_linear(&layer.wo, y.data(), 1, x, 1, threads);
-    int4_linear(&layer.gate_up, x, 1, gate_up.data(), 0, threads);
-    int4_linear(&layer.down, gate_up.data(), 1, x, 1, threads);
+    quant_linear(&layer.wo, y.data(), 1, x, 1, threads);
+    quant_linear(&layer.gate_up, x, 1, gate_up.data(), 0, threads);
+    quant_linear(&layer.down, gate_up.data(), 1, x, 1, threads);
   }
   return 0;
 }

@@ -161,7 +161,7 @@ class Llama(nn.Module):
         anything reads them. Keeping them keeps a compiled decode step's graph valid (decode/compiled.py).
         """
         max_len = min(max_len, self.config.context_length)
-        weight = self.tok_embeddings.weight
+        weight = self.norm.weight  # the model's dtype and device (the embedding may be kept quantized)
         if same_cache(self.layers[0].attention.kv_cache, batch_size, max_len, weight):
             return
         for layer in self.layers:

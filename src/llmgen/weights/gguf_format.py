@@ -1,8 +1,10 @@
 """GGUF (llama.cpp's format): LLaMA-architecture config, weights and tokenizer from one file.
 
-Quantized tensors are dequantized to float32 at load (torch code for the common block types, the `gguf`
-package for the rest), except that Q4_0/Q4_1 matrices can be kept in 4 bits: their blocks become
-Int4Groups for the int4 kernel (quantize.py) with no float32 detour. GGUF lists shapes innermost-first,
+Quantized matrices are kept as stored (keep_quantized): their blocks become Int4Groups or Int8Groups
+for llmgen's kernels (gguf_blocks.py, quantize.py), read one matrix at a time with no float32 detour, and
+a quantized embedding table stays in its blocks (BlockEmbedding). Otherwise (`--quantize none`) they are
+dequantized to float32 (torch code for the common block types, the `gguf` package for the rest). GGUF
+lists shapes innermost-first,
 the reverse of torch, and llama.cpp's converter already stores q/k rows in Meta's interleaved RoPE order,
 which is ours, so no permutation is needed.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import mmap
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,9 @@ import torch
 
 from llmgen.config import LlamaConfig
 from llmgen.errors import LLMGenError
-from llmgen.quantize import DeferredInt4Groups, Int4Groups
+from llmgen.quantize import DeferredGroups
 from llmgen.tokenizers import GPT2_PATTERN, LLAMA3_PATTERN, Tokenizer, bytes_to_unicode, encoding_from_vocab
+from llmgen.weights.gguf_blocks import FOUR_BIT, SPLITTERS, BlockEmbedding, deferred_matrix, split
 from llmgen.weights.memory import check_memory
 
 # GGUF tensor names -> ours (Meta's), `{}` for the layer number.
@@ -222,15 +226,28 @@ class GGUFFile:
         raise LLMGenError(f"{self.path.name}: GGUF metadata {key} has the wrong type ({type(value).__name__}: "
                           f"{value!r:.40})")
 
-    def materialized_bytes(self, keep_int4: bool) -> int:
-        """Memory that reading every tensor takes: float32, or the packed int4 form of kept Q4_0/Q4_1
-        matrices (unpacked one layer at a time on the way, see DeferredInt4Groups)."""
+    def materialized_bytes(self, keep_quantized: bool) -> int:
+        """Memory that reading every tensor takes: float32, or with keep_quantized the kernels' forms of
+        quantized matrices (4 bits and two fp16 per 32 weights; a byte and up to two fp16 per 16), and
+        nothing for a quantized embedding, which stays in the file's pages."""
         total = 0
         for t in self.tensors:
-            kept = (keep_int4 and t.tensor_type.name in ("Q4_0", "Q4_1") and len(t.shape) == 2
-                    and t.name != "token_embd.weight")
-            total += t.n_elements * (0.625 if kept else 4)  # kept: packed, 4 bits and fp16 scales per weight
+            if keep_quantized and self.kept(t):
+                if t.name == "token_embd.weight" and "output.weight" in self.names:
+                    continue  # looked up from the file's blocks
+                total += t.n_elements * (0.625 if t.tensor_type.name in FOUR_BIT else 1.25)
+            else:
+                total += t.n_elements * 4
         return int(total)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    @staticmethod
+    def kept(t: GGUFTensor) -> bool:
+        """Whether a tensor can stay as stored: a matrix in a block type the kernels take."""
+        return t.tensor_type.name in SPLITTERS and len(t.shape) == 2
 
     def metadata(self) -> dict[str, Any]:
         """Every key except the long tokenizer arrays."""
@@ -255,26 +272,47 @@ class GGUFFile:
         # A copy of the stored bytes: the map is read-only, and torch wants writable memory.
         return torch.from_numpy(np.frombuffer(self._map, dtype=np.uint8, count=t.n_bytes, offset=t.offset).copy())
 
-    def int4_groups(self, index: int) -> Int4Groups | None:
-        """A Q4_0/Q4_1 matrix as 4-bit groups, exactly as stored, read from the file when first used;
-        None for any other tensor."""
-        t = self.tensors[index]
-        if t.tensor_type.name not in ("Q4_0", "Q4_1") or len(t.shape) != 2:
-            return None
-        return DeferredInt4Groups((int(t.shape[1]), int(t.shape[0])), lambda: self._read_int4_groups(t))
+    def _rows(self, t: GGUFTensor, first: int, stop: int) -> torch.Tensor:
+        """Rows first..stop of a matrix's stored bytes, (stop - first, row bytes) uint8, copied; the file's
+        pages they came from are then let go (they would otherwise stay in this process's resident set
+        beside the converted weights)."""
+        row_bytes = t.n_bytes // int(t.shape[1])
+        start = t.offset + first * row_bytes
+        rows = np.frombuffer(self._map, dtype=np.uint8, count=(stop - first) * row_bytes, offset=start).copy()
+        self._release(start, (stop - first) * row_bytes)
+        return torch.from_numpy(rows).view(stop - first, row_bytes)
 
-    def _read_int4_groups(self, t: GGUFTensor) -> Int4Groups:
-        kind = t.tensor_type.name
-        out_features, in_features = int(t.shape[1]), int(t.shape[0])
-        blocks = self._raw(t).view(-1, 18 if kind == "Q4_0" else 20)
-        scale = _f16(blocks, 0).view(out_features, -1)  # (out, in // 32)
-        # Q4_0 stores (q - 8) * scale; Q4_1 stores q * scale + minimum.
-        minimum = -8 * scale if kind == "Q4_0" else _f16(blocks, 2).view(out_features, -1)
-        q = _nibbles(blocks[:, 2 if kind == "Q4_0" else 4:])  # (n_blocks, 32)
-        return Int4Groups(q.view(out_features, in_features), scale, minimum)
+    def _release(self, start: int, length: int) -> None:
+        page = mmap.PAGESIZE
+        first, end = start // page * page, -(-(start + length) // page) * page
+        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED, first, min(end, len(self._map)) - first)
+
+    def stored_groups(self, index: int) -> DeferredGroups | None:
+        """A quantized matrix as stored (Int4Groups or Int8Groups), read from the file when used; None for
+        a tensor that cannot stay as stored."""
+        t = self.tensors[index]
+        if not self.kept(t):
+            return None
+        shape = (int(t.shape[1]), int(t.shape[0]))
+        return deferred_matrix(t.tensor_type.name, shape, lambda first, stop: self._rows(t, first, stop))
+
+    def embedding(self, index: int) -> BlockEmbedding | None:
+        """A quantized embedding table kept in the file's blocks, memory-mapped (only the rows looked up
+        are read); None for a tensor that cannot."""
+        t = self.tensors[index]
+        if not self.kept(t):
+            return None
+        rows = int(t.shape[1])
+        with warnings.catch_warnings():  # read-only memory: nothing here writes to it
+            warnings.simplefilter("ignore")
+            blocks = torch.frombuffer(self._map, dtype=torch.uint8, count=t.n_bytes, offset=t.offset)
+        return BlockEmbedding(blocks.view(rows, t.n_bytes // rows), t.tensor_type.name, int(t.shape[0]),
+                              read_rows=lambda first, stop: self._rows(t, first, stop))
 
     def tensor(self, index: int) -> torch.Tensor:
         """One tensor dequantized to float32, in torch's shape order."""
+        from gguf import GGML_QUANT_SIZES
         from gguf.quants import dequantize
 
         t = self.tensors[index]
@@ -282,6 +320,10 @@ class GGUFFile:
         kind = t.tensor_type.name
         if kind in TORCH_DEQUANTIZERS:
             return self._dequantized_in_chunks(t, TORCH_DEQUANTIZERS[kind]).reshape(shape)
+        if kind in SPLITTERS:
+            _, block_bytes = GGML_QUANT_SIZES[t.tensor_type]
+            dequantized = self._dequantized_in_chunks(t, lambda raw: split(kind, raw.view(-1, block_bytes)).dequantize())
+            return dequantized.reshape(shape)
         raw = self._raw(t)
         try:
             return torch.from_numpy(dequantize(raw.numpy().reshape(shape[:-1] + [-1]), t.tensor_type).astype(np.float32))
@@ -289,61 +331,18 @@ class GGUFFile:
             raise LLMGenError(f"{self.path.name}: tensor {t.name} of type {kind} cannot be read: {e}") from None
 
 
-# ggml's block formats for the common types, dequantized with whole-tensor torch ops (the gguf package's
-# numpy version takes seconds on a 135M model). Each block holds 32 weights; layouts from ggml-common.h.
-def _f16(blocks: torch.Tensor, start: int) -> torch.Tensor:
-    return blocks[:, start:start + 2].contiguous().view(torch.float16).float()  # (n_blocks, 1)
-
-
-def _nibbles(packed: torch.Tensor) -> torch.Tensor:
-    # Weight j of a block sits in the low nibble of byte j (j < 16), weight 16 + j in its high nibble.
-    return torch.cat((packed & 0x0F, packed >> 4), dim=1)  # (n_blocks, 32) uint8
-
-
-def _q8_0(raw: torch.Tensor) -> torch.Tensor:
-    blocks = raw.view(-1, 34)  # f16 scale, 32 x int8
-    return _f16(blocks, 0) * blocks[:, 2:].contiguous().view(torch.int8).float()
-
-
-def _q4_0(raw: torch.Tensor) -> torch.Tensor:
-    blocks = raw.view(-1, 18)  # f16 scale, 16 bytes of 4-bit weights offset by 8
-    return _f16(blocks, 0) * (_nibbles(blocks[:, 2:]).float() - 8)
-
-
-def _q4_1(raw: torch.Tensor) -> torch.Tensor:
-    blocks = raw.view(-1, 20)  # f16 scale, f16 minimum, 16 bytes of 4-bit weights
-    return _f16(blocks, 0) * _nibbles(blocks[:, 4:]).float() + _f16(blocks, 2)
-
-
-def _q6_k(raw: torch.Tensor) -> torch.Tensor:
-    """Q6_K super-blocks of 256 weights (210 bytes): ql[128] low 4 bits, qh[64] high 2 bits, 16 int8 scales
-    (one per 16 weights), an fp16 scale. Each half of 128 weights takes 64 bytes of ql, 32 of qh, 8 scales:
-    weight 32k + l (k < 4, l < 32) has its low bits in nibble k // 2 of ql[l + 32 (k % 2)] and its high
-    bits in bits 2k, 2k + 1 of qh[l]; w = d * scale[(32k + l) // 16] * (q - 32)."""
-    blocks = raw.view(-1, 210)
-    ql = blocks[:, :128].reshape(-1, 2, 64)
-    qh = blocks[:, 128:192].reshape(-1, 2, 1, 32)
-    low = torch.cat((ql & 0x0F, ql >> 4), dim=-1)  # (n, 2, 128): weights 0-31, 32-63, 64-95, 96-127
-    high = (qh >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)) & 3  # (n, 2, 4, 32)
-    q = (low | high.reshape(-1, 2, 128) << 4).view(torch.int8) - 32  # (n, 2, 128) in -32..31
-    scales = blocks[:, 192:208].contiguous().view(torch.int8).float() * _f16(blocks, 208)  # (n, 16): d * scale
-    return (q.reshape(-1, 16, 16).float() * scales[:, :, None]).reshape(-1, 256)
-
-
+# Unquantized types; the quantized ones are read by gguf_blocks.py.
 TORCH_DEQUANTIZERS = {
     "F32": lambda raw: raw.view(torch.float32).clone(),
     "F16": lambda raw: raw.view(torch.float16).float(),
     "BF16": lambda raw: raw.view(torch.bfloat16).float(),
-    "Q8_0": _q8_0,
-    "Q4_0": _q4_0,
-    "Q4_1": _q4_1,
-    "Q6_K": _q6_k,
 }
 
 
-def read_llama_gguf(path: Path, keep_int4: bool = False
-                    ) -> tuple[LlamaConfig, dict[str, torch.Tensor | Int4Groups], GGUFFile]:
-    """Config, tensors by GGUF name (Q4_0/Q4_1 matrices as Int4Groups with keep_int4), and the open file."""
+def read_llama_gguf(path: Path, keep_quantized: bool = False
+                    ) -> tuple[LlamaConfig, dict[str, torch.Tensor | DeferredGroups | BlockEmbedding], GGUFFile]:
+    """Config, tensors by GGUF name, and the open file. With keep_quantized, quantized matrices come as
+    DeferredGroups and a quantized token_embd as a BlockEmbedding (see quantize_model)."""
     gguf_file = GGUFFile(path)
     arch = gguf_file.typed("general.architecture", str)
     if arch != "llama":
@@ -370,14 +369,15 @@ def read_llama_gguf(path: Path, keep_int4: bool = False
         tie_embeddings="output.weight" not in names,
         rope_freq_factors=rope_factors,
     )
-    check_memory(gguf_file.materialized_bytes(keep_int4), gguf_file.path.name)
+    check_memory(gguf_file.materialized_bytes(keep_quantized), gguf_file.path.name)
     state = {}
     for i, name in enumerate(names):
         if name == ROPE_FREQS:
             continue
-        # The embedding is a table lookup, not a matmul: a 4-bit token_embd is read as float32.
-        groups = gguf_file.int4_groups(i) if keep_int4 and name != "token_embd.weight" else None
-        state[name] = groups if groups is not None else gguf_file.tensor(i)
+        stored = None
+        if keep_quantized:
+            stored = gguf_file.embedding(i) if name == "token_embd.weight" else gguf_file.stored_groups(i)
+        state[name] = stored if stored is not None else gguf_file.tensor(i)
     return config, state, gguf_file
 
 

@@ -18,7 +18,7 @@ import torch
 from llmgen.config import GPT2Config, LlamaConfig, ModelConfig
 from llmgen.errors import LLMGenError, UsageError
 from llmgen.models import build_model
-from llmgen.quantize import QUANTIZATIONS, Int4Groups, quantize_model
+from llmgen.quantize import QUANTIZATIONS, quantize_model
 from llmgen.tokenizers import Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
 from llmgen.weights import maps
 from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_tokenizer, read_llama_gguf
@@ -73,23 +73,23 @@ def detect_layout(path: Path) -> Layout:
 
 def load_weights(path: Path, *, device: str = "cpu", dtype: str = "auto") -> tuple[torch.nn.Module, Layout]:
     """The model module with its checkpoint's weights (all dequantized), in eval mode on `device`."""
-    model, layout, _ = _load_weights(path, device, dtype, keep_int4=False)
+    model, layout, _ = _load_weights(path, device, dtype, keep_quantized=False)
     return model, layout
 
 
-def _load_weights(path: Path, device: str, dtype: str, keep_int4: bool
-                  ) -> tuple[torch.nn.Module, Layout, dict[str, Int4Groups]]:
-    """With keep_int4, a GGUF file's 4-bit matrices come back as Int4Groups by parameter name, and their
-    linear layers stay empty (on the meta device) for quantize_model to fill."""
+def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool
+                  ) -> tuple[torch.nn.Module, Layout, dict[str, object]]:
+    """With keep_quantized, a GGUF file's quantized matrices (and embedding) come back as stored, by
+    parameter name, and their modules stay empty (on the meta device) for quantize_model to fill."""
     layout = detect_layout(Path(path))
     if layout.kind == "meta":
         config, state = _read_meta(layout.directory)
     elif layout.kind == "gguf":
-        config, state, layout.gguf_file = read_llama_gguf(layout.directory, keep_int4=keep_int4)
+        config, state, layout.gguf_file = read_llama_gguf(layout.directory, keep_quantized=keep_quantized)
         state = _rename(state, GGUF_LLAMA)
     else:
         config, state = _read_hf(layout.directory)
-    int4_groups = {name: value for name, value in state.items() if isinstance(value, Int4Groups)}
+    stored = {name: value for name, value in state.items() if not isinstance(value, torch.Tensor)}
     tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
     target = _resolve_dtype(dtype, _stored_dtype(tensors), device)
     if layout.kind != "gguf":  # GGUF files were checked as they were read
@@ -97,16 +97,17 @@ def _load_weights(path: Path, device: str, dtype: str, keep_int4: bool
         check_memory(sum(t.numel() * target.itemsize for t in tensors if t.dtype != target), layout.directory.name)
     model = _assign(config, state)
     model.to(dtype=target)
-    if not int4_groups:
+    if not stored:
         model.to(device=device)
-    return model.eval(), layout, int4_groups
+    return model.eval(), layout, stored
 
 
 def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize: str = "auto",
                tokenizer_path: Path | None = None, own_kernels: bool = True) -> LoadedModel:
     """Weights (quantized as asked, see quantize.py) and the tokenizer that goes with them.
 
-    quantize "auto" keeps a GGUF file's 4-bit weights in 4 bits on a CPU, and everything else as stored.
+    quantize "auto" keeps a GGUF file's quantized weights as stored on a CPU (on llmgen's kernels), and
+    everything else as stored; "int4" also quantizes float matrices to 4 bits.
     own_kernels=False: PyTorch's int4 kernel instead of llmgen's (for torch.compile; see quantize_model).
     """
     if quantize not in QUANTIZATIONS:
@@ -115,11 +116,11 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
     if quantize in ("int8", "int4") and not on_cpu:
         raise LLMGenError(f"--quantize {quantize} uses PyTorch's CPU kernels; use it with --device cpu")
     started = time.perf_counter()
-    model, layout, int4_groups = _load_weights(path, device, dtype, keep_int4=on_cpu and quantize in ("auto", "int4"))
+    model, layout, stored = _load_weights(path, device, dtype, keep_quantized=on_cpu and quantize in ("auto", "int4"))
     if quantize == "auto":
-        quantize = "int4" if int4_groups else "none"
+        quantize = "int4" if stored else "none"
     if quantize != "none":
-        quantize_model(model, quantize, int4_groups, own_kernels)
+        quantize_model(model, quantize, stored, own_kernels)
     config = model.config
     tokenizer = tokenizer_from_path(tokenizer_path) if tokenizer_path else _tokenizer_for(layout, config)
     if tokenizer.n_vocab > config.vocab_size:
@@ -253,8 +254,9 @@ def _unpermute_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 # --- into the module ---------------------------------------------------------------------------------
 
-def _assign(config: ModelConfig, state: dict[str, torch.Tensor | Int4Groups]) -> torch.nn.Module:
-    """Check names and shapes against the config, then assign; Int4Groups stay out (see load_weights)."""
+def _assign(config: ModelConfig, state: dict[str, object]) -> torch.nn.Module:
+    """Check names and shapes against the config, then assign the tensors; weights kept as stored stay
+    out (see _load_weights)."""
     # First the layers the tensors hold against the config's count: a hostile n_layers of 10**9 must not
     # build a model of that size before the names disagree.
     layers = {int(m.group(1)) for name in state if (m := LAYER_INDEX.match(name))}
