@@ -88,17 +88,17 @@ def test_stats_name_the_decoder_and_why():
     from llmgen import kernels
 
     default = run_llmgen("generate", "hi", "-n", "2", "--stats")
-    expected = (f"decoder: llmgen kernels ({kernels.level()}) (every block's matmuls are int4 on them; "
+    expected = (f"decoder: llmgen kernels ({kernels.level()}) (every block's matmuls are on them; "
                 "the CPU's best level)" if kernels.library() else "decoder: pytorch (")
     assert default.returncode == 0 and expected in default.err, default.err
     off = run_llmgen("generate", "hi", "-n", "2", "--stats", env={"LLMGEN_KERNELS": "0"})
     assert "decoder: pytorch (turned off by LLMGEN_KERNELS=0)" in off.err
     for level in kernels.supported_levels():
         forced = run_llmgen("generate", "hi", "-n", "2", "--stats", env={"LLMGEN_KERNELS": level})
-        assert f"decoder: llmgen kernels ({level}) (every block's matmuls are int4 on them; " \
+        assert f"decoder: llmgen kernels ({level}) (every block's matmuls are on them; " \
                f"LLMGEN_KERNELS={level})" in forced.err, forced.err
     fp32 = run_llmgen("generate", "hi", "-n", "2", "--stats", "--quantize", "none")
-    assert "decoder: pytorch (" in fp32.err and ("not all int4" in fp32.err or not kernels.library())
+    assert "decoder: pytorch (" in fp32.err and ("not all quantized" in fp32.err or not kernels.library())
 
 
 def test_hf_gpt2_directory_and_context_crop_warning(gpt2_dir):

@@ -165,22 +165,27 @@ def test_written_gguf_round_trips(tmp_path, qtype):
         assert np.array_equal(state[name].numpy(), expected), name
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
-def test_4bit_blocks_are_kept_exactly(tmp_path, qtype):
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1"])
+def test_quantized_blocks_are_kept_exactly(tmp_path, qtype):
+    """keep_quantized: matrices come as stored groups (4-bit for Q4_x, 8-bit for the rest) and the
+    embedding as its blocks, each equal to gguf-py's dequantization of what was written."""
     import gguf
     from gguf.quants import dequantize, quantize
 
     q = gguf.GGMLQuantizationType[qtype]
     path = tmp_path / f"tiny-{qtype}.gguf"
     originals = write_tiny_gguf(path, q)
-    _, state, _ = read_llama_gguf(path, keep_int4=True)
+    _, state, _ = read_llama_gguf(path, keep_quantized=True)
     for name, original in originals.items():
-        if name == "token_embd.weight":  # an embedding is a lookup: read as float32, not kept in 4 bits
-            assert np.array_equal(state[name].numpy(), dequantize(quantize(original, q), q))
+        expected = dequantize(quantize(original, q), q) if original.ndim == 2 else original
+        if name == "token_embd.weight":  # a lookup table: rows converted as they are read
+            ids = torch.tensor([[0, 7], [299, 7]])
+            assert np.array_equal(state[name](ids).numpy(), expected[ids.numpy()])
         elif original.ndim == 2:
-            groups = state[name]
-            assert groups.q.dtype == torch.uint8 and groups.shape == original.shape
-            assert np.array_equal(groups.dequantize().numpy(), dequantize(quantize(original, q), q)), name
+            groups = state[name].read()
+            assert groups.q.dtype == (torch.uint8 if qtype.startswith("Q4") else torch.int8)
+            assert groups.shape == original.shape
+            assert np.array_equal(groups.dequantize().numpy(), expected), name
         else:
             assert isinstance(state[name], torch.Tensor)
 
@@ -322,23 +327,6 @@ def test_rope_freqs_from_llama_cpps_converter_match_transformers_llama3_scaling(
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     # The factors are what makes it match: plain RoPE is off by far more than the rounding above.
     assert (without - expected).abs().max() > 20 * (got - expected).abs().max()
-
-
-def test_q6_k_dequantizes_as_ggml_does():
-    """Q6_K (llama.cpp's choice for a tied embedding or output in most of its quantizations) through
-    torch, against the gguf package's reference dequantization, on random super-blocks."""
-    import gguf
-    from gguf.quants import dequantize
-
-    from llmgen.weights.gguf_format import TORCH_DEQUANTIZERS
-
-    rng = np.random.default_rng(0)
-    raw = rng.integers(0, 256, size=(96, 210), dtype=np.uint8)  # any bytes are a valid Q6_K block
-    scales = np.float16(rng.standard_normal(96) * 0.01)
-    raw[:, 208:210] = np.frombuffer(scales.tobytes(), dtype=np.uint8).reshape(96, 2)
-    expected = dequantize(raw.reshape(6, -1), gguf.GGMLQuantizationType.Q6_K)  # 6 rows of 16 super-blocks
-    got = TORCH_DEQUANTIZERS["Q6_K"](torch.from_numpy(raw.reshape(-1))).reshape(expected.shape)
-    assert np.array_equal(got.numpy(), expected)
 
 
 def test_logprobs_match_transformers_log_softmax(smollm2_path, reference):

@@ -43,3 +43,90 @@ def test_block_integers_fit_their_kernel(kind):
     else:
         assert groups.q.dtype == torch.int8 and groups.group in (16, 32)
     assert groups.scale.shape == (8, groups.q.shape[1] // groups.group)
+
+
+def write_kquant_gguf(path, types: dict[str, str], dim: int = 256, ffn: int = 512, vocab: int = 8192):
+    """A tiny LLaMA GGUF whose matrices are random blocks of the given types (GGUF name suffix -> type),
+    as a "Q4_K_M" file mixes them; small scales keep activations in range."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in {"llama.block_count": 2, "llama.context_length": 64, "llama.embedding_length": dim,
+                       "llama.feed_forward_length": ffn, "llama.attention.head_count": 4,
+                       "llama.attention.head_count_kv": 2, "llama.vocab_size": vocab}.items():
+        writer.add_uint32(key, value)
+    writer.add_float32("llama.rope.freq_base", 10000.0)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    # A byte-level vocabulary: GPT-2's 256 byte symbols, then made-up tokens.
+    symbols = [chr(b) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255 else None for b in range(256)]
+    extra = iter(range(256, 512))
+    symbols = [s if s is not None else chr(next(extra)) for s in symbols]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(symbols + [f"t{i}" for i in range(vocab - 256)])
+    writer.add_token_types([1] * vocab)
+    kv = dim // 4 * 2
+    shapes = {"token_embd.weight": (vocab, dim), "output_norm.weight": (dim,), "output.weight": (vocab, dim)}
+    for i in range(2):
+        shapes |= {f"blk.{i}.attn_norm.weight": (dim,), f"blk.{i}.ffn_norm.weight": (dim,),
+                   f"blk.{i}.attn_q.weight": (dim, dim), f"blk.{i}.attn_k.weight": (kv, dim),
+                   f"blk.{i}.attn_v.weight": (kv, dim), f"blk.{i}.attn_output.weight": (dim, dim),
+                   f"blk.{i}.ffn_gate.weight": (ffn, dim), f"blk.{i}.ffn_up.weight": (ffn, dim),
+                   f"blk.{i}.ffn_down.weight": (dim, ffn)}
+    for seed, (name, shape) in enumerate(shapes.items()):
+        if len(shape) == 1:
+            writer.add_tensor(name, np.ones(shape, dtype=np.float32))
+            continue
+        kind = next(t for suffix, t in types.items() if name.endswith(suffix))
+        block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[kind]]
+        blocks = random_blocks(kind, shape[0] * shape[1] // block, seed).numpy()
+        for offset in F16_FIELDS[kind]:  # scales small enough that a weight stays around 0.02
+            n = len(blocks)
+            scale = (np.random.default_rng(seed).random(n) * 0.002 / (1 if block == 32 else 8)).astype(np.float16)
+            blocks[:, offset:offset + 2] = scale.view(np.uint8).reshape(n, 2)
+        writer.add_tensor(name, blocks.reshape(shape[0], -1), raw_dtype=GGMLQuantizationType[kind])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+# A Q4_K_M-like mix (q/k/gate/up Q4_K, v and down Q6_K, embedding Q4_K, head Q6_K), and one with every
+# other type somewhere.
+MIXES = {
+    "q4_k_m": {"attn_v.weight": "Q6_K", "ffn_down.weight": "Q6_K", "output.weight": "Q6_K", "weight": "Q4_K"},
+    "others": {"attn_q.weight": "Q5_K", "attn_k.weight": "Q5_0", "attn_v.weight": "Q8_0", "attn_output.weight": "Q3_K",
+               "ffn_gate.weight": "Q2_K", "ffn_up.weight": "Q5_1", "ffn_down.weight": "IQ4_NL",
+               "token_embd.weight": "Q6_K", "output.weight": "Q8_0", "weight": "Q4_0"},
+}
+
+
+@pytest.mark.parametrize("mix", sorted(MIXES))
+def test_kquant_model_kept_as_stored_matches_its_float32_self(tmp_path, mix):
+    """The same file loaded dequantized (--quantize none: float32, the reference) and kept as stored (the
+    default): logits close (the kernels round activations to int8), every layer on the kernels, and the
+    kernel decode step equal to the forward pass."""
+    from llmgen.decode import choose_decoder
+    from llmgen.quantize import SideBySide, StoredHead
+    from llmgen.weights.loading import load_model
+
+    path = write_kquant_gguf(tmp_path / f"{mix}.gguf", MIXES[mix])
+    reference, kept = load_model(path, quantize="none").model, load_model(path).model
+    if mix == "q4_k_m":  # q and k 4-bit, v 8-bit: one call, two formats side by side
+        assert isinstance(kept.layers[0].attention.wqkv, SideBySide)
+    assert isinstance(kept.output, StoredHead)
+    ids = torch.randint(0, 8192, (1, 12), generator=torch.Generator().manual_seed(0))
+    for model in (reference, kept):
+        model.setup_cache(1, 16)
+    with torch.inference_mode():
+        expected, got = reference(ids, 0)[0], kept(ids, 0)[0]
+        # The head's top candidates come from the stored rows; the rest from its 4-bit first pass.
+        top = expected.topk(8, dim=-1).indices
+        assert (got.gather(-1, top) - expected.gather(-1, top)).abs().max() < 0.03 * expected.abs().max()
+        assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+        decoder = choose_decoder(kept)
+        assert decoder.use_kernels, decoder
+        kept.setup_cache(1, 16)
+        kept(ids[:, :-1], 0)
+        step = decoder(int(ids[0, -1]), ids.size(1) - 1)
+    torch.testing.assert_close(step, got[-1], atol=1e-3, rtol=1e-3)

@@ -193,3 +193,55 @@ def test_kernels_refuse_what_would_take_them_out_of_bounds(tmp_path):
     assert decoder.use_kernels
     with torch.inference_mode(), pytest.raises(ValueError, match="position 4 is outside"):
         decoder(1, 4)
+
+
+def int8_rounded_in(x: torch.Tensor, group: int) -> torch.Tensor:
+    """x as the int8 kernel sees it: padded to whole 64s, each group rounded to int8 steps of amax / 127."""
+    x = F.pad(x, (0, -x.shape[-1] % 64))
+    groups = x.double().unflatten(-1, (-1, group))
+    amax = groups.abs().amax(dim=-1, keepdim=True).float().double()
+    rounded = (groups.float() * torch.where(amax > 0, 127 / amax, 0).float()).round()
+    return (rounded.double() * (amax.float() / 127).double()).flatten(-2)
+
+
+@pytest.mark.parametrize("minimums", [False, True], ids=["no_minimum", "minimum"])
+@pytest.mark.parametrize("group", [16, 32])
+@pytest.mark.parametrize("in_features", [64, 96, 576, 1024])
+def test_int8_matmul_computes_exactly_its_rounded_product(level, in_features, group, minimums):
+    """The int8 group kernel (GGUF's 5-8-bit and 2-3-bit k-quant types as stored), at every level, exact
+    against a float64 simulation: int8 x, fp16 scales and minimums, any int8 q (-128 included)."""
+    generator = torch.Generator().manual_seed(in_features + group)
+    out_features = 37
+    q = torch.randint(-128, 128, (out_features, in_features), dtype=torch.int8, generator=generator)
+    scale = torch.rand(out_features, in_features // group, generator=generator) * 0.01
+    minimum = torch.randn(out_features, in_features // group, generator=generator) * 0.01 if minimums else None
+    x = torch.randn(3, in_features, generator=generator)
+    x[1, :group] = 0  # an all-zero group: scale 0
+    bias = torch.randn(out_features, generator=generator)
+    got = kernels.QuantMatmul([(kernels.pack_int8(q, scale, minimum, group), bias)])(x)
+    weight = q.double() * scale.half().double().repeat_interleave(group, dim=1)
+    if minimums:
+        weight += minimum.half().double().repeat_interleave(group, dim=1)
+    expected = int8_rounded_in(x, group) @ F.pad(weight, (0, -in_features % 64)).T + bias.double()
+    torch.testing.assert_close(got.double(), expected, atol=2e-5 * expected.abs().max().item(), rtol=0)
+
+
+def test_parts_in_two_formats_run_side_by_side_in_one_call(level):
+    """A fused layer of a 4-bit and an 8-bit part (a Q4_K_M block's q/k and v): one call, with the RMSNorm
+    or SwiGLU first, equals each part alone on the prepared input, concatenated."""
+    generator = torch.Generator().manual_seed(5)
+    four = Int4Groups.from_float(torch.randn(40, 256, generator=generator) * 0.05)
+    packed4 = kernels.pack_int4(four.q, four.scale, four.minimum)
+    packed8 = kernels.pack_int8(torch.randint(-32, 32, (24, 256), dtype=torch.int8, generator=generator),
+                                torch.rand(24, 16, generator=generator) * 0.01, None, 16)
+    x = torch.randn(2, 256, generator=generator)
+    norm_weight = torch.rand(256, generator=generator) + 0.5
+    both = kernels.QuantMatmul([(packed4, None), (packed8, None)], norm_weight=norm_weight, norm_eps=1e-5)
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm_weight
+    expected = torch.cat((kernels.Int4Matmul(packed4)(normed), kernels.QuantMatmul([(packed8, None)])(normed)), dim=1)
+    torch.testing.assert_close(both(x), expected, atol=1e-4, rtol=1e-4)
+    gate_up = torch.randn(2, 512, generator=generator)
+    gated = kernels.QuantMatmul([(packed4, None), (packed8, None)], gated=True)
+    silu = F.silu(gate_up[:, :256]) * gate_up[:, 256:]
+    expected = torch.cat((kernels.Int4Matmul(packed4)(silu), kernels.QuantMatmul([(packed8, None)])(silu)), dim=1)
+    torch.testing.assert_close(gated(gate_up), expected, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,72 @@
+"""GGUF files in the block types people download (Q4_K_M and friends), in llmgen and llama.cpp side by side.
+
+    python benchmarks/kquant_engines.py [--rounds 3] [--new-tokens 32] [--file 1b|q4_k_m|q5_k_m|q6_k|q8_0]
+
+The files come from kquant_files.py (llama.cpp's own quantizer): "1b" is the Llama-3.2-1B-shaped Q4_K_M
+(random weights: Q4_K, Q6_K for attn_v, half of ffn_down and the tied embedding), the others the real
+SmolLM2-135M-Instruct requantized. llmgen keeps every block type as stored (weights/gguf_blocks.py):
+4-bit types on its int4 kernel, the rest on its int8 kernel. Greedy, 2 threads, fresh processes,
+interleaved, medians; peak RSS against the file's size. Needs llama-cpp-python (`make bench-peers`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from common import engines_main, llama_cpp_greedy, llmgen_greedy, measurements
+from kquant_files import llama1b_q4_k_m, smollm2_file, write_all
+
+PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. Write a short story about a cat."
+KERNELS = {"llmgen": "auto", "llmgen avx2": "avx2"}  # LLMGEN_KERNELS
+ENGINES = ["llmgen", "llmgen avx2", "llama.cpp"]
+
+
+def chosen_file():
+    name = os.environ.get("KQUANT_FILE", "1b")
+    return llama1b_q4_k_m() if name == "1b" else smollm2_file(name.upper())
+
+
+def worker(engine: str, new_tokens: int) -> dict:
+    os.environ["LLMGEN_KERNELS"] = KERNELS.get(engine, "auto")
+    import torch
+
+    torch.set_num_threads(2)
+    path = chosen_file()
+    started = time.perf_counter()
+    if engine.startswith("llmgen"):
+        from llmgen.decode import choose_decoder
+        from llmgen.weights.loading import load_model
+
+        loaded = load_model(path)
+        decoder = choose_decoder(loaded.model)
+        ready = time.perf_counter()
+        prompt = loaded.tokenizer.encode(PROMPT)
+        stamps = llmgen_greedy(loaded.model, prompt, new_tokens, decoder)
+        extra = {"decoder": repr(decoder)}
+    else:
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False)
+        ready = time.perf_counter()
+        prompt = llm.tokenize(PROMPT.encode(), add_bos=False)
+        stamps = llama_cpp_greedy(llm, prompt, new_tokens)
+        extra = {}
+    return {**measurements(ready - started, len(prompt), stamps), **extra}
+
+
+def main() -> None:
+    if "--file" in sys.argv:  # passed to the workers through the environment
+        at = sys.argv.index("--file")
+        os.environ["KQUANT_FILE"] = sys.argv[at + 1]
+        del sys.argv[at:at + 2]
+    path = chosen_file()
+    size = path.stat().st_size / 1e6 if path.is_file() else float("nan")
+    engines_main(__file__, worker, ENGINES, f"{path.name} ({size:.0f} MB; RSS bound 1.5x file + 600 MB = "
+                 f"{1.5 * size + 600:.0f} MB), greedy, {{new_tokens}} new tokens, 2 threads, median of {{rounds}} "
+                 "interleaved rounds", new_tokens=32, prepare=write_all)
+
+
+if __name__ == "__main__":
+    main()
