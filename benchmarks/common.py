@@ -56,6 +56,37 @@ def llama_cpp_greedy(llm, prompt: list[int], new_tokens: int) -> list[float]:
     return stamps
 
 
+def gguf_engine_worker(path, engine: str, new_tokens: int, prompt_text: str, kernels: str) -> dict:
+    """One measurement of `engine` ("llmgen ..." with LLMGEN_KERNELS=kernels, or "llama.cpp") greedy on a
+    GGUF file, 2 threads: load, prefill, decode, peak RSS."""
+    import os
+
+    os.environ["LLMGEN_KERNELS"] = kernels
+    import torch
+
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    if engine.startswith("llmgen"):
+        from llmgen.decode import choose_decoder
+        from llmgen.weights.loading import load_model
+
+        loaded = load_model(path)
+        decoder = choose_decoder(loaded.model)
+        ready = time.perf_counter()
+        prompt = loaded.tokenizer.encode(prompt_text)
+        stamps = llmgen_greedy(loaded.model, prompt, new_tokens, decoder)
+        extra = {"decoder": repr(decoder)}
+    else:
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False)
+        ready = time.perf_counter()
+        prompt = llm.tokenize(prompt_text.encode(), add_bos=False)
+        stamps = llama_cpp_greedy(llm, prompt, new_tokens)
+        extra = {}
+    return {**measurements(ready - started, len(prompt), stamps), **extra}
+
+
 def measurements(load_s: float, prompt_tokens: int, stamps: list[float]) -> dict:
     """A worker's result: stamps[0] is when the prompt went in, stamps[1:] when each token came out."""
     first = stamps[1] - stamps[0]

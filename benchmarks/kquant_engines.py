@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
-from common import engines_main, llama_cpp_greedy, llmgen_greedy, measurements
+from common import engines_main, gguf_engine_worker
 from kquant_files import llama1b_q4_k_m, smollm2_file, write_all
 
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. Write a short story about a cat."
@@ -29,31 +28,7 @@ def chosen_file():
 
 
 def worker(engine: str, new_tokens: int) -> dict:
-    os.environ["LLMGEN_KERNELS"] = KERNELS.get(engine, "auto")
-    import torch
-
-    torch.set_num_threads(2)
-    path = chosen_file()
-    started = time.perf_counter()
-    if engine.startswith("llmgen"):
-        from llmgen.decode import choose_decoder
-        from llmgen.weights.loading import load_model
-
-        loaded = load_model(path)
-        decoder = choose_decoder(loaded.model)
-        ready = time.perf_counter()
-        prompt = loaded.tokenizer.encode(PROMPT)
-        stamps = llmgen_greedy(loaded.model, prompt, new_tokens, decoder)
-        extra = {"decoder": repr(decoder)}
-    else:
-        from llama_cpp import Llama
-
-        llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False)
-        ready = time.perf_counter()
-        prompt = llm.tokenize(PROMPT.encode(), add_bos=False)
-        stamps = llama_cpp_greedy(llm, prompt, new_tokens)
-        extra = {}
-    return {**measurements(ready - started, len(prompt), stamps), **extra}
+    return gguf_engine_worker(chosen_file(), engine, new_tokens, PROMPT, KERNELS.get(engine, "auto"))
 
 
 def main() -> None:

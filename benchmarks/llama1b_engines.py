@@ -13,10 +13,9 @@ file: greedy, 2 threads, fresh processes, interleaved, medians. Needs llama-cpp-
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
-from common import engines_main, llama_cpp_greedy, llmgen_greedy, measurements
+from common import engines_main, gguf_engine_worker
 
 OUT = Path(__file__).parent / "out"
 F16_FILE, Q4_0_FILE = OUT / "llama-3.2-1b-shaped-f16.gguf", OUT / "llama-3.2-1b-shaped-q4_0.gguf"
@@ -97,32 +96,7 @@ def write_files() -> Path:
 
 
 def worker(engine: str, new_tokens: int) -> dict:
-    import os
-
-    os.environ["LLMGEN_KERNELS"] = KERNELS.get(engine, "auto")
-    import torch
-
-    torch.set_num_threads(2)
-    started = time.perf_counter()
-    if engine.startswith("llmgen"):
-        from llmgen.decode import choose_decoder
-        from llmgen.weights.loading import load_model
-
-        loaded = load_model(Q4_0_FILE)
-        decoder = choose_decoder(loaded.model)
-        ready = time.perf_counter()
-        prompt = loaded.tokenizer.encode(PROMPT)
-        stamps = llmgen_greedy(loaded.model, prompt, new_tokens, decoder)
-        extra = {"decoder": repr(decoder)}
-    else:
-        from llama_cpp import Llama
-
-        llm = Llama(model_path=str(Q4_0_FILE), n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False)
-        ready = time.perf_counter()
-        prompt = llm.tokenize(PROMPT.encode(), add_bos=False)
-        stamps = llama_cpp_greedy(llm, prompt, new_tokens)
-        extra = {}
-    return {**measurements(ready - started, len(prompt), stamps), **extra}
+    return gguf_engine_worker(Q4_0_FILE, engine, new_tokens, PROMPT, KERNELS.get(engine, "auto"))
 
 
 def main() -> None:

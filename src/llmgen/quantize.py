@@ -278,8 +278,8 @@ class Int8GroupsLinear(KernelLinear):
         self.in_features, self.out_features = in_features, out_features
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.own_kernel = own_kernel and kernels.library() is not None
-        self.group = groups.rows(0, 1).group
         packed, scales, minimums = packed_in_chunks(groups, lambda g: kernels.pack_int8(g.q, g.scale, g.minimum, g.group))
+        self.group = packed.shape[1] // scales.shape[1]  # padded_in / groups
         self.register_buffer("packed", packed)  # (out, padded_in) int8
         self.register_buffer("scales", scales)  # (out, padded_in / group) fp16
         self.register_buffer("minimums", minimums)  # like scales, or None

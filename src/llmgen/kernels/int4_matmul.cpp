@@ -57,17 +57,7 @@ inline void round_group(const float* x, int8_t* rounded, float* scale, float* su
   *scale = amax / 127.f;
   *sum = *scale * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
 #else
-  float amax = 0.f;
-  for (int i = 0; i < kGroup; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
-  const float inverse = amax > 0.f ? 127.f / amax : 0.f;
-  int32_t total = 0;
-  for (int i = 0; i < kGroup; i++) {
-    const int32_t q = (int32_t)nearbyintf(x[i] * inverse);  // the default rounding mode: nearest even
-    rounded[i] = (int8_t)(q > 127 ? 127 : q < -128 ? -128 : q);
-    total += q;
-  }
-  *scale = amax / 127.f;
-  *sum = *scale * (float)total;
+  round_group_int8(x, kGroup, rounded, scale, sum);
 #endif
 }
 
