@@ -30,6 +30,8 @@ install:
 
 install-test: install
 	$(PIP) install --quiet -e '.[test]'
+	# llama.cpp's tokenizer test vocabularies and vectors, from its PyPI sdist (hash-checked; cached).
+	$(PYTHON) tests/llama_cpp_vocab.py
 
 demo: install
 	llmgen generate "Once upon a time" --max-new-tokens 40

@@ -45,16 +45,27 @@ GGUF_LLAMA = {
     "blk.{}.ffn_up.weight": "layers.{}.feed_forward.w3.weight",
 }
 
-# tokenizer.ggml.pre -> the pre-tokenizer regex of that vocabulary.
+# SmolLM2, StarCoder, Refact (llama.cpp's "smollm", "starcoder", "refact"; HF's Digits(individual_digits=True)
+# then ByteLevel): every numeral is split off first, then GPT-2's regex runs on each piece between numerals. As
+# one regex: numerals alone, no " ?\p{N}+", and a whitespace run before a numeral ends like one at the end of
+# the text (whole).
+DIGITS_THEN_GPT2_PATTERN = r"\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?=\p{N})|\s+(?!\S)|\s"
+# Qwen2/2.5/3: LLaMA-3's regex with numerals one at a time; Qwen3.5 also keeps combining marks with letters.
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+QWEN35_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                  r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# tokenizer.ggml.pre -> the pre-tokenizer regex of that vocabulary (llama.cpp's llama-vocab.cpp names).
 PRE_TOKENIZER_PATTERNS = {
     "default": GPT2_PATTERN,
     "gpt-2": GPT2_PATTERN,
-    # SmolLM2 (llama.cpp's "smollm", HF's Digits(individual_digits=True) then ByteLevel): every numeral is split
-    # off first, then GPT-2's regex runs on each piece between numerals. As one regex: numerals alone, no
-    # " ?\p{N}+", and a whitespace run before a numeral ends like one at the end of the text (whole).
-    "smollm": r"\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?=\p{N})|\s+(?!\S)|\s",
+    "smollm": DIGITS_THEN_GPT2_PATTERN,
+    "starcoder": DIGITS_THEN_GPT2_PATTERN,
+    "refact": DIGITS_THEN_GPT2_PATTERN,
     "llama-bpe": LLAMA3_PATTERN,
     "llama3": LLAMA3_PATTERN,
+    "qwen2": QWEN2_PATTERN,
+    "qwen35": QWEN35_PATTERN,
 }
 ROPE_FREQS = "rope_freqs.weight"
 TOKEN_TYPE_NORMAL = 1
@@ -220,7 +231,7 @@ class GGUFFile:
         """A metadata value of the expected Python type (int, float, str, list), else one clear error."""
         value = self.get(key, default)
         numeric = kind in (float, (int, float))
-        if value is None or (isinstance(value, kind) and not isinstance(value, bool)) or (
+        if value is None or (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))) or (
                 numeric and isinstance(value, int) and not isinstance(value, bool)):
             return value
         raise LLMGenError(f"{self.path.name}: GGUF metadata {key} has the wrong type ({type(value).__name__}: "
@@ -384,8 +395,11 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
 def gguf_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
     """The vocabulary stored in the GGUF metadata as a tiktoken Encoding (byte-level BPE models)."""
     model = gguf_file.require("tokenizer.ggml.model", str)
+    if model == "llama":
+        return _sentencepiece_tokenizer(gguf_file)
     if model != "gpt2":
-        raise LLMGenError(f"{gguf_file.path.name}: GGUF tokenizer model {model!r:.40} is not supported (gpt2)")
+        raise LLMGenError(f"{gguf_file.path.name}: GGUF tokenizer model {model!r:.40} is not supported "
+                          "(gpt2, llama)")
     pre = gguf_file.typed("tokenizer.ggml.pre", str, "default")
     if pre not in PRE_TOKENIZER_PATTERNS:
         raise LLMGenError(f"{gguf_file.path.name}: GGUF pre-tokenizer {pre!r:.40} is not supported "
@@ -407,7 +421,40 @@ def gguf_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
     bos = gguf_file.typed("tokenizer.ggml.bos_token_id", int) if gguf_file.get("tokenizer.ggml.add_bos_token") else None
     if any(i is not None and not 0 <= i < len(tokens) for i in (eos, bos)):
         raise LLMGenError(f"{gguf_file.path.name}: GGUF BOS/EOS token ids lie outside the vocabulary")
-    template = gguf_file.typed("tokenizer.chat_template", str) or ""
-    chat_format = "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
     return Tokenizer(name=f"gguf:{pre}", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
-                     chat_format=chat_format, missing_bytes=missing)
+                     chat_format=_chat_format(gguf_file), missing_bytes=missing)
+
+
+def _chat_format(gguf_file: GGUFFile) -> str | None:
+    template = gguf_file.typed("tokenizer.chat_template", str) or ""
+    return "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
+
+
+def _sentencepiece_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
+    """A SentencePiece vocabulary (LLaMA-2, Mistral, Phi-3): pieces, scores and types (spm.py)."""
+    from llmgen.spm import SentencePieceEncoding
+
+    name = gguf_file.path.name
+    tokens = gguf_file.require("tokenizer.ggml.tokens", list)
+    scores = gguf_file.typed("tokenizer.ggml.scores", list) or [0.0] * len(tokens)
+    types = gguf_file.typed("tokenizer.ggml.token_type", list) or [TOKEN_TYPE_NORMAL] * len(tokens)
+    if (not all(isinstance(t, str) for t in tokens) or len(scores) != len(tokens) or len(types) != len(tokens)
+            or not all(isinstance(s, (int, float)) for s in scores) or not all(isinstance(t, int) for t in types)):
+        raise LLMGenError(f"{name}: GGUF SentencePiece vocabulary must give each token a score and a type")
+    try:
+        encoding = SentencePieceEncoding(f"gguf:{name}", tokens, scores, types,
+                                         add_space_prefix=gguf_file.typed("tokenizer.ggml.add_space_prefix",
+                                                                          bool, True))
+    except ValueError as e:
+        raise LLMGenError(f"{name}: {e}") from None
+    ids = {"bos": None, "eos": None}
+    for key in ids:
+        ids[key] = gguf_file.typed(f"tokenizer.ggml.{key}_token_id", int)
+        if ids[key] is not None and not 0 <= ids[key] < len(tokens):
+            raise LLMGenError(f"{name}: GGUF BOS/EOS token ids lie outside the vocabulary")
+    stop = {i for t, i in encoding.special_tokens.items() if t in STOP_TOKEN_TEXTS + ("</s>", "<|end|>")}
+    if ids["eos"] is not None:
+        stop.add(ids["eos"])
+    add_bos = gguf_file.typed("tokenizer.ggml.add_bos_token", bool, True)  # SentencePiece models default to BOS
+    return Tokenizer(name="gguf:llama", encoding=encoding, bos_id=ids["bos"] if add_bos else None,
+                     stop_ids=tuple(sorted(stop)), chat_format=_chat_format(gguf_file))
