@@ -130,3 +130,24 @@ def test_kquant_model_kept_as_stored_matches_its_float32_self(tmp_path, mix):
         kept(ids[:, :-1], 0)
         step = decoder(int(ids[0, -1]), ids.size(1) - 1)
     torch.testing.assert_close(step, got[-1], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mix", sorted(MIXES))
+def test_kquant_model_dequantized_matches_transformers(tmp_path, mix):
+    """--quantize none on a GGUF of every block type against transformers' own GGUF loader (which
+    dequantizes with gguf-py) on the same file: logits within 1e-3 and the same 24 greedy tokens."""
+    from test_model_parity import greedy_ours, greedy_reference
+    from transformers import AutoModelForCausalLM
+
+    from llmgen.weights.loading import load_model
+
+    path = write_kquant_gguf(tmp_path / f"{mix}.gguf", MIXES[mix])
+    ours = load_model(path, quantize="none").model
+    reference = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32)
+    ids = torch.randint(0, 8192, (1, 24), generator=torch.Generator().manual_seed(0))
+    ours.setup_cache(1, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(ids, 0)[0], reference(ids).logits[0], atol=1e-3, rtol=0)
+    prompt = ids[0, :8].tolist()
+    assert greedy_ours(ours, prompt, 24) == greedy_reference(reference, prompt, 24)
