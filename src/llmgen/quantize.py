@@ -85,8 +85,10 @@ class Int4Groups:
         return tuple(self.q.shape)
 
     @classmethod
-    def from_float(cls, weight: torch.Tensor) -> Int4Groups:
-        """Round each group of 32 onto 16 levels from its minimum to its maximum (llama.cpp's Q4_1 rule).
+    def from_float(cls, weight: torch.Tensor, symmetric: bool = False) -> Int4Groups:
+        """Round each group of 32 onto 16 levels from its minimum to its maximum (llama.cpp's Q4_1 rule), or
+        with `symmetric` onto 16 levels around zero, the largest magnitude at level 0 (its Q4_0 rule: no
+        minimum is stored, 4.5 bits a weight instead of 5).
 
         ROW_CHUNK rows at a time: the float temporaries of a whole 128k-row head would be gigabytes."""
         out_features, in_features = weight.shape
@@ -96,9 +98,15 @@ class Int4Groups:
         for first in range(0, out_features, ROW_CHUNK):
             rows = slice(first, first + ROW_CHUNK)
             groups = weight[rows].detach().float().reshape(-1, in_features // INT4_GROUP, INT4_GROUP)
-            low, high = groups.aminmax(dim=-1)  # (rows, in // 32) each
-            step = (high - low) / 15
-            inverse = torch.where(step > 0, 1 / step, 0.0)
+            if symmetric:
+                extreme = groups.gather(-1, groups.abs().argmax(-1, keepdim=True))[..., 0]  # signed
+                # fp16 now: the kernel stores the scale in fp16, and its minimum must stay -8 * scale exactly
+                step = (extreme / -8).half().float()
+                low = -8 * step
+            else:
+                low, high = groups.aminmax(dim=-1)  # (rows, in // 32) each
+                step = (high - low) / 15
+            inverse = torch.where(step != 0, 1 / step, 0.0)
             levels = (groups - low[..., None]).mul_(inverse[..., None]).round_().clamp_(0, 15)
             q[rows], scale[rows], minimum[rows] = levels.reshape(-1, in_features), step, low
         return cls(q, scale, minimum)
@@ -332,16 +340,17 @@ class StoredHead(nn.Module):
     vocabulary from a 4-bit copy, then the `top` largest recomputed from the stored weights.
 
     The head is the largest matrix a decode step reads (a Llama-3.2-1B's 128k x 2048 Q6_K head is a third
-    of its bytes per token) and decoding is memory-bound: the 4-bit copy reads 0.6 bytes a weight instead
-    of 1.1, and the candidates come out exactly as stored (see Int4Head for the same idea from float).
+    of its bytes per token) and decoding is memory-bound: the 4-bit copy reads 0.56 bytes a weight instead
+    of 0.82 (Q6_K) or 1.06 (Q8_0), and the candidates come out exactly as stored (see Int4Head for the same idea from float).
     """
 
     def __init__(self, groups: Int8Groups | DeferredGroups, top: int = 64, own_kernel: bool = True):
         super().__init__()
         self.fine = Int8GroupsLinear(groups, own_kernel=False)  # its rows only: never a whole matmul
         out_features = self.fine.out_features
+        # Symmetric 4 bits (4.5 bits a weight): only the ranking of the top candidates depends on them.
         coarse = DeferredGroups(groups.shape, Int4Groups, lambda first, stop: Int4Groups.from_float(
-            self.fine.dequantized_rows(slice(first, stop))))
+            self.fine.dequantized_rows(slice(first, stop)), symmetric=True))
         self.coarse = Int4Linear(coarse, own_kernel=own_kernel)
         self.top = min(top, out_features)
         self.in_features, self.out_features = self.fine.in_features, out_features
