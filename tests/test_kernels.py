@@ -11,7 +11,7 @@ from llmgen import kernels
 from llmgen.decode import choose_decoder
 from llmgen.models.kv_cache import decode_attention
 from llmgen.models.llama import apply_rope, rope_frequencies
-from llmgen.quantize import Int4Groups, Int4Linear, quantize_model
+from llmgen.quantize import Int4Groups, Int4Linear, SuperBlockScales, quantize_model
 from llmgen.weights.loading import load_weights
 
 needs_kernels = pytest.mark.skipif(kernels.library() is None,
@@ -70,6 +70,30 @@ def test_int4_matmul_computes_exactly_its_rounded_product(level, in_features, ou
     out = torch.ones(5, out_features)
     assert matmul(x, out=out, accumulate=True) is out
     torch.testing.assert_close(out, got + 1, atol=1e-5, rtol=0)
+
+
+# 256: one super-block (pairs only); 512: one whole chunk; 768: a chunk and a pair; 2048: 4 chunks
+@pytest.mark.parametrize("in_features", [256, 512, 768, 2048])
+def test_int4_matmul_with_two_level_scales_is_exact(level, in_features):
+    """Q4_K's scales as stored (6-bit scale and minimum per group of 32, fp16 factors per 256) give exactly
+    the product with scale = d * sc and minimum = -dmin * m, in float64, of the int8-rounded x."""
+    out_features, generator = 45, torch.Generator().manual_seed(in_features)
+    groups, supers = in_features // 32, in_features // 256
+    sc, m = (torch.randint(0, 64, (out_features, groups), dtype=torch.uint8, generator=generator) for _ in range(2))
+    d, dmin = ((torch.rand(out_features, supers, generator=generator) * 0.01).half() for _ in range(2))
+    q = torch.randint(0, 16, (out_features, in_features), dtype=torch.uint8, generator=generator)
+    scale = d.float().repeat_interleave(8, dim=1) * sc
+    minimum = -(dmin.float().repeat_interleave(8, dim=1) * m)
+    packed = kernels.pack_int4(q, scale, minimum, SuperBlockScales(sc, m, d, dmin))
+    assert packed.super_scales is not None and packed.scales.dtype == torch.uint8
+    assert packed.scales.nbytes + packed.minimums.nbytes + 2 * packed.super_scales.nbytes == in_features * out_features * 5 // 64
+    x = torch.randn(3, in_features, generator=generator)
+    expected = int8_rounded(x) @ (q.double() * scale.double().repeat_interleave(32, dim=1)
+                                  + minimum.double().repeat_interleave(32, dim=1)).T
+    got = kernels.Int4Matmul(packed)(x)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+    one_level = kernels.Int4Matmul(kernels.pack_int4(q, scale, minimum))(x)  # fp16 products: close, not equal
+    torch.testing.assert_close(one_level, got, atol=1e-2 * got.abs().max().item(), rtol=0)
 
 
 def test_int4_matmul_folds_in_rms_norm_and_swiglu(level):

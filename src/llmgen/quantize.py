@@ -73,12 +73,32 @@ class Int8Linear(nn.Module):
 
 
 @dataclass
+class SuperBlockScales:
+    """GGUF Q4_K's scales as stored, in two levels: per group of 32 weights a 6-bit scale `sc` and minimum
+    `m`, per 256 weights (8 groups) fp16 factors: scale = d * sc, minimum = -dmin * m. Packed as they are,
+    they cost the kernel 0.625 bits a weight instead of the 1 bit of an fp16 scale and minimum per group."""
+
+    sc: torch.Tensor  # (out, in // 32) uint8, 0..63
+    m: torch.Tensor  # (out, in // 32) uint8, 0..63
+    d: torch.Tensor  # (out, in // 256) float16
+    dmin: torch.Tensor  # (out, in // 256) float16
+
+    def rows(self, first: int, stop: int) -> SuperBlockScales:
+        return SuperBlockScales(*(t[first:stop] for t in (self.sc, self.m, self.d, self.dmin)))
+
+    @classmethod
+    def cat(cls, parts: list[SuperBlockScales]) -> SuperBlockScales:
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("sc", "m", "d", "dmin")))
+
+
+@dataclass
 class Int4Groups:
     """4-bit weights before packing: w[n, k] = q[n, k] * scale[n, k // 32] + minimum[n, k // 32]."""
 
     q: torch.Tensor  # (out, in) uint8, values 0..15
     scale: torch.Tensor  # (out, in // 32) float32
     minimum: torch.Tensor  # (out, in // 32) float32
+    levels: SuperBlockScales | None = None  # the same scale and minimum as Q4_K stores them, when it did
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -113,8 +133,10 @@ class Int4Groups:
 
     @classmethod
     def cat(cls, parts: list[Int4Groups]) -> Int4Groups:
-        """Stack along the output dimension: one matmul computes all parts' outputs side by side."""
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("q", "scale", "minimum")))
+        """Stack along the output dimension: one matmul computes all parts' outputs side by side (parts
+        with two-level scales or none: see _format)."""
+        levels = None if parts[0].levels is None else SuperBlockScales.cat([p.levels for p in parts])
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("q", "scale", "minimum")), levels)
 
     def dequantize(self) -> torch.Tensor:
         scale = self.scale.repeat_interleave(INT4_GROUP, dim=1)
@@ -122,7 +144,8 @@ class Int4Groups:
 
 
     def rows(self, first: int, stop: int) -> Int4Groups:
-        return Int4Groups(self.q[first:stop], self.scale[first:stop], self.minimum[first:stop])
+        levels = None if self.levels is None else self.levels.rows(first, stop)
+        return Int4Groups(self.q[first:stop], self.scale[first:stop], self.minimum[first:stop], levels)
 
 
 @dataclass
@@ -179,7 +202,7 @@ def _resolved(groups: StoredGroups) -> Int4Groups | Int8Groups:
 def _format(groups: Int4Groups | Int8Groups) -> tuple:
     """What parts must share to be fused into one matrix."""
     if isinstance(groups, Int4Groups):
-        return ("int4",)
+        return ("int4", groups.levels is not None)
     return ("int8", groups.group, groups.minimum is not None)
 
 
@@ -230,11 +253,11 @@ class Int4Linear(KernelLinear):
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.own_kernel = own_kernel and kernels.library() is not None
         if self.own_kernel:
-            packed, scales, minimums = packed_in_chunks(groups, lambda g: kernels.pack_int4(g.q, g.scale, g.minimum))
-            self.register_buffer("packed", packed)
-            self.register_buffer("scales", scales)
-            symmetric = torch.equal(minimums, scales * -8)  # Q4_0: minimums implicit
-            self.register_buffer("minimums", None if symmetric else minimums)
+            tensors = packed_in_chunks(groups, lambda g: kernels.pack_int4(g.q, g.scale, g.minimum, g.levels))
+            if tensors["super_scales"] is None and torch.equal(tensors["minimums"], tensors["scales"] * -8):
+                tensors["minimums"] = None  # Q4_0: minimums implicit
+            for name, tensor in tensors.items():
+                self.register_buffer(name, tensor)
             return
         groups = _resolved(groups)
         padded = -out_features % INT4_ROWS  # zero rows, sliced off the output again
@@ -273,7 +296,9 @@ class Int4Linear(KernelLinear):
         return matmul
 
     def kernel_parts(self) -> list[tuple[kernels.Packed, torch.Tensor | None]]:
-        return [(kernels.PackedInt4(self.packed, self.scales, self.minimums, self.in_features), self.bias)]
+        weights = kernels.PackedInt4(self.packed, self.scales, self.minimums, self.in_features, self.super_scales,
+                                     self.super_minimums)
+        return [(weights, self.bias)]
 
 
 class Int8GroupsLinear(KernelLinear):
@@ -286,11 +311,11 @@ class Int8GroupsLinear(KernelLinear):
         self.in_features, self.out_features = in_features, out_features
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.own_kernel = own_kernel and kernels.library() is not None
-        packed, scales, minimums = packed_in_chunks(groups, lambda g: kernels.pack_int8(g.q, g.scale, g.minimum, g.group))
-        self.group = packed.shape[1] // scales.shape[1]  # padded_in / groups
-        self.register_buffer("packed", packed)  # (out, padded_in) int8
-        self.register_buffer("scales", scales)  # (out, padded_in / group) fp16
-        self.register_buffer("minimums", minimums)  # like scales, or None
+        tensors = packed_in_chunks(groups, lambda g: kernels.pack_int8(g.q, g.scale, g.minimum, g.group))
+        self.group = tensors["packed"].shape[1] // tensors["scales"].shape[1]  # padded_in / groups
+        self.register_buffer("packed", tensors["packed"])  # (out, padded_in) int8
+        self.register_buffer("scales", tensors["scales"])  # (out, padded_in / group) fp16
+        self.register_buffer("minimums", tensors["minimums"])  # like scales, or None
 
     def kernel_parts(self) -> list[tuple[kernels.Packed, torch.Tensor | None]]:
         weights = kernels.PackedInt8(self.packed, self.scales, self.minimums, self.in_features, self.group)
@@ -315,24 +340,24 @@ class Int8GroupsLinear(KernelLinear):
 
 
 def packed_in_chunks(groups: Int4Groups | Int8Groups | DeferredGroups, pack: Callable
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(packed, scales, minimums) of a whole matrix, packed ROW_CHUNK rows at a time into tensors allocated
-    once: a 128k-row head is never held twice, nor unpacked whole. For the int4 layout a chunk without
-    minimums (Q4_0 form) gets its implicit -8 * scale."""
+                     ) -> dict[str, torch.Tensor | None]:
+    """The tensors of a whole packed matrix (kernels.PackedInt4/PackedInt8's TENSORS), packed ROW_CHUNK rows
+    at a time into tensors allocated once: a 128k-row head is never held twice, nor unpacked whole. For
+    the int4 layout a chunk without minimums (Q4_0 form) gets its implicit -8 * scale."""
     out_features = groups.shape[0]
     buffers = None
     for first in range(0, out_features, ROW_CHUNK):
         part = pack(groups.rows(first, first + ROW_CHUNK))
-        minimums = part.minimums
-        if minimums is None and isinstance(part, kernels.PackedInt4):
-            minimums = part.scales * -8
-        fields = (part.packed, part.scales, minimums)
+        fields = {name: getattr(part, name) for name in part.TENSORS}
+        if fields["minimums"] is None and isinstance(part, kernels.PackedInt4):
+            fields["minimums"] = part.scales * -8
         if buffers is None:
-            buffers = [None if f is None else f.new_empty((out_features, *f.shape[1:])) for f in fields]
-        for buffer, field in zip(buffers, fields):
-            if buffer is not None:
-                buffer[first:first + field.shape[0]] = field
-    return tuple(buffers)
+            buffers = {name: None if f is None else f.new_empty((out_features, *f.shape[1:]))
+                       for name, f in fields.items()}
+        for name, field in fields.items():
+            if buffers[name] is not None:
+                buffers[name][first:first + field.shape[0]] = field
+    return buffers
 
 
 class StoredHead(nn.Module):

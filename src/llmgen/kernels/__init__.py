@@ -68,6 +68,7 @@ LEVELS = (
 X86 = ("x86_64", "amd64", "i386", "i686")
 GROUP = 32  # weights per scale and minimum (GGUF's Q4_1 blocks)
 CHUNK_GROUPS = 16  # groups per whole chunk of the packed layout (int4_matmul.cpp)
+SUPER_GROUPS = 8  # groups per Q4_K super-block: one pair of super_scales/super_minimums
 INT8_GROUPS = (16, 32)  # the group sizes int8_matmul.cpp takes
 INT8_ROW_ALIGN = 64  # int8 rows are padded to whole 64-byte steps (int8_matmul.cpp)
 
@@ -77,12 +78,17 @@ class PackedInt4:
     """4-bit weights in int4_matmul.cpp's layout (described there)."""
 
     packed: torch.Tensor  # (out, padded_in / 2) uint8
-    scales: torch.Tensor  # (out, groups) float16
+    scales: torch.Tensor  # (out, groups) float16; uint8 with super_scales
     minimums: torch.Tensor | None  # (out, groups) float16; None: GGUF's Q4_0 form, minimum = -8 * scale
     in_features: int
+    # Q4_K's two levels (quantize.SuperBlockScales): scales and minimums are 6-bit integers in uint8, and
+    # a group's scale is scales * super_scales[group // 8], its minimum minimums * super_minimums[group // 8].
+    super_scales: torch.Tensor | None = None  # (out, groups / 8) float16: Q4_K's d
+    super_minimums: torch.Tensor | None = None  # (out, groups / 8) float16: Q4_K's -dmin
 
     bits = 4
     group = GROUP
+    TENSORS = ("packed", "scales", "minimums", "super_scales", "super_minimums")
 
     @property
     def groups(self) -> int:
@@ -104,6 +110,8 @@ class PackedInt8:
     group: int  # 16 or 32
 
     bits = 8
+    TENSORS = ("packed", "scales", "minimums")
+    super_scales = super_minimums = None
 
     @property
     def groups(self) -> int:
@@ -128,11 +136,12 @@ def pack_int8(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None
     return PackedInt8(packed, scales, minimums, in_features, group)
 
 
-def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> PackedInt4:
+def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, levels=None) -> PackedInt4:
     """q (out, in) uint8 in 0..15, scale and minimum (out, in / 32) -> int4_matmul.cpp's layout.
 
     Weights in GGUF's Q4_0 form (every minimum -8 * scale) keep no minimums: a tenth fewer bytes for
-    the kernel to read, one stream fewer.
+    the kernel to read, one stream fewer. Weights with `levels` (quantize.SuperBlockScales: Q4_K's, the
+    same scale and minimum in two levels) keep those instead: 0.625 bits a weight, not 1.
 
     Whole chunks of 16 groups: byte 4j + i of vector u holds q[group j][8u + i] (low nibble) and
     q[group j][8u + 4 + i] (high). Then the remaining groups in pairs, byte i holding q[i] and q[32 + i];
@@ -147,6 +156,9 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> Pa
     pairs = q[:, chunks * CHUNK_GROUPS * GROUP:].reshape(out_features, -1, 2, GROUP)
     pairs = pairs[:, :, 0] | pairs[:, :, 1] << 4  # (out, pair, 32)
     packed = torch.cat((whole.reshape(out_features, -1), pairs.reshape(out_features, -1)), dim=1)
+    if levels is not None and groups % SUPER_GROUPS == 0:  # whole super-blocks, as Q4_K's rows always are
+        return PackedInt4(packed.contiguous(), levels.sc.contiguous(), levels.m.contiguous(), in_features,
+                          levels.d.contiguous(), (-levels.dmin).contiguous())
     scales, minimums = (F.pad(t.float(), (0, groups - t.size(1))).half().contiguous() for t in (scale, minimum))
     symmetric = torch.equal(minimums, scales * -8)  # exact in float16: a power of two
     return PackedInt4(packed.contiguous(), scales, None if symmetric else minimums, in_features)
@@ -158,6 +170,7 @@ class QuantLayer(ctypes.Structure):
 
 QuantLayer._fields_ = [
     ("packed", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("minimums", ctypes.c_void_p),
+    ("super_scales", ctypes.c_void_p), ("super_minimums", ctypes.c_void_p),
     ("groups", ctypes.c_int64), ("in_features", ctypes.c_int64), ("out_features", ctypes.c_int64),
     ("bias", ctypes.c_void_p), ("norm_weight", ctypes.c_void_p), ("norm_eps", ctypes.c_float),
     ("gated", ctypes.c_int32), ("bits", ctypes.c_int32), ("group", ctypes.c_int32),
@@ -181,6 +194,12 @@ class QuantMatmul:
         in_features = parts[0][0].in_features
         if any(weights.in_features != in_features for weights, _ in parts):
             raise ValueError("the parts of a fused layer take the same input")
+        for weights, _ in parts:  # the kernel reads an fp16 pair per 8 groups, 8-bit values per group
+            if weights.super_scales is not None and not (
+                    weights.groups % SUPER_GROUPS == 0 and weights.scales.dtype == weights.minimums.dtype == torch.uint8
+                    and weights.super_scales.shape == weights.super_minimums.shape
+                    == (weights.out_features, weights.groups // SUPER_GROUPS)):
+                raise ValueError("two-level scales need whole super-blocks of 8 groups")
         # Kept here: the structs hold raw pointers to these tensors.
         self.parts = [(weights, None if bias is None else bias.detach().float().contiguous()) for weights, bias in parts]
         self.norm_weight = None if norm_weight is None else norm_weight.detach().float().contiguous()
@@ -188,7 +207,8 @@ class QuantMatmul:
         for i, (weights, bias) in enumerate(self.parts):
             first = i == 0
             self.layers[i] = QuantLayer(
-                weights.packed.data_ptr(), weights.scales.data_ptr(), _pointer(weights.minimums), weights.groups,
+                weights.packed.data_ptr(), weights.scales.data_ptr(), _pointer(weights.minimums),
+                _pointer(weights.super_scales), _pointer(weights.super_minimums), weights.groups,
                 in_features, weights.out_features, _pointer(bias), _pointer(self.norm_weight) if first else None,
                 norm_eps, int(gated and first), weights.bits, weights.group,
                 ctypes.pointer(self.layers[i + 1]) if i + 1 < len(parts) else None)

@@ -11,6 +11,8 @@
 // (x ~ xq * xscale, xq in -127..127), as llama.cpp does for its Q4 matmuls, so a group's dot product is
 // an integer one:
 //     sum(w * x) = scale * xscale * sum(q * xq) + minimum * xscale * sum(xq)
+// Q4_K keeps its scales as it stores them (kernels.h): 6-bit integers per group under fp16 factors per
+// 8 groups, 0.625 bits a weight where fp16 pairs take 1; the factors are multiplied in as they load.
 // VPDPBUSD multiplies 64 unsigned bytes (q) by 64 signed bytes (xq) and adds each run of 4 products into
 // one of 16 int32 lanes: 64 multiply-adds in one instruction, where PyTorch's int4 kernel converts every
 // weight to float first.
@@ -80,10 +82,52 @@ void round_input(const float* x, int64_t in_features, int64_t groups, int8_t* q,
   }
 }
 
-// A group's minimum: stored, or Q4_0's -8 * scale when the layer keeps none.
+// Group s's scale and minimum (s counts groups over the whole matrix): fp16 as stored, Q4_0's implicit
+// minimum -8 * scale, or Q4_K's two levels, an 8-bit value times its super-block's fp16 factor.
+inline float scale_of(const QuantLayer& w, int64_t s) {
+  if (w.super_scales) return half_to_float(w.super_scales[s / 8]) * (float)((const uint8_t*)w.scales)[s];
+  return half_to_float(w.scales[s]);
+}
 inline float minimum_of(const QuantLayer& w, int64_t s) {
+  if (w.super_scales) return half_to_float(w.super_minimums[s / 8]) * (float)((const uint8_t*)w.minimums)[s];
   return w.minimums ? half_to_float(w.minimums[s]) : -8.f * half_to_float(w.scales[s]);
 }
+
+#if defined(LLMGEN_AVX512)
+// The scales and minimums of the 16 groups from s (a whole chunk: two super-blocks when two-level).
+inline void chunk_scales(const QuantLayer& w, int64_t s, __m512* scales, __m512* minimums) {
+  if (w.super_scales) {
+    const __m512 d = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(half_to_float(w.super_scales[s / 8])),
+                                          _mm512_set1_ps(half_to_float(w.super_scales[s / 8 + 1])));
+    const __m512 dmin = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(half_to_float(w.super_minimums[s / 8])),
+                                             _mm512_set1_ps(half_to_float(w.super_minimums[s / 8 + 1])));
+    const __m128i sc = _mm_loadu_si128((const __m128i*)((const uint8_t*)w.scales + s));
+    const __m128i m = _mm_loadu_si128((const __m128i*)((const uint8_t*)w.minimums + s));
+    *scales = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc)));
+    *minimums = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(m)));
+    return;
+  }
+  *scales = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w.scales + s)));
+  *minimums = w.minimums ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w.minimums + s)))
+                         : _mm512_mul_ps(*scales, _mm512_set1_ps(-8.f));
+}
+#elif defined(LLMGEN_AVX2)
+// The scales and minimums of the 8 groups from s (half a chunk: one super-block when two-level).
+inline void half_chunk_scales(const QuantLayer& w, int64_t s, __m256* scales, __m256* minimums) {
+  if (w.super_scales) {
+    const __m128i sc = _mm_loadl_epi64((const __m128i*)((const uint8_t*)w.scales + s));
+    const __m128i m = _mm_loadl_epi64((const __m128i*)((const uint8_t*)w.minimums + s));
+    *scales = _mm256_mul_ps(_mm256_set1_ps(half_to_float(w.super_scales[s / 8])),
+                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc)));
+    *minimums = _mm256_mul_ps(_mm256_set1_ps(half_to_float(w.super_minimums[s / 8])),
+                              _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m)));
+    return;
+  }
+  *scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w.scales + s)));
+  *minimums = w.minimums ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w.minimums + s)))
+                         : _mm256_mul_ps(*scales, _mm256_set1_ps(-8.f));
+}
+#endif
 
 // R rows of W (starting at `row`) times one rounded row of x -> R floats.
 #if defined(LLMGEN_AVX512)
@@ -108,10 +152,8 @@ inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, fl
         odd = _mm512_dpbusd_epi32(odd, _mm512_and_si512(_mm512_srli_epi16(v, 4), low),
                                   _mm512_loadu_si512(xq + 128 * u + 64));
       }
-      const int64_t s = (row + r) * groups + c * kChunkGroups;
-      const __m512 scales = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w.scales + s)));
-      const __m512 minimums = w.minimums ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w.minimums + s)))
-                                         : _mm512_mul_ps(scales, _mm512_set1_ps(-8.f));
+      __m512 scales, minimums;
+      chunk_scales(w, (row + r) * groups + c * kChunkGroups, &scales, &minimums);
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)), _mm512_mul_ps(scales, x_scales), acc[r]);
       acc[r] = _mm512_fmadd_ps(minimums, x_sums, acc[r]);
     }
@@ -127,8 +169,8 @@ inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, fl
           _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), low);
       const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xq);
       const int64_t s = (row + r) * groups + g;
-      const __m512 scales = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(half_to_float(w.scales[s]) * x.scales[g]),
-                                                 _mm512_set1_ps(half_to_float(w.scales[s + 1]) * x.scales[g + 1]));
+      const __m512 scales = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(scale_of(w, s) * x.scales[g]),
+                                                 _mm512_set1_ps(scale_of(w, s + 1) * x.scales[g + 1]));
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales, acc[r]);
       minimum_terms[r] += minimum_of(w, s) * x.sums[g] + minimum_of(w, s + 1) * x.sums[g + 1];
     }
@@ -166,10 +208,8 @@ inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, fl
               pairs, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xs[2 * u + 1]));
         }
         const __m256i dots = _mm256_madd_epi16(pairs, ones);  // int32: one group per lane
-        const int64_t s = (row + r) * groups + c * kChunkGroups + 8 * half;
-        const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w.scales + s)));
-        const __m256 minimums = w.minimums ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w.minimums + s)))
-                                           : _mm256_mul_ps(scales, _mm256_set1_ps(-8.f));
+        __m256 scales, minimums;
+        half_chunk_scales(w, (row + r) * groups + c * kChunkGroups + 8 * half, &scales, &minimums);
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(scales, x_scales), acc[r]);
         acc[r] = _mm256_fmadd_ps(minimums, x_sums, acc[r]);
       }
@@ -187,9 +227,8 @@ inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, fl
       const __m256i dot1 =
           _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), xq1), ones);
       const int64_t s = (row + r) * groups + g;
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot0), _mm256_set1_ps(half_to_float(w.scales[s]) * x.scales[g]), acc[r]);
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot1),
-                               _mm256_set1_ps(half_to_float(w.scales[s + 1]) * x.scales[g + 1]), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot0), _mm256_set1_ps(scale_of(w, s) * x.scales[g]), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot1), _mm256_set1_ps(scale_of(w, s + 1) * x.scales[g + 1]), acc[r]);
       minimum_terms[r] += minimum_of(w, s) * x.sums[g] + minimum_of(w, s + 1) * x.sums[g + 1];
     }
   }
@@ -218,7 +257,7 @@ inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, fl
       for (int j = 0; j < kChunkGroups; j++) {
         const int64_t g = c * kChunkGroups + j;
         const int32_t dot = lanes[4 * j] + lanes[4 * j + 1] + lanes[4 * j + 2] + lanes[4 * j + 3];
-        total += (float)dot * (half_to_float(w.scales[s + g]) * x.scales[g]) + minimum_of(w, s + g) * x.sums[g];
+        total += (float)dot * (scale_of(w, s + g) * x.scales[g]) + minimum_of(w, s + g) * x.sums[g];
       }
     }
     for (int64_t g = whole_chunks * kChunkGroups; g < groups; g += 2) {
@@ -229,8 +268,8 @@ inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, fl
         dot0 += (p[i] & 0x0F) * xq[i];
         dot1 += (p[i] >> 4) * xq[kGroup + i];
       }
-      total += (float)dot0 * (half_to_float(w.scales[s + g]) * x.scales[g]) + minimum_of(w, s + g) * x.sums[g];
-      total += (float)dot1 * (half_to_float(w.scales[s + g + 1]) * x.scales[g + 1]) + minimum_of(w, s + g + 1) * x.sums[g + 1];
+      total += (float)dot0 * (scale_of(w, s + g) * x.scales[g]) + minimum_of(w, s + g) * x.sums[g];
+      total += (float)dot1 * (scale_of(w, s + g + 1) * x.scales[g + 1]) + minimum_of(w, s + g + 1) * x.sums[g + 1];
     }
     out[r] = total;
   }

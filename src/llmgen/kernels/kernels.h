@@ -11,8 +11,14 @@
 //   Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL: each holds its weights as small integers times a scale per group).
 struct QuantLayer {
   const uint8_t* packed;      // 4 bits: (out_features, padded_in / 2); 8 bits: (out_features, padded_in) int8
-  const uint16_t* scales;     // (out_features, groups) fp16
-  const uint16_t* minimums;   // (out_features, groups) fp16, or null: 4 bits -8 * scale (Q4_0), 8 bits none
+  const uint16_t* scales;     // (out_features, groups) fp16; uint8 when super_scales is set
+  const uint16_t* minimums;   // (out_features, groups) fp16, or null: 4 bits -8 * scale (Q4_0), 8 bits none;
+                              // uint8 when super_scales is set
+  // 4 bits only, or null: Q4_K's two levels. A group's scale is scales[g] * super_scales[g / 8] and its
+  // minimum minimums[g] * super_minimums[g / 8], with scales and minimums 6-bit integers (uint8) and
+  // groups a multiple of 8 (one super-block of 256 weights per pair of factors).
+  const uint16_t* super_scales;    // (out_features, groups / 8) fp16
+  const uint16_t* super_minimums;  // (out_features, groups / 8) fp16
   int64_t groups;             // padded_in / group
   int64_t in_features, out_features;
   const float* bias;          // (out_features,) or null

@@ -32,6 +32,8 @@ class BlockGroups:
     minimum: torch.Tensor | None  # like scale, or None
     group: int
     bits: int
+    # Q4_K's scale and minimum as stored: 6-bit sc and m (n_blocks, 8) uint8, fp16 d and dmin (n_blocks, 1)
+    levels: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def dequantize(self) -> torch.Tensor:
         """(n_blocks, block) float32."""
@@ -63,7 +65,7 @@ def _k_scales(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     low, high, mixed = packed.view(-1, 3, 4).unbind(1)  # bytes 0-3, 4-7, 8-11
     scales = torch.cat((low & 0x3F, (mixed & 0x0F) | ((low >> 2) & 0x30)), dim=1)
     minimums = torch.cat((high & 0x3F, (mixed >> 4) | ((high >> 2) & 0x30)), dim=1)
-    return scales.float(), minimums.float()
+    return scales, minimums  # uint8
 
 
 def q4_0(blocks: torch.Tensor) -> BlockGroups:  # 18 bytes: f16 d, 16 bytes of nibbles; w = d * (q - 8)
@@ -100,7 +102,8 @@ def q4_k(blocks: torch.Tensor) -> BlockGroups:
     scales, minimums = _k_scales(blocks[:, 4:16])
     packed = blocks[:, 16:].reshape(-1, 4, 1, 32)
     q = torch.cat((packed & 0x0F, packed >> 4), dim=2).reshape(-1, QK_K)
-    return BlockGroups(q, _f16(blocks, 0) * scales, -(_f16(blocks, 2) * minimums), 32, 4)
+    d, dmin = (blocks[:, i:i + 2].contiguous().view(torch.float16) for i in (0, 2))  # (n_blocks, 1)
+    return BlockGroups(q, d.float() * scales, -(dmin.float() * minimums), 32, 4, (scales, minimums, d, dmin))
 
 
 def q5_k(blocks: torch.Tensor) -> BlockGroups:
@@ -173,11 +176,16 @@ def matrix_rows(kind: str, rows: torch.Tensor, in_features: int):
     (quantize.py) of shape (n, in_features)."""
     from llmgen.quantize import Int4Groups, Int8Groups
 
+    from llmgen.quantize import SuperBlockScales
+
     n = rows.shape[0]
     groups = split(kind, rows.reshape(n * (in_features // block_size(kind)), -1))
     q, scale = groups.q.reshape(n, in_features), groups.scale.reshape(n, -1)
     minimum = None if groups.minimum is None else groups.minimum.reshape(n, -1)
-    return Int4Groups(q, scale, minimum) if groups.bits == 4 else Int8Groups(q, scale, minimum, groups.group)
+    if groups.bits == 8:
+        return Int8Groups(q, scale, minimum, groups.group)
+    levels = None if groups.levels is None else SuperBlockScales(*(t.reshape(n, -1) for t in groups.levels))
+    return Int4Groups(q, scale, minimum, levels)
 
 
 def deferred_matrix(kind: str, shape: tuple[int, int], read_rows):
