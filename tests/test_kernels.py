@@ -250,6 +250,29 @@ def test_int8_matmul_computes_exactly_its_rounded_product(level, in_features, gr
     torch.testing.assert_close(got.double(), expected, atol=2e-5 * expected.abs().max().item(), rtol=0)
 
 
+@pytest.mark.parametrize("in_features", [256, 512, 2048])
+def test_q6_k_blocks_as_stored_compute_exactly_their_rounded_product(level, in_features):
+    """Q6_K's 210-byte blocks (random bytes: every q in 0..63, every int8 scale) rearranged for the kernel
+    without losing a bit (unpacked again, they are the file's), and the kernel exact against gguf-py's
+    dequantization times the int8-rounded x."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+    from test_gguf_blocks import random_blocks
+
+    out_features = 37
+    blocks = random_blocks("Q6_K", out_features * in_features // 256, seed=in_features)
+    packed = kernels.pack_q6_k(blocks.reshape(out_features, -1), in_features)
+    assert packed.packed.shape == (out_features, in_features // 256 * 210)
+    assert torch.equal(kernels.unpack_q6_k(packed), blocks.reshape(out_features, -1))
+    x = torch.randn(3, in_features, generator=torch.Generator().manual_seed(in_features))
+    x[1, :16] = 0  # an all-zero group: scale 0
+    bias = torch.randn(out_features)
+    got = kernels.QuantMatmul([(packed, bias)])(x)
+    weight = torch.from_numpy(dequantize(blocks.numpy(), GGMLQuantizationType.Q6_K)).double().reshape(out_features, -1)
+    expected = int8_rounded_in(x, 16) @ weight.T + bias.double()
+    torch.testing.assert_close(got.double(), expected, atol=2e-5 * expected.abs().max().item(), rtol=0)
+
+
 def test_parts_in_two_formats_run_side_by_side_in_one_call(level):
     """A fused layer of a 4-bit and an 8-bit part (a Q4_K_M block's q/k and v): one call, with the RMSNorm
     or SwiGLU first, equals each part alone on the prepared input, concatenated."""

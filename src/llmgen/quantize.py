@@ -177,13 +177,42 @@ class Int8Groups:
         return w if self.minimum is None else w + self.minimum.repeat_interleave(self.group, dim=1)  # (out, in)
 
 
+@dataclass
+class Q6KBlocks:
+    """GGUF Q6_K weights as the file stores them, for the kernel that reads them so (kernels.PackedQ6K):
+    each row in_features / 256 blocks of 210 bytes, 6.56 bits a weight (as int8 groups, 9)."""
+
+    blocks: torch.Tensor  # (out, in / 256 * 210) uint8
+    in_features: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.blocks.shape[0], self.in_features)
+
+    @classmethod
+    def cat(cls, parts: list[Q6KBlocks]) -> Q6KBlocks:
+        return cls(torch.cat([p.blocks for p in parts]), parts[0].in_features)
+
+    def rows(self, first: int, stop: int) -> Q6KBlocks:
+        return Q6KBlocks(self.blocks[first:stop], self.in_features)
+
+    def dequantize(self) -> torch.Tensor:
+        from llmgen.weights.gguf_blocks import split
+
+        n = self.blocks.shape[0]
+        return split("Q6_K", self.blocks.reshape(-1, Q6_K_BLOCK_BYTES)).dequantize().view(n, self.in_features)
+
+
+Q6_K_BLOCK_BYTES = 210
+
+
 class DeferredGroups:
     """Int4Groups or Int8Groups read from a file only when used: quantize_model builds one layer at a time
     and drops what it read, and a large matrix (a 128k-row head) is read and packed ROW_CHUNK rows at a
     time, so a model's weights are never all unpacked at once."""
 
     def __init__(self, shape: tuple[int, int], kind: type, read_rows: Callable[[int, int], Int4Groups | Int8Groups]):
-        self.shape, self.kind, self._read_rows = shape, kind, read_rows  # kind: Int4Groups or Int8Groups
+        self.shape, self.kind, self._read_rows = shape, kind, read_rows  # kind: Int4Groups, Int8Groups, Q6KBlocks
 
     def read(self) -> Int4Groups | Int8Groups:
         return self._read_rows(0, self.shape[0])
@@ -192,7 +221,7 @@ class DeferredGroups:
         return self._read_rows(first, min(stop, self.shape[0]))
 
 
-StoredGroups = Int4Groups | Int8Groups | DeferredGroups
+StoredGroups = Int4Groups | Int8Groups | Q6KBlocks | DeferredGroups
 
 
 def _resolved(groups: StoredGroups) -> Int4Groups | Int8Groups:
@@ -203,6 +232,8 @@ def _format(groups: Int4Groups | Int8Groups) -> tuple:
     """What parts must share to be fused into one matrix."""
     if isinstance(groups, Int4Groups):
         return ("int4", groups.levels is not None)
+    if isinstance(groups, Q6KBlocks):
+        return ("q6_k",)
     return ("int8", groups.group, groups.minimum is not None)
 
 
@@ -339,6 +370,42 @@ class Int8GroupsLinear(KernelLinear):
         return self.kernel_matmul() if self.own_kernel else self.forward
 
 
+class Q6KLinear(KernelLinear):
+    """y = x W^T (+ b) with W in Q6_K blocks as stored, on the kernel's Q6_K path where it runs, else
+    dequantized ROW_CHUNK rows at a time for F.linear."""
+
+    def __init__(self, groups: Q6KBlocks | DeferredGroups, bias: torch.Tensor | None = None, own_kernel: bool = True):
+        super().__init__()
+        out_features, in_features = groups.shape
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.own_kernel = own_kernel and kernels.library() is not None
+        # The kernel's arrangement of the blocks (kernels.pack_q6_k), or the file's for PyTorch.
+        pack = kernels.pack_q6_k if self.own_kernel else kernels.PackedQ6K
+        tensors = packed_in_chunks(groups, lambda g: pack(g.blocks, g.in_features))
+        self.register_buffer("blocks", tensors["packed"])  # (out, in / 256 * 210) uint8
+
+    def kernel_parts(self) -> list[tuple[kernels.Packed, torch.Tensor | None]]:
+        return [(kernels.PackedQ6K(self.blocks, self.in_features), self.bias)]
+
+    def dequantized_rows(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Rows of W (a slice, or indices) in float32 (rows, in)."""
+        blocks = self.blocks[rows].reshape(-1, self.blocks.shape[1])
+        if self.own_kernel:
+            blocks = kernels.unpack_q6_k(kernels.PackedQ6K(blocks, self.in_features))
+        return Q6KBlocks(blocks, self.in_features).dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.own_kernel:
+            return self.kernel_forward(x)
+        y = torch.cat([F.linear(x.float(), self.dequantized_rows(slice(first, first + ROW_CHUNK)))
+                       for first in range(0, self.out_features, ROW_CHUNK)], dim=-1)
+        return (y if self.bias is None else y + self.bias).to(x.dtype)
+
+    def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.kernel_matmul() if self.own_kernel else self.forward
+
+
 def packed_in_chunks(groups: Int4Groups | Int8Groups | DeferredGroups, pack: Callable
                      ) -> dict[str, torch.Tensor | None]:
     """The tensors of a whole packed matrix (kernels.PackedInt4/PackedInt8's TENSORS), packed ROW_CHUNK rows
@@ -349,7 +416,7 @@ def packed_in_chunks(groups: Int4Groups | Int8Groups | DeferredGroups, pack: Cal
     for first in range(0, out_features, ROW_CHUNK):
         part = pack(groups.rows(first, first + ROW_CHUNK))
         fields = {name: getattr(part, name) for name in part.TENSORS}
-        if fields["minimums"] is None and isinstance(part, kernels.PackedInt4):
+        if isinstance(part, kernels.PackedInt4) and fields["minimums"] is None:
             fields["minimums"] = part.scales * -8
         if buffers is None:
             buffers = {name: None if f is None else f.new_empty((out_features, *f.shape[1:]))
@@ -369,9 +436,9 @@ class StoredHead(nn.Module):
     of 0.82 (Q6_K) or 1.06 (Q8_0), and the candidates come out exactly as stored (see Int4Head for the same idea from float).
     """
 
-    def __init__(self, groups: Int8Groups | DeferredGroups, top: int = 64, own_kernel: bool = True):
+    def __init__(self, groups: Int8Groups | Q6KBlocks | DeferredGroups, top: int = 64, own_kernel: bool = True):
         super().__init__()
-        self.fine = Int8GroupsLinear(groups, own_kernel=False)  # its rows only: never a whole matmul
+        self.fine = stored_linear(groups, own_kernel=False)  # its rows only: never a whole matmul
         out_features = self.fine.out_features
         # Symmetric 4 bits (4.5 bits a weight): only the ranking of the top candidates depends on them.
         coarse = DeferredGroups(groups.shape, Int4Groups, lambda first, stop: Int4Groups.from_float(
@@ -415,11 +482,12 @@ class SideBySide(KernelLinear):
 
 
 def stored_linear(groups: StoredGroups, bias: torch.Tensor | None = None, own_kernel: bool = True) -> nn.Module:
-    """The layer for weights kept as stored: Int4Linear for 4-bit groups, Int8GroupsLinear for 8-bit."""
-    if isinstance(groups, DeferredGroups) and not own_kernel:
-        groups = groups.read()
+    """The layer for weights kept as stored: Int4Linear for 4-bit groups, Int8GroupsLinear for 8-bit,
+    Q6KLinear for Q6_K blocks."""
     kind = groups.kind if isinstance(groups, DeferredGroups) else type(groups)
-    return (Int4Linear if kind is Int4Groups else Int8GroupsLinear)(groups, bias, own_kernel)
+    if isinstance(groups, DeferredGroups) and not own_kernel and kind is Int4Groups:
+        groups = groups.read()  # PyTorch's int4 packing takes the whole matrix
+    return {Int4Groups: Int4Linear, Int8Groups: Int8GroupsLinear, Q6KBlocks: Q6KLinear}[kind](groups, bias, own_kernel)
 
 
 class Int4Head(nn.Module):
@@ -533,7 +601,7 @@ def quantize_model(model: nn.Module, kind: str, stored: dict[str, StoredGroups |
 def stored_head(groups: StoredGroups, own_kernels: bool) -> nn.Module:
     """A head kept as stored: as is when 4-bit, else a StoredHead when large enough to matter."""
     kind = groups.kind if isinstance(groups, DeferredGroups) else type(groups)
-    if kind is Int8Groups and groups.shape[0] >= STORED_HEAD_ROWS and int4_fits(groups.shape):
+    if kind in (Int8Groups, Q6KBlocks) and groups.shape[0] >= STORED_HEAD_ROWS and int4_fits(groups.shape):
         return StoredHead(groups, own_kernel=own_kernels)
     return stored_linear(groups, own_kernel=own_kernels)
 

@@ -122,6 +122,69 @@ class PackedInt8:
         return self.packed.size(0)
 
 
+@dataclass(frozen=True)
+class PackedQ6K:
+    """GGUF Q6_K blocks rearranged for int8_matmul.cpp's Q6_K path (pack_q6_k): 6.56 bits a weight."""
+
+    packed: torch.Tensor  # (out, in / 256 * 210) uint8: each row's blocks
+    in_features: int  # a multiple of 256
+
+    bits = 6
+    group = 16  # weights per scale: x is rounded to int8 in groups of 16
+    TENSORS = ("packed",)
+    scales = minimums = super_scales = super_minimums = None
+
+    @property
+    def groups(self) -> int:
+        return self.in_features // self.group
+
+    @property
+    def out_features(self) -> int:
+        return self.packed.size(0)
+
+
+Q6_K_BYTES = 210  # bytes per block of 256 weights
+
+
+def pack_q6_k(blocks: torch.Tensor, in_features: int) -> PackedQ6K:
+    """Rows of GGUF Q6_K blocks (out, in / 256 * 210) -> the same bytes rearranged as int8_matmul.cpp's Q6_K
+    path reads them: step t (0..3) of a block holds q[group j][4t + i] at byte 4j + i, its low nibbles in
+    bytes 64 (t // 2) .. (low nibble for even t), its high 2 bits at bits 2t of bytes 128..191; then the
+    16 scales and d as stored."""
+    out_features = blocks.shape[0]
+    raw = blocks.reshape(-1, Q6_K_BYTES)
+    q = _q6_k_values(raw)  # (n, 256) in 0..63, natural order
+    steps = q.view(-1, 16, 4, 4).transpose(1, 2).reshape(-1, 4, 64)  # (n, t, 4j + i)
+    nibbles = (steps[:, 0::2] & 0x0F) | (steps[:, 1::2] & 0x0F) << 4  # (n, 2, 64)
+    high = steps >> 4
+    high_bits = high[:, 0] | high[:, 1] << 2 | high[:, 2] << 4 | high[:, 3] << 6  # (n, 64)
+    packed = torch.cat((nibbles.reshape(-1, 128), high_bits, raw[:, 192:]), dim=1)
+    return PackedQ6K(packed.reshape(out_features, -1).contiguous(), in_features)
+
+
+def unpack_q6_k(packed: PackedQ6K) -> torch.Tensor:
+    """pack_q6_k's inverse: the GGUF Q6_K blocks (out, in / 256 * 210) uint8."""
+    raw = packed.packed.reshape(-1, Q6_K_BYTES)
+    nibbles = raw[:, :128].view(-1, 2, 64)
+    steps = torch.stack((nibbles[:, 0] & 0x0F, nibbles[:, 0] >> 4, nibbles[:, 1] & 0x0F, nibbles[:, 1] >> 4), dim=1)
+    steps = steps | ((raw[:, None, 128:192] >> (2 * torch.arange(4, dtype=torch.uint8))[None, :, None]) & 3) << 4
+    q = steps.view(-1, 4, 16, 4).transpose(1, 2).reshape(-1, 2, 4, 32)  # (n, half, quarter, l): natural order
+    ql = torch.cat(((q[:, :, 0] & 0x0F) | q[:, :, 2] << 4, (q[:, :, 1] & 0x0F) | q[:, :, 3] << 4), dim=2)  # (n, 2, 64)
+    high = q >> 4
+    qh = high[:, :, 0] | high[:, :, 1] << 2 | high[:, :, 2] << 4 | high[:, :, 3] << 6  # (n, 2, 32)
+    return torch.cat((ql.reshape(-1, 128), qh.reshape(-1, 64), raw[:, 192:]), dim=1).reshape(packed.packed.shape)
+
+
+def _q6_k_values(raw: torch.Tensor) -> torch.Tensor:
+    """GGUF Q6_K blocks (n, 210) -> q (n, 256) uint8 in 0..63: weight 128h + 32k + l takes its low 4 bits
+    from ql[64h + 32 (k % 2) + l] (the high nibble for k >= 2) and its high 2 from qh[32h + l] >> 2k."""
+    ql = raw[:, :128].reshape(-1, 2, 2, 32)  # (n, half, k % 2, l)
+    qh = raw[:, 128:192].reshape(-1, 2, 1, 32)
+    low = torch.cat((ql & 0x0F, ql >> 4), dim=2)  # (n, half, k, l)
+    high = (qh >> (2 * torch.arange(4, dtype=torch.uint8)).view(1, 1, 4, 1)) & 3
+    return (low | high << 4).reshape(-1, 256)
+
+
 def pack_int8(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None, group: int) -> PackedInt8:
     """q (out, in) int8, scale and minimum (out, in / group) -> int8_matmul.cpp's layout: rows padded to
     whole 64-byte steps, the pad groups' scales 0."""
@@ -176,7 +239,7 @@ QuantLayer._fields_ = [
     ("gated", ctypes.c_int32), ("bits", ctypes.c_int32), ("group", ctypes.c_int32),
     ("next", ctypes.POINTER(QuantLayer))]
 
-Packed = PackedInt4 | PackedInt8
+Packed = PackedInt4 | PackedInt8 | PackedQ6K
 
 
 class QuantMatmul:
@@ -195,6 +258,9 @@ class QuantMatmul:
         if any(weights.in_features != in_features for weights, _ in parts):
             raise ValueError("the parts of a fused layer take the same input")
         for weights, _ in parts:  # the kernel reads an fp16 pair per 8 groups, 8-bit values per group
+            if weights.bits == 6 and not (weights.in_features % 256 == 0 and weights.packed.dtype == torch.uint8
+                                          and weights.packed.shape[1] == weights.in_features // 256 * 210):
+                raise ValueError("Q6_K rows are whole 210-byte blocks of 256 weights")
             if weights.super_scales is not None and not (
                     weights.groups % SUPER_GROUPS == 0 and weights.scales.dtype == weights.minimums.dtype == torch.uint8
                     and weights.super_scales.shape == weights.super_minimums.shape
@@ -207,7 +273,7 @@ class QuantMatmul:
         for i, (weights, bias) in enumerate(self.parts):
             first = i == 0
             self.layers[i] = QuantLayer(
-                weights.packed.data_ptr(), weights.scales.data_ptr(), _pointer(weights.minimums),
+                weights.packed.data_ptr(), _pointer(weights.scales), _pointer(weights.minimums),
                 _pointer(weights.super_scales), _pointer(weights.super_minimums), weights.groups,
                 in_features, weights.out_features, _pointer(bias), _pointer(self.norm_weight) if first else None,
                 norm_eps, int(gated and first), weights.bits, weights.group,

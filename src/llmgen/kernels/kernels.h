@@ -8,7 +8,9 @@
 // - 4 bits (int4_matmul.cpp): w = q * scale + minimum, q in 0..15, groups of 32 (GGUF's Q4_0, Q4_1 and
 //   the sub-blocks of Q4_K), packed in int4_matmul.cpp's layout.
 // - 8 bits (int8_matmul.cpp): w = q * scale [+ minimum], q int8, groups of 16 or 32 (Q8_0, Q5_0, Q5_1,
-//   Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL: each holds its weights as small integers times a scale per group).
+//   Q5_K, Q3_K, Q2_K, IQ4_NL: each holds its weights as small integers times a scale per group).
+// - 6 bits (int8_matmul.cpp): GGUF Q6_K blocks as stored, in `packed`; groups = in_features / 16, group 16,
+//   no scales or minimums here (each block carries its own).
 struct QuantLayer {
   const uint8_t* packed;      // 4 bits: (out_features, padded_in / 2); 8 bits: (out_features, padded_in) int8
   const uint16_t* scales;     // (out_features, groups) fp16; uint8 when super_scales is set
@@ -25,7 +27,7 @@ struct QuantLayer {
   const float* norm_weight;   // (in_features,): RMS-normalise each row of x and scale by this first; or null
   float norm_eps;
   int32_t gated;              // rows of x are [gate, up], 2 in_features wide: the input is silu(gate) * up
-  int32_t bits;               // 4 or 8
+  int32_t bits;               // 4, 8 or 6
   int32_t group;              // weights per scale: 32, or 16 (8 bits only)
   const QuantLayer* next;     // a fused layer's next part, its outputs after this one's (same input); or null
 };

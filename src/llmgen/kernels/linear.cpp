@@ -47,10 +47,10 @@ void quant_linear(const QuantLayer* layer, const float* x, int64_t rows, float* 
   int64_t out_stride = 0;
   for (const QuantLayer* part = layer; part; part = part->next) out_stride += part->out_features;
   for (const QuantLayer* part = layer; part; part = part->next) {
-    if (part->bits == 8) {
-      int8_matmul(*part, x, rows, out, out_stride, accumulate, threads);
-    } else {
+    if (part->bits == 4) {
       int4_matmul(*part, x, rows, out, out_stride, accumulate, threads);
+    } else {  // 8, or 6: Q6_K's blocks
+      int8_matmul(*part, x, rows, out, out_stride, accumulate, threads);
     }
     out += part->out_features;
   }

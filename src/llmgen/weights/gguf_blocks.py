@@ -3,8 +3,9 @@
 Every common type stores a weight as a small integer times a scale per group of 16 or 32 weights, plus a
 minimum per group for some: w = q * scale [+ minimum]. `split` reads blocks into exactly that (q, scale,
 minimum), which serves twice:
-- kept quantized (quantize.py): 4-bit types become Int4Groups for the int4 kernel, the others Int8Groups
-  for the int8 kernel, with nothing converted to float;
+- kept quantized (quantize.py): 4-bit types become Int4Groups for the int4 kernel (Q4_K with its
+  two-level scales as stored), Q6_K stays in its blocks (Q6KBlocks) for the kernel's Q6_K path, the others
+  become Int8Groups for the int8 kernel, with nothing converted to float;
 - dequantized (`--quantize none`, the reference): q * scale + minimum, computed in float32 in the order
   gguf-py's numpy code uses, so the result is the same to the bit (tests/test_gguf_blocks.py).
 The k-quants' two-level scales (a 6- or 8-bit scale per sub-block times an fp16 scale per 256 weights)
@@ -172,13 +173,13 @@ def block_size(kind: str) -> int:
 
 
 def matrix_rows(kind: str, rows: torch.Tensor, in_features: int):
-    """Rows of a matrix stored in `kind` blocks, (n, row bytes) uint8 -> Int4Groups or Int8Groups
-    (quantize.py) of shape (n, in_features)."""
-    from llmgen.quantize import Int4Groups, Int8Groups
-
-    from llmgen.quantize import SuperBlockScales
+    """Rows of a matrix stored in `kind` blocks, (n, row bytes) uint8 -> Int4Groups, Int8Groups or
+    Q6KBlocks (quantize.py) of shape (n, in_features)."""
+    from llmgen.quantize import Int4Groups, Int8Groups, Q6KBlocks, SuperBlockScales
 
     n = rows.shape[0]
+    if kind == "Q6_K":  # read by the kernel as stored
+        return Q6KBlocks(rows.contiguous(), in_features)
     groups = split(kind, rows.reshape(n * (in_features // block_size(kind)), -1))
     q, scale = groups.q.reshape(n, in_features), groups.scale.reshape(n, -1)
     minimum = None if groups.minimum is None else groups.minimum.reshape(n, -1)
@@ -191,9 +192,9 @@ def matrix_rows(kind: str, rows: torch.Tensor, in_features: int):
 def deferred_matrix(kind: str, shape: tuple[int, int], read_rows):
     """A (out, in) matrix of `kind` blocks as DeferredGroups: read_rows(first, stop) gives those rows'
     bytes, (stop - first, row bytes) uint8."""
-    from llmgen.quantize import DeferredGroups, Int4Groups, Int8Groups
+    from llmgen.quantize import DeferredGroups, Int4Groups, Int8Groups, Q6KBlocks
 
-    return DeferredGroups(shape, Int4Groups if kind in FOUR_BIT else Int8Groups,
+    return DeferredGroups(shape, Int4Groups if kind in FOUR_BIT else Q6KBlocks if kind == "Q6_K" else Int8Groups,
                           lambda first, stop: matrix_rows(kind, read_rows(first, stop), shape[1]))
 
 

@@ -239,14 +239,15 @@ class GGUFFile:
 
     def materialized_bytes(self, keep_quantized: bool) -> int:
         """Memory that reading every tensor takes: float32, or with keep_quantized the kernels' forms of
-        quantized matrices (4 bits and two fp16 per 32 weights; a byte and up to two fp16 per 16), and
-        nothing for a quantized embedding, which stays in the file's pages."""
+        quantized matrices (4 bits and two fp16 per 32 weights; Q6_K as stored; a byte and up to two fp16
+        per 16), and nothing for a quantized embedding, which stays in the file's pages."""
         total, untied = 0, "output.weight" in self.names
         for t in self.tensors:
             if keep_quantized and self.kept(t):
                 if t.name == "token_embd.weight" and untied:
                     continue  # looked up from the file's blocks
-                total += t.n_elements * (0.625 if t.tensor_type.name in FOUR_BIT else 1.25)
+                kind = t.tensor_type.name
+                total += t.n_elements * (0.625 if kind in FOUR_BIT else 210 / 256 if kind == "Q6_K" else 1.25)
             else:
                 total += t.n_elements * 4
         return int(total)
