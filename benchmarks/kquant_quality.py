@@ -44,11 +44,12 @@ def greedy(forward, prompt: list[int], n: int) -> tuple[list[int], torch.Tensor]
 
 
 def parity(path: Path) -> list[tuple[str, bool, float]]:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     loaded = load_model(path, quantize="none")
     model = loaded.model
-    reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                     quantization_config=GgufConfig(dequantize=True))
     reference.eval()
 
     def ours(ids):

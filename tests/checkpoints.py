@@ -97,3 +97,33 @@ def save_meta(model, directory: Path, *, shards: int = 1, extra_params: dict | N
     }
     (directory / "params.json").write_text(json.dumps(params))
     return directory
+
+
+def smollm2_hf(directory: Path) -> Path:
+    """The real SmolLM2-135M-Instruct (the embedded GGUF's weights) in Hugging Face layout, as the hub
+    serves it: config.json, bfloat16 model.safetensors, tokenizer.json, tokenizer_config.json and
+    generation_config.json, all written by transformers. transformers' GGUF loader gives the tokenizer
+    GPT-2's pre-tokenizer; SmolLM2's own splits numerals off first (shared/FACTS.md), so it is set here
+    as the real tokenizer.json has it."""
+    import shutil
+
+    from tokenizers import pre_tokenizers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GgufConfig
+
+    from llmgen import assets
+
+    gguf_path = assets.locate("smollm2-135m-instruct-q4_1")
+    source = directory.parent / f"{directory.name}-gguf"
+    source.mkdir(parents=True, exist_ok=True)
+    (source / gguf_path.name).symlink_to(gguf_path)
+    model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf_path.name, dtype=torch.bfloat16,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    model.save_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf_path.name)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tokenizer.save_pretrained(directory)
+    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2).save_pretrained(directory)
+    shutil.rmtree(source)
+    return directory

@@ -311,3 +311,24 @@ def test_generate_with_a_downloaded_alias(tmp_path):
     assert result.returncode == 0, result.err
     payload = json.loads(result.out)
     assert payload["model"] == "gpt2" and payload["generated_tokens"] == 5
+
+
+def test_smollm2_instruct_downloaded_in_hf_layout_says_paris(tmp_path):
+    """The registry's smollm2-135m-instruct: an HF-layout SmolLM2 (the real weights, written by transformers
+    with SmolLM2's tokenizer.json) served by the local hub, downloaded by alias, then run with its own
+    tokenizer.json."""
+    from checkpoints import smollm2_hf
+
+    directory = smollm2_hf(tmp_path / "SmolLM2-135M-Instruct")
+    files = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+    with HubServer() as hub:
+        hub.repos["HuggingFaceTB/SmolLM2-135M-Instruct"] = Repo(files)
+        env = env_for(hub, tmp_path)
+        done = run_llmgen("download", "smollm2-135m-instruct", env=env, timeout=300)
+        assert done.returncode == 0, done.err
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    result = run_llmgen("generate", "The capital of France is", "--model", "smollm2-135m-instruct", "--raw",
+                        "--temperature", "0", "-n", "4", "--json", env=offline, timeout=300)
+    assert result.returncode == 0, result.err
+    payload = json.loads(result.out)
+    assert "Paris" in payload["text"], payload

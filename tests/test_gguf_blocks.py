@@ -138,13 +138,14 @@ def test_kquant_model_dequantized_matches_transformers(tmp_path, mix):
     """--quantize none on a GGUF of every block type against transformers' own GGUF loader (which
     dequantizes with gguf-py) on the same file: logits within 1e-3 and the same 24 greedy tokens."""
     from test_model_parity import greedy_ours, greedy_reference
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     from llmgen.weights.loading import load_model
 
     path = write_kquant_gguf(tmp_path / f"{mix}.gguf", MIXES[mix])
     ours = load_model(path, quantize="none").model
-    reference = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32,
+                                                     quantization_config=GgufConfig(dequantize=True))
     ids = torch.randint(0, 8192, (1, 24), generator=torch.Generator().manual_seed(0))
     ours.setup_cache(1, 64)
     with torch.inference_mode():

@@ -11,7 +11,8 @@ HF_GPT2_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
 # Meta's own layout inside the hub repos (as the seed downloads it): original/params.json, ...
 META_FILES = ("original/params.json", "original/tokenizer.model", "original/consolidated.*.pth")
 HF_LLAMA_FILES = ("config.json", "model*.safetensors", "model.safetensors.index.json", "tokenizer.json",
-                  "tokenizer_config.json", "vocab.json", "merges.txt")
+                  "tokenizer_config.json", "generation_config.json", "chat_template.jinja", "vocab.json",
+                  "merges.txt")
 
 
 @dataclass(frozen=True)

@@ -322,15 +322,26 @@ def tokenizer_from_path(path: Path) -> Tokenizer:
             tokenizer = loader(path)
             if tokenizer is not None:
                 return tokenizer
-        raise LLMGenError(f"no tokenizer found in {path} (expected tokenizer.model, or vocab.json + merges.txt)")
+        raise LLMGenError(f"no tokenizer found in {path} (expected tokenizer.model, tokenizer.json, or vocab.json + "
+                          "merges.txt)")
+    if path.name == "tokenizer.json":  # with the tokenizer_config.json etc. beside it
+        return _tokenizer_json_from_dir(path.parent)
     return load_llama3(path)
 
 
 def _llama3_from_dir(directory: Path) -> Tokenizer | None:
     for candidate in (directory / "tokenizer.model", directory / "original" / "tokenizer.model"):
-        if candidate.is_file():
+        if candidate.is_file() and (_is_tiktoken_file(candidate) or not (directory / "tokenizer.json").is_file()):
             return load_llama3(candidate)
     return None
+
+
+def _is_tiktoken_file(path: Path) -> bool:
+    """Meta's LLaMA-3 tokenizer.model is text (a base64 token and a rank per line); LLaMA-2's and Mistral's
+    are SentencePiece protobufs, which their directories' tokenizer.json describes instead."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    return all(32 <= b < 127 or b in b"\r\n" for b in head)
 
 
 # --- Hugging Face byte-level BPE vocabularies (GPT-2's vocab.json + merges.txt) -----------------------
@@ -392,5 +403,13 @@ def _gpt2_from_dir(directory: Path) -> Tokenizer | None:
     return Tokenizer(name="gpt2", encoding=encoding, stop_ids=stop)
 
 
-# Each entry: model directory -> Tokenizer, or None when the directory has no vocabulary of that kind.
-MODEL_VOCABULARIES = [_llama3_from_dir, _gpt2_from_dir]
+def _tokenizer_json_from_dir(directory: Path) -> Tokenizer | None:
+    from llmgen.hf_tokenizer import load_tokenizer_json  # imports Hugging Face's tokenizers: only when needed
+
+    return load_tokenizer_json(directory)
+
+
+# Each entry: model directory -> Tokenizer, or None when the directory has no vocabulary of that kind. In
+# order: tiktoken where it is exact (Meta's tokenizer.model), then tokenizer.json (any pipeline, run by
+# Hugging Face's tokenizers), then GPT-2's vocab.json + merges.txt without one.
+MODEL_VOCABULARIES = [_llama3_from_dir, _tokenizer_json_from_dir, _gpt2_from_dir]

@@ -27,7 +27,7 @@ def tokenize(
              "or 'default' (the embedded SmolLM2).",
     ),
     tokenizer_path: Optional[Path] = typer.Option(
-        None, "--tokenizer", help="A tokenizer file (LLaMA-3 tokenizer.model) or a directory holding one."
+        None, "--tokenizer", help="A tokenizer file (LLaMA-3 tokenizer.model, tokenizer.json) or a directory holding one."
     ),
     ids_only: bool = typer.Option(False, "--ids", help="Print the ids only, space-separated."),
     count_only: bool = typer.Option(False, "--count", help="Print the number of tokens only."),

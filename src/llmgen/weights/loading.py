@@ -19,7 +19,7 @@ from llmgen.config import GPT2Config, LlamaConfig, ModelConfig
 from llmgen.errors import LLMGenError, UsageError
 from llmgen.models import build_model
 from llmgen.quantize import QUANTIZATIONS, quantize_model
-from llmgen.tokenizers import Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
+from llmgen.tokenizers import MODEL_VOCABULARIES, Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
 from llmgen.weights import maps
 from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_tokenizer, read_llama_gguf
 from llmgen.weights.memory import check_memory
@@ -314,12 +314,11 @@ def _tokenizer_for(layout: Layout, config: ModelConfig) -> Tokenizer:
     if layout.gguf_file is not None:
         return gguf_tokenizer(layout.gguf_file)
     directory = layout.directory
-    for candidate in (directory / "tokenizer.model", directory / "original" / "tokenizer.model",
-                      directory.parent / "tokenizer.model"):
-        if candidate.is_file():
-            return load_llama3(candidate)
-    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-        return tokenizer_from_path(directory)
+    for loader in MODEL_VOCABULARIES:  # tokenizer.model, tokenizer.json, vocab.json + merges.txt
+        if (tokenizer := loader(directory)) is not None:
+            return tokenizer
+    if (directory.parent / "tokenizer.model").is_file():  # Meta's layout: the shards in a subdirectory
+        return load_llama3(directory.parent / "tokenizer.model")
     # No tokenizer shipped with the weights: the family's standard one, when the vocabulary fits it.
     if config.arch == "gpt2":
         return get_tokenizer("gpt2")

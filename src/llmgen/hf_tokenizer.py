@@ -1,0 +1,148 @@
+"""A Hugging Face model directory's tokenizer.json, through Hugging Face's `tokenizers` library.
+
+tokenizer.json describes a whole pipeline (normalizer, pre-tokenizer, BPE/Unigram/WordPiece model,
+post-processor, decoder) that tiktoken cannot express in general: Qwen's regex, SentencePiece vocabularies
+with byte fallback, SmolLM2's digit splitting. The library that defines the format runs it. What generation
+needs beyond ids comes from the same directory: BOS from the tokenizer's own post-processor, stop ids from
+generation_config.json and tokenizer_config.json, the chat format from the chat template.
+
+`TokenizersEncoding` offers the part of tiktoken.Encoding's interface a `Tokenizer` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from llmgen.errors import LLMGenError
+from llmgen.tokenizers import Tokenizer, bytes_to_unicode
+
+# Token texts that end a turn in the families llmgen knows, besides the EOS ids a model declares.
+STOP_TOKEN_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "</s>",
+                    "<|end|>", "<end_of_turn>")
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+MAX_TOKENIZER_BYTES = 64 << 20  # real ones are 2-35 MB
+
+
+class TokenizersEncoding:
+    def __init__(self, name: str, tokenizer: Any, spec: dict):
+        self.name = name
+        self._tokenizer = tokenizer
+        self._special_tokens = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        self._bytes = _token_bytes(tokenizer, spec)
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self._bytes)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._special_tokens)
+
+    def encode(self, text: str, *, allowed_special: Literal["all"] | Collection[str] = (),
+               disallowed_special: Literal["all"] | Collection[str] = ()) -> list[int]:
+        """Special-token strings in the text are text unless allowed ("all"), as with tiktoken."""
+        self._tokenizer.encode_special_tokens = not allowed_special
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_single_token(self, text: str) -> int:
+        token_id = self._tokenizer.token_to_id(text)
+        if token_id is None:
+            raise KeyError(text)
+        return token_id
+
+    def decode_single_token_bytes(self, token_id: int) -> bytes:
+        if not 0 <= token_id < len(self._bytes) or self._bytes[token_id] is None:
+            raise KeyError(token_id)
+        return self._bytes[token_id]
+
+    def decode(self, ids: Sequence[int], errors: str = "replace") -> str:
+        return b"".join(self.decode_single_token_bytes(i) for i in ids).decode("utf-8", errors)
+
+
+def _decoder_kinds(spec: dict) -> set[str]:
+    decoder = spec.get("decoder") or {}
+    parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
+    return {p.get("type") for p in parts if isinstance(p, dict)}
+
+
+def _token_bytes(tokenizer: Any, spec: dict) -> list[bytes | None]:
+    """Each id's bytes, as they appear in decoded text: GPT-2's byte alphabet undone for byte-level
+    vocabularies; "▁" as a space and <0xXX> as its byte for SentencePiece-style ones; added tokens as
+    written. None for an id the vocabulary skips."""
+    kinds = _decoder_kinds(spec)
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()} if "ByteLevel" in kinds else None
+    added = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items()}
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    table: list[bytes | None] = [None] * (max(vocab.values(), default=-1) + 1)
+    for token, token_id in vocab.items():
+        if token_id in added:
+            table[token_id] = added[token_id].encode("utf-8")
+        elif byte_of is not None and all(ch in byte_of for ch in token):
+            table[token_id] = bytes(byte_of[ch] for ch in token)
+        elif "ByteFallback" in kinds and (match := BYTE_PIECE.fullmatch(token)):
+            table[token_id] = bytes([int(match.group(1), 16)])
+        else:
+            table[token_id] = token.replace("\u2581", " ").encode("utf-8")
+    return table
+
+
+def load_tokenizer_json(directory: Path) -> Tokenizer | None:
+    """The tokenizer of a model directory with a tokenizer.json, or None without one."""
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise LLMGenError(f"{path} is larger than any real tokenizer.json ({path.stat().st_size} bytes)")
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        spec = json.loads(text)
+        tokenizer = HFTokenizer.from_str(text)
+    except Exception as e:  # json's ValueError, UnicodeDecodeError; tokenizers raises plain Exceptions
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise LLMGenError(f"{path} is not a tokenizer.json: {reason}") from None
+    if not isinstance(spec, dict):
+        raise LLMGenError(f"{path} is not a tokenizer.json (not a JSON object)")
+    encoding = TokenizersEncoding(f"tokenizer.json:{directory.name}", tokenizer, spec)
+    settings = _json_object(directory / "tokenizer_config.json")
+    generation = _json_object(directory / "generation_config.json")
+
+    # BOS: what the tokenizer's own post-processor puts in front of a text.
+    with_specials = tokenizer.encode("a", add_special_tokens=True).ids
+    plain = tokenizer.encode("a", add_special_tokens=False).ids
+    bos = with_specials[0] if len(with_specials) > len(plain) and with_specials[1:len(plain) + 1] == plain else None
+
+    stop = {i for text, i in encoding.special_tokens.items() if text in STOP_TOKEN_TEXTS}
+    for eos in (generation.get("eos_token_id"), _token_id(tokenizer, settings.get("eos_token"))):
+        for token_id in eos if isinstance(eos, list) else [eos]:
+            if isinstance(token_id, int) and not isinstance(token_id, bool) and 0 <= token_id < encoding.n_vocab:
+                stop.add(token_id)
+    template = settings.get("chat_template")
+    if not isinstance(template, str):  # transformers 5 writes it to a file of its own
+        jinja = directory / "chat_template.jinja"
+        template = jinja.read_text(encoding="utf-8", errors="replace") if jinja.is_file() else ""
+    chat_format = "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
+    return Tokenizer(name="tokenizer.json", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
+                     chat_format=chat_format)
+
+
+def _json_object(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise LLMGenError(f"{path} is not valid JSON: {e}") from None
+    return value if isinstance(value, dict) else {}
+
+
+def _token_id(tokenizer: Any, token: Any) -> int | None:
+    """tokenizer_config.json writes a token as its text or as {"content": text, ...}."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return tokenizer.token_to_id(token) if isinstance(token, str) else None

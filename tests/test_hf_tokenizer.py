@@ -1,0 +1,90 @@
+"""tokenizer.json through Hugging Face's `tokenizers` (hf_tokenizer.py): real vocabularies (llama.cpp's vocab
+GGUFs) written as Hugging Face tokenizer directories by transformers, then read by llmgen the way a
+downloaded model directory is, against llama.cpp's test vectors and the Hugging Face tokenizer itself."""
+
+import json
+
+import llama_cpp_vocab
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmgen.errors import LLMGenError
+from llmgen.tokenizers import tokenizer_from_path
+
+pytestmark = pytest.mark.slow  # transformers converts each vocabulary (2-12 s)
+
+# Byte-level BPE with Qwen2's regex, GPT-2's, and a SentencePiece vocabulary with byte fallback (Phi-3).
+VOCABS = ("qwen2", "gpt-2", "phi-3")
+_directories = {}
+
+
+def hf_directory(name, tmp_path_factory):
+    """transformers' tokenizer for the vocabulary, saved as a model directory (tokenizer.json,
+    tokenizer_config.json, chat_template.jinja where the vocabulary has a template)."""
+    if name not in _directories:
+        from transformers import AutoTokenizer
+
+        source = llama_cpp_vocab.vocab_path(name)
+        directory = tmp_path_factory.mktemp(name)
+        reference = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+        reference.save_pretrained(directory)
+        _directories[name] = directory, reference
+    return _directories[name]
+
+
+@pytest.fixture(scope="module", params=VOCABS)
+def vocab(request, tmp_path_factory):
+    llama_cpp_vocab.fetch()
+    directory, reference = hf_directory(request.param, tmp_path_factory)
+    return request.param, tokenizer_from_path(directory), reference
+
+
+def test_llama_cpp_vectors_through_tokenizer_json(vocab):
+    name, ours, _ = vocab
+    assert ours.name == "tokenizer.json"
+    cases = llama_cpp_vocab.vectors(name)
+    wrong = [(text, ids) for text, ids in cases if ours.encode(text, bos=False) != ids]
+    assert not wrong, f"{len(wrong)} of {len(cases)} differ, first: {wrong[0]}"
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=50))
+def test_any_text_gives_the_reference_ids_and_decodes_back(vocab, text):
+    name, ours, reference = vocab
+    ids = ours.encode(text, bos=False)
+    assert ids == reference.encode(text, add_special_tokens=False)
+    decoded = ours.decode(ids)
+    # Byte-level vocabularies give the text back; SentencePiece also the space it puts in front.
+    assert decoded == text if name != "phi-3" else decoded.removeprefix(" ") == text.removeprefix(" ") or not text
+
+
+def test_special_tokens_bos_stops_and_chat_format(tmp_path_factory):
+    llama_cpp_vocab.fetch()
+    qwen = tokenizer_from_path(hf_directory("qwen2", tmp_path_factory)[0])
+    im_end = qwen.encoding.encode_single_token("<|im_end|>")
+    assert qwen.encode("a<|im_end|>", bos=False) != [qwen.encode("a", bos=False)[0], im_end]  # typed: text
+    assert qwen.encode("a<|im_end|>", bos=False, allow_special=True)[-1] == im_end
+    assert qwen.bos_id is None and im_end in qwen.stop_ids and qwen.chat_format == "chatml"
+    phi3 = tokenizer_from_path(hf_directory("phi-3", tmp_path_factory)[0])
+    assert phi3.bos_id == 1 and phi3.encode("hi")[0] == 1  # its post-processor adds <s>
+    assert phi3.encoding.encode_single_token("<|end|>") in phi3.stop_ids
+
+
+def test_a_sentencepiece_tokenizer_model_beside_it_is_not_read_as_tiktoken(tmp_path_factory, tmp_path):
+    """LLaMA-2, Mistral and Phi-3 directories ship SentencePiece's binary tokenizer.model next to
+    tokenizer.json: the directory's tokenizer is tokenizer.json, not a failed tiktoken read."""
+    llama_cpp_vocab.fetch()
+    source, _ = hf_directory("phi-3", tmp_path_factory)
+    for f in source.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "tokenizer.model").write_bytes(b"\x0a\x0b\x0a\x05<unk>\x15\x00\x00\x00\x00\x18\x02" * 20)
+    assert tokenizer_from_path(tmp_path).name == "tokenizer.json"
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", json.dumps({"model": {"type": "Nope"}}).encode(),
+                                     b"\xff\xfe garbage"])
+def test_a_broken_tokenizer_json_is_one_clear_error(tmp_path, content):
+    (tmp_path / "tokenizer.json").write_bytes(content)
+    with pytest.raises(LLMGenError, match="is not a tokenizer.json"):
+        tokenizer_from_path(tmp_path)
