@@ -53,6 +53,35 @@ def hf_llama(**overrides):
     return model
 
 
+# Tiny configs of the LLaMA-like families, in transformers' own classes (config class, model class).
+HF_FAMILIES = {
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"use_sliding_window": False}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 24}),  # head_dim * heads != hidden_size
+}
+
+
+def hf_family(family: str, **overrides):
+    """A tiny random model of a LLaMA-like family (HF_FAMILIES), norms and biases randomised so a wrong
+    mapping shows."""
+    import transformers
+
+    config_class, model_class, extra = HF_FAMILIES[family]
+    config = dict(vocab_size=1000, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False, **extra)
+    config.update(overrides)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.uniform_(-0.5, 0.5)
+    return model
+
+
 def save_hf(model, directory: Path, **kwargs) -> Path:
     model.save_pretrained(directory, **kwargs)
     return directory

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from checkpoints import hf_gpt2, hf_llama, save_hf, save_meta
+from checkpoints import HF_FAMILIES, hf_family, hf_gpt2, hf_llama, save_hf, save_meta
 
 from llmgen.generation import SamplingSettings, generate_ids
 from llmgen.weights.loading import load_weights
@@ -88,6 +88,68 @@ def test_hf_llama_logits_and_greedy_match_reference(tmp_path, variant):
     torch.testing.assert_close(our_logits(model, ids), reference_logits(reference, ids), atol=ATOL, rtol=0)
     prompt = ids[0, :6].tolist()
     assert greedy_ours(model, prompt, 24) == greedy_reference(reference, prompt, 24)
+
+
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+def test_llama_like_families_match_reference(tmp_path, family):
+    """Mistral, Qwen2 (q/k/v bias) and Qwen3 (q/k norms, head_dim apart from hidden / heads) from HF
+    layout: logits and greedy ids equal transformers' on the same weights."""
+    reference = hf_family(family)
+    model, found = load_weights(save_hf(reference, tmp_path))
+    assert found.kind == "hf" and model.config.qkv_bias == (family == "qwen2")
+    assert model.config.qk_norm == (family == "qwen3")
+    ids = tokens(reference.config.vocab_size, n=40)
+    torch.testing.assert_close(our_logits(model, ids), reference_logits(reference, ids), atol=ATOL, rtol=0)
+    prompt = ids[0, :6].tolist()
+    assert greedy_ours(model, prompt, 16) == greedy_reference(reference, prompt, 16)
+
+
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+def test_llama_like_families_quantized_decode_equals_their_forward(tmp_path, family):
+    """The default (int4) path: q/k/v with Qwen2's biases fused on the kernels, Qwen3 on PyTorch's decoder
+    (the kernels do not normalise heads); each decode step equals the forward pass of the same model."""
+    from llmgen import kernels
+    from llmgen.decode import choose_decoder
+    from llmgen.quantize import quantize_model
+
+    if kernels.library() is None:
+        pytest.skip(f"llmgen's kernels do not run here: {kernels.unavailable_reason()}")
+    reference = hf_family(family, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                          num_key_value_heads=2, **({"head_dim": 32} if family == "qwen3" else {}))
+    model, _ = load_weights(save_hf(reference, tmp_path))
+    quantize_model(model.float(), "int4")
+    decoder = choose_decoder(model)
+    assert decoder.use_kernels == (family != "qwen3"), decoder
+    ids = tokens(reference.config.vocab_size, n=10)[:1]
+    model.setup_cache(1, 16)
+    with torch.inference_mode():
+        expected = model(ids, 0)[0, -1]
+        model.setup_cache(1, 16)
+        model(ids[:, :-1], 0)
+        step = decoder(int(ids[0, -1]), ids.size(1) - 1)
+    torch.testing.assert_close(step, expected, atol=1e-3, rtol=1e-3)
+    if family == "qwen2":  # the fused q/k/v carries the biases: its output is the float one's, to int4 error
+        attention = reference.model.layers[0].self_attn
+        x = torch.randn(3, reference.config.hidden_size)
+        fused = model.layers[0].attention.wqkv
+        with torch.inference_mode():
+            # q and k rows are in llmgen's RoPE order (interleaved): compare v's, and the norms of q's and k's
+            expected_v = attention.v_proj(x)
+            got = fused(x)
+        q_size, kv_size = attention.q_proj.out_features, attention.v_proj.out_features
+        # int4's error is a few percent of the output; a dropped bias (as large as the rest) would be ~70%
+        assert (got[:, q_size + kv_size:] - expected_v).norm() < 0.15 * expected_v.norm()
+        with torch.inference_mode():
+            for part, projection in ((got[:, :q_size], attention.q_proj), (got[:, q_size:q_size + kv_size],
+                                                                              attention.k_proj)):
+                expected = projection(x)
+                assert (part.norm(dim=-1) - expected.norm(dim=-1)).abs().max() < 0.15 * expected.norm(dim=-1).min()
+
+
+def test_a_sliding_window_caps_the_context(tmp_path):
+    reference = hf_family("mistral", sliding_window=64)
+    model, _ = load_weights(save_hf(reference, tmp_path))
+    assert model.config.context_length == 64
 
 
 def test_rope_scaling_changes_the_output(tmp_path):

@@ -96,6 +96,9 @@ class LlamaConfig:
     # Per-frequency divisors of the RoPE frequencies (head_dim / 2 of them), as llama.cpp's converter
     # stores Llama 3.1+ scaling in a GGUF's rope_freqs tensor; None: rope_scaling (or none) applies.
     rope_freq_factors: tuple[float, ...] | None = None
+    # The families that differ from LLaMA in small ways (ARCHITECTURES in from_hf says which is which):
+    qkv_bias: bool = False  # Qwen2: a bias on the q, k and v projections
+    qk_norm: bool = False  # Qwen3: RMSNorm over each q and k head (head_dim) before RoPE
 
     arch = "llama"
 
@@ -140,6 +143,20 @@ class LlamaConfig:
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> LlamaConfig:
+        """config.json of LlamaForCausalLM and the families that are LLaMA with small differences:
+        MistralForCausalLM (LLaMA's math; a sliding window caps the context here), Qwen2ForCausalLM (q/k/v
+        bias) and Qwen3ForCausalLM (q/k RMSNorm)."""
+        model_type = config.get("model_type", "llama")
+        if model_type not in HF_LLAMA_FAMILIES:
+            raise LLMGenError(f"config.json: model_type {model_type!r} is not a LLaMA-family model "
+                              f"({', '.join(HF_LLAMA_FAMILIES)})")
+        if model_type in ("llama", "mistral") and (config.get("attention_bias") or config.get("mlp_bias")):
+            raise LLMGenError("config.json: attention_bias and mlp_bias are not supported for llama/mistral")
+        context = config.get("max_position_embeddings", 8192)
+        window = config.get("sliding_window")
+        windowed = model_type == "mistral" or config.get("use_sliding_window", False)
+        if windowed and isinstance(window, int) and not isinstance(window, bool) and 0 < window < context:
+            context = window  # attention within the window is attention over everything up to it
         # transformers 5 moves rope_theta and rope_scaling into rope_parameters.
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
         if not isinstance(rope, dict):
@@ -167,10 +184,16 @@ class LlamaConfig:
             norm_eps=config.get("rms_norm_eps", 1e-5),
             rope_theta=rope_theta,
             rope_scaling=scaling,
-            context_length=config.get("max_position_embeddings", 8192),
+            context_length=context,
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
             head_dim=config.get("head_dim") or 0,
+            qkv_bias=model_type == "qwen2" or (model_type == "qwen3" and bool(config.get("attention_bias", False))),
+            qk_norm=model_type == "qwen3",
         )
+
+
+# Hugging Face model types that LlamaConfig.from_hf reads (model/llama.py runs them all).
+HF_LLAMA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 ModelConfig = GPT2Config | LlamaConfig

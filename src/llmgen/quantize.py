@@ -569,17 +569,18 @@ def quantize_model(model: nn.Module, kind: str, stored: dict[str, StoredGroups |
         # Fused projections first: they need the parts' groups before packing.
         for fused_name, part_names in getattr(module, "FUSIONS", {}).items():
             parts = [getattr(module, n) for n in part_names]
-            if any(p is None or p.bias is not None for p in parts):
+            if any(p is None for p in parts) or kind != "int4":
                 continue
-            if kind != "int4":
-                continue
+            # Parts' biases (Qwen2's q, k, v) side by side; zeros for a part without one.
+            bias = None if all(p.bias is None for p in parts) else torch.cat(
+                [p.bias.detach().float() if p.bias is not None else torch.zeros(p.out_features) for p in parts])
             groups = [stored_or_int4(f"{prefix}{n}", p) for n, p in zip(part_names, parts)]
             if any(g is None for g in groups):  # a part that is neither stored nor int4-shaped: no fusion
-                for n, g in zip(part_names, groups):
+                for n, g, p in zip(part_names, groups, parts):
                     if g is not None:
-                        setattr(module, n, stored_linear(g, own_kernel=own_kernels))
+                        setattr(module, n, stored_linear(g, p.bias, own_kernel=own_kernels))
                 continue
-            setattr(module, fused_name, fused_linear([_resolved(g) for g in groups], own_kernels))
+            setattr(module, fused_name, fused_linear([_resolved(g) for g in groups], own_kernels, bias))
             for n in part_names:
                 setattr(module, n, None)
             return_freed_memory()
@@ -606,14 +607,20 @@ def stored_head(groups: StoredGroups, own_kernels: bool) -> nn.Module:
     return stored_linear(groups, own_kernel=own_kernels)
 
 
-def fused_linear(groups: list[Int4Groups | Int8Groups], own_kernels: bool) -> nn.Module:
+def fused_linear(groups: list[Int4Groups | Int8Groups], own_kernels: bool, bias: torch.Tensor | None = None
+                 ) -> nn.Module:
     """Parts on one input as one layer: one matrix where their formats agree, else side by side (each run
-    of parts in one format fused)."""
+    of parts in one format fused). bias: the parts' biases concatenated, or None."""
     runs: list[list[Int4Groups | Int8Groups]] = []
     for g in groups:
         if runs and _format(runs[-1][0]) == _format(g):
             runs[-1].append(g)
         else:
             runs.append([g])
-    layers = [stored_linear(type(run[0]).cat(run) if len(run) > 1 else run[0], own_kernel=own_kernels) for run in runs]
+    layers, first = [], 0
+    for run in runs:
+        rows = sum(g.shape[0] for g in run)
+        run_bias = None if bias is None else bias[first:first + rows]
+        layers.append(stored_linear(type(run[0]).cat(run) if len(run) > 1 else run[0], run_bias, own_kernels))
+        first += rows
     return layers[0] if len(layers) == 1 else SideBySide(layers)

@@ -69,6 +69,8 @@ class Layer:
     down: Callable[[torch.Tensor], torch.Tensor]
     k_cache: torch.Tensor  # (n_kv_heads, head_dim, max_len): keys transposed (see KVCache)
     v_cache: torch.Tensor  # (n_kv_heads, max_len, head_dim)
+    q_norm: Callable[[torch.Tensor], torch.Tensor] | None  # Qwen3's per-head norms, or None
+    k_norm: Callable[[torch.Tensor], torch.Tensor] | None
 
     @classmethod
     def of(cls, block: TransformerBlock) -> Layer:
@@ -83,9 +85,10 @@ class Layer:
         else:
             w1, w3 = linear_function(feed_forward.w1), linear_function(feed_forward.w3)
             gate_up = lambda h: torch.cat((w1(h), w3(h)), dim=-1)  # noqa: E731
+        q_norm, k_norm = (None if n is None else norm_function(n) for n in (attention.q_norm, attention.k_norm))
         return cls(norm_function(block.attention_norm), qkv, linear_function(attention.wo),
                    norm_function(block.ffn_norm), gate_up, linear_function(feed_forward.w2),
-                   attention.kv_cache.k_t[0], attention.kv_cache.v[0])
+                   attention.kv_cache.k_t[0], attention.kv_cache.v[0], q_norm, k_norm)
 
 
 def norm_function(norm: RMSNorm) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -98,6 +101,8 @@ def norm_function(norm: RMSNorm) -> Callable[[torch.Tensor], torch.Tensor]:
 def kernel_blocker(model: Llama) -> str | None:
     """Why kernel_step cannot run this model (None when it can): it needs every block's matmuls fused
     quantized layers on llmgen's kernels (int4, or a GGUF's types as stored), and float32 caches."""
+    if model.config.qk_norm:
+        return "its attention normalises each q and k head (Qwen3), which the kernels do not"
     for block in model.layers:
         linears = (block.attention.wqkv, block.attention.wo, block.feed_forward.w13, block.feed_forward.w2)
         if not all(isinstance(m, KernelLinear) for m in linears):
@@ -144,6 +149,9 @@ def pytorch_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tenso
     x = model.tok_embeddings(token)  # (1, dim)
     for layer, (keys_t, values) in zip(plan.layers, plan.window.views):
         heads = layer.qkv(layer.attention_norm(x)).view(n_rotated + n_kv_heads, head_dim).float()
+        if layer.q_norm is not None:
+            heads = torch.cat((layer.q_norm(heads[:n_heads]), layer.k_norm(heads[n_heads:n_rotated]),
+                               heads[n_rotated:])).float()
         turned = torch.mm(heads[:n_rotated], rope).to(plan.dtype)  # RoPE on the q and k heads
         layer.k_cache.index_copy_(2, pos, turned[n_heads:, :, None])  # into (n_kv_heads, head_dim, max_len)
         layer.v_cache.index_copy_(1, pos, heads[n_rotated:, None].to(plan.dtype))  # (n_kv_heads, max_len, hd)

@@ -1,4 +1,6 @@
 """LLaMA-3 (3, 3.1, 3.2): RMSNorm pre-norm, RoPE, grouped-query attention, SwiGLU, tied or untied head.
+The same code runs the families that differ from it in a detail the config names (config.py): Mistral,
+Qwen2/2.5 (bias on q, k, v) and Qwen3 (RMSNorm on each q and k head).
 
 Weight names follow Meta's checkpoints (tok_embeddings, layers.N.attention.wq, feed_forward.w1, ...), and
 RoPE rotates interleaved pairs (x0, x1), (x2, x3), ... as Meta's code does; Hugging Face checkpoints are
@@ -92,11 +94,14 @@ class Attention(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
-        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
-        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=config.qkv_bias)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
         self.wqkv: nn.Module | None = None
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        # Qwen3: each q and k head RMS-normalised (one weight of head_dim, shared by the heads) before RoPE.
+        self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, rotations: torch.Tensor, start_pos: int) -> torch.Tensor:
@@ -107,8 +112,10 @@ class Attention(nn.Module):
             kv_size = self.n_kv_heads * self.head_dim
             q, k, v = self.wqkv(x).split((self.n_heads * self.head_dim, kv_size, kv_size), dim=-1)
         dtype = self.kv_cache.v.dtype  # the model's: quantized layers compute in bfloat16
-        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim), rotations).to(dtype)
-        k = apply_rope(k.view(B, T, self.n_kv_heads, self.head_dim), rotations).to(dtype)
+        q, k = q.view(B, T, self.n_heads, self.head_dim), k.view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, rotations).to(dtype), apply_rope(k, rotations).to(dtype)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
         k, v = self.kv_cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos + T, head_dim)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from llmgen.config import GPT2Config, LlamaConfig, ModelConfig
+from llmgen.config import HF_LLAMA_FAMILIES, GPT2Config, LlamaConfig, ModelConfig
 from llmgen.errors import LLMGenError, UsageError
 from llmgen.models import build_model
 from llmgen.quantize import QUANTIZATIONS, quantize_model
@@ -190,13 +190,14 @@ def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             {k.removeprefix("transformer."): v for k, v in maps.HF_GPT2.items()},
             transposed=maps.HF_GPT2_TRANSPOSED, ignored=maps.HF_GPT2_IGNORED,
         )
-    if model_type == "llama":
+    if model_type in HF_LLAMA_FAMILIES:
         config = LlamaConfig.from_hf(hf_config)
-        heads = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads}
+        heads = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "one_head": 1}
         permuted = {suffix: heads[count] for suffix, count in maps.HF_LLAMA_ROPE_PERMUTED.items()}
         ignored = set(maps.HF_LLAMA_IGNORED) | ({"lm_head.weight"} if config.tie_embeddings else set())
         return config, _rename(state, maps.HF_LLAMA, permuted=permuted, ignored=ignored)
-    raise LLMGenError(f"{directory / 'config.json'}: model_type {model_type!r} is not supported (gpt2 or llama)")
+    raise LLMGenError(f"{directory / 'config.json'}: model_type {model_type!r:.40} is not supported "
+                      f"(gpt2, {', '.join(HF_LLAMA_FAMILIES)})")
 
 
 def _hf_weight_files(directory: Path) -> list[Path]:
@@ -226,7 +227,7 @@ def _rename(state: dict[str, torch.Tensor], table: dict[str, str], *, transposed
             tensor = tensor.t().contiguous()
         for s, n_heads in (permuted or {}).items():
             if name.endswith(s):
-                _require_matrix(name, tensor, 2 * n_heads)
+                _require_rows(name, tensor, 2 * n_heads)
                 tensor = _unpermute_rope(tensor, n_heads)
         renamed[table[template].format(layer.group(1) if layer else "")] = tensor
     if unexpected:
@@ -241,13 +242,23 @@ def _require_matrix(name: str, tensor: torch.Tensor, rows_multiple_of: int) -> N
                           f"multiples of {rows_multiple_of}")
 
 
+def _require_rows(name: str, tensor: torch.Tensor, rows_multiple_of: int) -> None:
+    """A matrix or vector (a bias, a norm's weight) whose rows come in multiples of rows_multiple_of."""
+    if tensor.dim() not in (1, 2) or tensor.size(0) % rows_multiple_of:
+        raise LLMGenError(f"tensor {name!r} has shape {list(tensor.shape)}, not rows in multiples of "
+                          f"{rows_multiple_of}")
+
+
 def _names_error(what: str, names: list[str]) -> str:
     more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
     return f"the checkpoint {what} {names[0]!r}{more}"
 
 
 def _unpermute_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """HF's q/k rows (n_heads, 2, head_dim/2, dim) -> Meta's interleaved (n_heads, head_dim/2, 2, dim)."""
+    """HF's q/k rows (n_heads, 2, head_dim/2, dim) -> Meta's interleaved (n_heads, head_dim/2, 2, dim);
+    a vector (bias, norm weight) as a matrix of one column."""
+    if weight.dim() == 1:
+        return _unpermute_rope(weight[:, None], n_heads)[:, 0].contiguous()
     rows, cols = weight.shape
     return weight.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 

@@ -39,10 +39,19 @@ HF_LLAMA = {
     "model.layers.{}.mlp.gate_proj.weight": "layers.{}.feed_forward.w1.weight",
     "model.layers.{}.mlp.down_proj.weight": "layers.{}.feed_forward.w2.weight",
     "model.layers.{}.mlp.up_proj.weight": "layers.{}.feed_forward.w3.weight",
+    # Qwen2: a bias on q, k and v; Qwen3: RMSNorm weights for each q and k head.
+    "model.layers.{}.self_attn.q_proj.bias": "layers.{}.attention.wq.bias",
+    "model.layers.{}.self_attn.k_proj.bias": "layers.{}.attention.wk.bias",
+    "model.layers.{}.self_attn.v_proj.bias": "layers.{}.attention.wv.bias",
+    "model.layers.{}.self_attn.q_norm.weight": "layers.{}.attention.q_norm.weight",
+    "model.layers.{}.self_attn.k_norm.weight": "layers.{}.attention.k_norm.weight",
 }
-# HF's conversion permuted q and k rows so RoPE rotates halves; undo it to rotate interleaved pairs.
+# HF's conversion permuted q and k rows so RoPE rotates halves; undo it to rotate interleaved pairs: the
+# rows of q and k, their biases, and the per-head norm weights (one head_dim each).
 # Value: which head count the rows are grouped by.
-HF_LLAMA_ROPE_PERMUTED = {"self_attn.q_proj.weight": "n_heads", "self_attn.k_proj.weight": "n_kv_heads"}
+HF_LLAMA_ROPE_PERMUTED = {"self_attn.q_proj.weight": "n_heads", "self_attn.k_proj.weight": "n_kv_heads",
+                          "self_attn.q_proj.bias": "n_heads", "self_attn.k_proj.bias": "n_kv_heads",
+                          "self_attn.q_norm.weight": "one_head", "self_attn.k_norm.weight": "one_head"}
 HF_LLAMA_IGNORED = {"self_attn.rotary_emb.inv_freq"}
 
 # Meta checkpoints split across model-parallel shards: the dimension each tensor is split along
