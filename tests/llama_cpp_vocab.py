@@ -1,4 +1,5 @@
-"""llama.cpp's tokenizer test data: real vocabularies (GGUF files without weights) and their test vectors.
+"""llama.cpp's tokenizer test data (real vocabularies: GGUF files without weights, and their test vectors)
+and its converter from Hugging Face layout to GGUF.
 
 llama.cpp ships, for each pre-tokenizer it supports, `models/ggml-vocab-NAME.gguf` with `.inp` (texts
 separated by "\\n__ggml_vocab_test__\\n") and `.out` (the ids the model's own Hugging Face tokenizer gave,
@@ -10,6 +11,7 @@ llama-cpp-python sdist on PyPI (pinned by sha256), extracted once into llmgen's 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -52,9 +54,28 @@ def vectors(name: str) -> list[tuple[str, list[int]]]:
     return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, lines)]
 
 
+# llama.cpp's converter from Hugging Face layout to GGUF, with the gguf-py it imports (tests make GGUF
+# files of each model family with it): these trees under vendor/llama.cpp/, extracted to converter_dir().
+CONVERTER_TREES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def converter_dir() -> Path:
+    return directory() / "llama.cpp"
+
+
+def convert_hf_to_gguf(model_dir: Path, outfile: Path, outtype: str = "f32") -> Path:
+    """Run llama.cpp's convert_hf_to_gguf.py (with its own gguf-py) on a Hugging Face model directory."""
+    root = converter_dir()
+    env = {**os.environ, "PYTHONPATH": str(root / "gguf-py")}
+    done = subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outfile",
+                           str(outfile), "--outtype", outtype], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return outfile
+
+
 def fetch() -> Path:
     target = directory()
-    if all((target / m).is_file() for m in members()):
+    if all((target / m).is_file() for m in members()) and (converter_dir() / "convert_hf_to_gguf.py").is_file():
         return target
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", SDIST,
@@ -63,13 +84,17 @@ def fetch() -> Path:
         (archive,) = Path(tmp).iterdir()
         if assets.sha256_file(archive) != SDIST_SHA256:
             raise SystemExit(f"{archive.name} does not match its pinned sha256")
-        wanted = {MODELS_DIR + m: m for m in members()}
+        wanted = {MODELS_DIR + m: target / m for m in members()}
         with tarfile.open(archive) as tf:
             for info in tf.getmembers():
                 inner = info.name.split("/", 1)[-1]  # below the sdist's top folder
-                if info.isfile() and inner in wanted:
-                    data = tf.extractfile(info).read()
-                    assets.write_atomically(target / wanted[inner], data)
+                tool = inner.removeprefix("vendor/llama.cpp/")
+                if not info.isfile() or ".." in inner.split("/"):
+                    continue
+                if inner in wanted:
+                    assets.write_atomically(wanted[inner], tf.extractfile(info).read())
+                elif inner.startswith("vendor/llama.cpp/") and tool.startswith(CONVERTER_TREES):
+                    assets.write_atomically(converter_dir() / tool, tf.extractfile(info).read())
     missing = [m for m in members() if not (target / m).is_file()]
     if missing:
         raise SystemExit(f"{SDIST} lacks {', '.join(missing)}")

@@ -17,6 +17,7 @@ The measured agreement with float32 is in tests/test_quantize.py and benchmarks/
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -222,6 +223,17 @@ class DeferredGroups:
 
 
 StoredGroups = Int4Groups | Int8Groups | Q6KBlocks | DeferredGroups
+
+
+def select_rows(groups, index: torch.Tensor):
+    """Int4Groups, Int8Groups or Q6KBlocks (or Int4Groups' SuperBlockScales) with only the rows at index,
+    in that order: each tensor field indexed along its first dimension."""
+    values = {}
+    for f in dataclasses.fields(groups):
+        value = getattr(groups, f.name)
+        values[f.name] = (value[index] if isinstance(value, torch.Tensor)
+                          else select_rows(value, index) if dataclasses.is_dataclass(value) else value)
+    return type(groups)(**values)
 
 
 def _resolved(groups: StoredGroups) -> Int4Groups | Int8Groups:

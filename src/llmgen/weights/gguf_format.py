@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -43,7 +44,18 @@ GGUF_LLAMA = {
     "blk.{}.ffn_gate.weight": "layers.{}.feed_forward.w1.weight",
     "blk.{}.ffn_down.weight": "layers.{}.feed_forward.w2.weight",
     "blk.{}.ffn_up.weight": "layers.{}.feed_forward.w3.weight",
+    # Qwen2: a bias on q, k and v; Qwen3: RMSNorm weights for each q and k head.
+    "blk.{}.attn_q.bias": "layers.{}.attention.wq.bias",
+    "blk.{}.attn_k.bias": "layers.{}.attention.wk.bias",
+    "blk.{}.attn_v.bias": "layers.{}.attention.wv.bias",
+    "blk.{}.attn_q_norm.weight": "layers.{}.attention.q_norm.weight",
+    "blk.{}.attn_k_norm.weight": "layers.{}.attention.k_norm.weight",
 }
+# general.architecture values read onto the LLaMA model. llama.cpp writes "llama" files with q and k rows
+# permuted for RoPE on interleaved pairs (llmgen's order), and Qwen's in Hugging Face's order (RoPE on
+# halves, llama.cpp's NEOX): those rows are put in llmgen's order as they are read.
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+ROPE_ON_HALVES = ("qwen2", "qwen3")
 
 # SmolLM2, StarCoder, Refact (llama.cpp's "smollm", "starcoder", "refact"; HF's Digits(individual_digits=True)
 # then ByteLevel): every numeral is split off first, then GPT-2's regex runs on each piece between numerals. As
@@ -357,8 +369,9 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
     DeferredGroups and a quantized token_embd as a BlockEmbedding (see quantize_model)."""
     gguf_file = GGUFFile(path)
     arch = gguf_file.typed("general.architecture", str)
-    if arch != "llama":
-        raise LLMGenError(f"{gguf_file.path.name}: GGUF architecture {arch!r:.40} is not supported (llama)")
+    if arch not in GGUF_ARCHITECTURES:
+        raise LLMGenError(f"{gguf_file.path.name}: GGUF architecture {arch!r:.40} is not supported "
+                          f"({', '.join(GGUF_ARCHITECTURES)})")
     names = [t.name for t in gguf_file.tensors]
     rope_factors = None
     if ROPE_FREQS in names:  # Llama 3.1+ RoPE scaling, as llama.cpp's converter writes it: not a weight
@@ -366,20 +379,23 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
         if rope_freqs.tensor_type.name != "F32" or len(rope_freqs.shape) != 1:
             raise LLMGenError(f"{gguf_file.path.name}: GGUF {ROPE_FREQS} must be a float32 vector")
         rope_factors = tuple(gguf_file.tensor(names.index(ROPE_FREQS)).tolist())
-    n_heads = gguf_file.require("llama.attention.head_count", int)
+    n_heads = gguf_file.require(f"{arch}.attention.head_count", int)
     tokens = gguf_file.typed("tokenizer.ggml.tokens", list)
     config = LlamaConfig(  # LlamaConfig checks every value's range
-        vocab_size=gguf_file.typed("llama.vocab_size", int) or (len(tokens) if tokens else 0),
-        dim=gguf_file.require("llama.embedding_length", int),
-        n_layers=gguf_file.require("llama.block_count", int),
+        vocab_size=gguf_file.typed(f"{arch}.vocab_size", int) or (len(tokens) if tokens else 0),
+        dim=gguf_file.require(f"{arch}.embedding_length", int),
+        n_layers=gguf_file.require(f"{arch}.block_count", int),
         n_heads=n_heads,
-        n_kv_heads=gguf_file.typed("llama.attention.head_count_kv", int) or n_heads,
-        ffn_dim=gguf_file.require("llama.feed_forward_length", int),
-        norm_eps=gguf_file.typed("llama.attention.layer_norm_rms_epsilon", float, 1e-5),
-        rope_theta=gguf_file.typed("llama.rope.freq_base", float, 10000.0),
-        context_length=gguf_file.typed("llama.context_length", int, 2048),
+        n_kv_heads=gguf_file.typed(f"{arch}.attention.head_count_kv", int) or n_heads,
+        ffn_dim=gguf_file.require(f"{arch}.feed_forward_length", int),
+        norm_eps=gguf_file.typed(f"{arch}.attention.layer_norm_rms_epsilon", float, 1e-5),
+        rope_theta=gguf_file.typed(f"{arch}.rope.freq_base", float, 10000.0),
+        context_length=gguf_file.typed(f"{arch}.context_length", int, 2048),
         tie_embeddings="output.weight" not in names,
         rope_freq_factors=rope_factors,
+        head_dim=gguf_file.typed(f"{arch}.attention.key_length", int) or 0,
+        qkv_bias="blk.0.attn_q.bias" in names,
+        qk_norm="blk.0.attn_q_norm.weight" in names,
     )
     check_memory(gguf_file.materialized_bytes(keep_quantized), gguf_file.path.name)
     state = {}
@@ -390,7 +406,37 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
         if keep_quantized:
             stored = gguf_file.embedding(i) if name == "token_embd.weight" else gguf_file.stored_groups(i)
         state[name] = stored if stored is not None else gguf_file.tensor(i)
+        if arch in ROPE_ON_HALVES and (heads := _rotated_heads(name, config)) is not None:
+            state[name] = rows_in_interleaved_order(state[name], heads)
     return config, state, gguf_file
+
+
+def _rotated_heads(name: str, config: LlamaConfig) -> int | None:
+    """For a tensor whose rows RoPE turns (q and k weights and biases, the per-head q/k norms): how many
+    heads its rows hold."""
+    if re.fullmatch(r"blk\.\d+\.attn_q\.(weight|bias)", name):
+        return config.n_heads
+    if re.fullmatch(r"blk\.\d+\.attn_k\.(weight|bias)", name):
+        return config.n_kv_heads
+    if re.fullmatch(r"blk\.\d+\.attn_[qk]_norm\.weight", name):
+        return 1
+    return None
+
+
+def rows_in_interleaved_order(tensor, n_heads: int):
+    """Rows of q or k (n_heads, 2, head_dim / 2) for RoPE on halves -> (n_heads, head_dim / 2, 2) for RoPE
+    on interleaved pairs: a float tensor (weight or vector), or quantized rows as stored (DeferredGroups),
+    whose rows are reordered whole, blocks and all."""
+    from llmgen.quantize import DeferredGroups, select_rows
+
+    rows = tensor.shape[0]
+    if rows % (2 * n_heads):
+        raise LLMGenError(f"a q/k tensor of {rows} rows does not split into {n_heads} heads of pairs")
+    order = torch.arange(rows).view(n_heads, 2, rows // n_heads // 2).transpose(1, 2).reshape(-1)
+    if isinstance(tensor, torch.Tensor):
+        return tensor[order].contiguous()
+    whole = tensor  # DeferredGroups: q and k are small enough to read whole, then reorder
+    return DeferredGroups(whole.shape, whole.kind, lambda first, stop: select_rows(whole.read(), order[first:stop]))
 
 
 def gguf_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
