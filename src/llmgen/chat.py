@@ -17,7 +17,7 @@ from llmgen.errors import LLMGenError
 from llmgen.tokenizers import Tokenizer
 
 CACHE_STEP = 1024  # a conversation's KV cache grows in steps of this many positions
-NO_TEMPLATE = "this model has no chat template llmgen knows (ChatML or Llama 3)"
+NO_TEMPLATE = "this model has no chat template (none in its files, and not ChatML or Llama 3)"
 
 
 def message_ids(tokenizer: Tokenizer, role: str, content: str) -> list[int]:
@@ -48,7 +48,13 @@ def start_ids(tokenizer: Tokenizer) -> list[int]:
 
 
 def chat_prompt_ids(tokenizer: Tokenizer, prompt: str, system: str | None = None) -> list[int]:
-    """One user turn (after an optional system turn), ending where the assistant's reply begins."""
+    """One user turn (after an optional system turn), ending where the assistant's reply begins: through
+    the model's own chat template when it ships one, else the ChatML or Llama 3 format it uses."""
+    if tokenizer.chat_template:
+        from llmgen.chat_template import template_ids
+
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return template_ids(tokenizer, messages)
     ids = start_ids(tokenizer) + (message_ids(tokenizer, "system", system) if system else [])
     return ids + message_ids(tokenizer, "user", prompt) + header_ids(tokenizer, "assistant")
 
@@ -78,7 +84,7 @@ class Conversation:
 
     def __init__(self, model, tokenizer: Tokenizer, system: str | None = None,
                  on_drop: Callable[[str], None] | None = None):
-        if tokenizer.chat_format is None:
+        if tokenizer.chat_format is None and not tokenizer.chat_template:
             raise LLMGenError(NO_TEMPLATE)
         self.model, self.tokenizer, self.system, self.on_drop = model, tokenizer, system, on_drop
         self.turns: list[Turn] = []
@@ -101,6 +107,13 @@ class Conversation:
 
     def ids(self, turns: list[Turn]) -> list[int]:
         """The conversation's ids for these turns, ending where the next reply begins."""
+        if self.tokenizer.chat_template:  # the whole conversation through the model's template
+            from llmgen.chat_template import template_ids
+
+            messages = self.messages(turns)
+            if turns and turns[-1].reply_ids:  # the prompt for the last turn ends where its reply begins
+                messages.pop()
+            return template_ids(self.tokenizer, messages)
         ids = start_ids(self.tokenizer) + (message_ids(self.tokenizer, "system", self.system) if self.system else [])
         for turn in turns:
             ids += message_ids(self.tokenizer, "user", turn.user) + header_ids(self.tokenizer, "assistant")
@@ -108,13 +121,15 @@ class Conversation:
                 ids += turn.reply_ids + end_of_reply_ids(self.tokenizer, turn.reply_ids)
         return ids
 
-    def messages(self) -> list[dict[str, str]]:
-        """The conversation as role/content messages (for /save)."""
+    def messages(self, turns: list[Turn] | None = None) -> list[dict[str, str]]:
+        """The conversation as role/content messages (for /save and for a chat template); a turn without a
+        reply yet is the user's message alone."""
         out = [{"role": "system", "content": self.system}] if self.system else []
-        for turn in self.turns:
-            out += [{"role": "user", "content": turn.user},
-                    {"role": "assistant", "content": self.tokenizer.decode(
-                        [i for i in turn.reply_ids if i not in self.tokenizer.stop_ids])}]
+        for turn in self.turns if turns is None else turns:
+            out.append({"role": "user", "content": turn.user})
+            if turn.reply_ids:
+                out.append({"role": "assistant", "content": self.tokenizer.decode(
+                    [i for i in turn.reply_ids if i not in self.tokenizer.stop_ids])})
         return out
 
     def reply(self, text: str, settings, *, generator=None, decoder=None) -> Iterator[int]:

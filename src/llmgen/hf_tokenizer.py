@@ -118,7 +118,8 @@ def load_tokenizer_json(directory: Path) -> Tokenizer | None:
     bos = with_specials[0] if len(with_specials) > len(plain) and with_specials[1:len(plain) + 1] == plain else None
 
     stop = {i for text, i in encoding.special_tokens.items() if text in STOP_TOKEN_TEXTS}
-    for eos in (generation.get("eos_token_id"), _token_id(tokenizer, settings.get("eos_token"))):
+    declared_eos = _token_id(tokenizer, settings.get("eos_token"))
+    for eos in (generation.get("eos_token_id"), declared_eos):
         for token_id in eos if isinstance(eos, list) else [eos]:
             if isinstance(token_id, int) and not isinstance(token_id, bool) and 0 <= token_id < encoding.n_vocab:
                 stop.add(token_id)
@@ -128,7 +129,7 @@ def load_tokenizer_json(directory: Path) -> Tokenizer | None:
         template = jinja.read_text(encoding="utf-8", errors="replace") if jinja.is_file() else ""
     chat_format = "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
     return Tokenizer(name="tokenizer.json", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
-                     chat_format=chat_format)
+                     chat_format=chat_format, chat_template=template or None, eos_id=declared_eos)
 
 
 def _json_object(path: Path) -> dict:

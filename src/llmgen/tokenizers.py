@@ -76,7 +76,9 @@ class Tokenizer(NamedTuple):
     encoding: tiktoken.Encoding
     bos_id: int | None = None  # prepended to every prompt when set (LLaMA-3)
     stop_ids: tuple[int, ...] = ()  # a generation ends at any of these
-    chat_format: str | None = None  # "chatml" or "llama3": how chat.py wraps a prompt
+    chat_format: str | None = None  # "chatml" or "llama3": how chat.py wraps a prompt without a template
+    chat_template: str | None = None  # the model's own Jinja2 chat template (chat_template.py renders it)
+    eos_id: int | None = None  # the model's declared end-of-sequence token (a template's eos_token)
     # Single bytes the vocabulary has no token for (SmolLM2 lacks 21): BPE cannot start from them.
     missing_bytes: frozenset[int] = frozenset()
 

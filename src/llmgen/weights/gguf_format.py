@@ -469,7 +469,8 @@ def gguf_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
     if any(i is not None and not 0 <= i < len(tokens) for i in (eos, bos)):
         raise LLMGenError(f"{gguf_file.path.name}: GGUF BOS/EOS token ids lie outside the vocabulary")
     return Tokenizer(name=f"gguf:{pre}", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
-                     chat_format=_chat_format(gguf_file), missing_bytes=missing)
+                     chat_format=_chat_format(gguf_file), missing_bytes=missing,
+                     chat_template=gguf_file.typed("tokenizer.chat_template", str), eos_id=eos)
 
 
 def _chat_format(gguf_file: GGUFFile) -> str | None:
@@ -504,4 +505,5 @@ def _sentencepiece_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
         stop.add(ids["eos"])
     add_bos = gguf_file.typed("tokenizer.ggml.add_bos_token", bool, True)  # SentencePiece models default to BOS
     return Tokenizer(name="gguf:llama", encoding=encoding, bos_id=ids["bos"] if add_bos else None,
-                     stop_ids=tuple(sorted(stop)), chat_format=_chat_format(gguf_file))
+                     stop_ids=tuple(sorted(stop)), chat_format=_chat_format(gguf_file),
+                     chat_template=gguf_file.typed("tokenizer.chat_template", str), eos_id=ids["eos"])
