@@ -146,6 +146,21 @@ def test_llama_like_families_quantized_decode_equals_their_forward(tmp_path, fam
                 assert (part.norm(dim=-1) - expected.norm(dim=-1)).abs().max() < 0.15 * expected.norm(dim=-1).min()
 
 
+def test_phi3_longrope_matches_reference_within_its_original_window(tmp_path):
+    """Phi-3.5's long-context RoPE: frequencies divided by short_factor, rotations scaled by its attention
+    factor; the context stops at the original window, beyond which the long factors would apply."""
+    head_pairs = 8  # head_dim 16 / 2
+    rope = {"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(head_pairs)],
+            "long_factor": [2.0 + i for i in range(head_pairs)], "original_max_position_embeddings": 64,
+            "rope_theta": 10000.0}
+    reference = hf_family("phi3", max_position_embeddings=256, original_max_position_embeddings=64,
+                          rope_parameters=rope, rope_scaling=rope)
+    model, _ = load_weights(save_hf(reference, tmp_path))
+    assert model.config.context_length == 64 and model.config.rope_attention_factor > 1
+    ids = tokens(reference.config.vocab_size, n=40)
+    torch.testing.assert_close(our_logits(model, ids), reference_logits(reference, ids), atol=ATOL, rtol=0)
+
+
 def test_a_sliding_window_caps_the_context(tmp_path):
     reference = hf_family("mistral", sliding_window=64)
     model, _ = load_weights(save_hf(reference, tmp_path))

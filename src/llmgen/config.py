@@ -99,6 +99,8 @@ class LlamaConfig:
     # The families that differ from LLaMA in small ways (ARCHITECTURES in from_hf says which is which):
     qkv_bias: bool = False  # Qwen2: a bias on the q, k and v projections
     qk_norm: bool = False  # Qwen3: RMSNorm over each q and k head (head_dim) before RoPE
+    # Phi-3's "longrope": RoPE's rotations scaled by this (q.k by its square); 1: none.
+    rope_attention_factor: float = 1.0
 
     arch = "llama"
 
@@ -145,13 +147,17 @@ class LlamaConfig:
     def from_hf(cls, config: dict[str, Any]) -> LlamaConfig:
         """config.json of LlamaForCausalLM and the families that are LLaMA with small differences:
         MistralForCausalLM (LLaMA's math; a sliding window caps the context here), Qwen2ForCausalLM (q/k/v
-        bias) and Qwen3ForCausalLM (q/k RMSNorm)."""
+        bias), Qwen3ForCausalLM (q/k RMSNorm) and Phi3ForCausalLM (q/k/v and gate/up fused in the
+        checkpoint, split as read; longrope RoPE)."""
         model_type = config.get("model_type", "llama")
         if model_type not in HF_LLAMA_FAMILIES:
             raise LLMGenError(f"config.json: model_type {model_type!r} is not a LLaMA-family model "
                               f"({', '.join(HF_LLAMA_FAMILIES)})")
-        if model_type in ("llama", "mistral") and (config.get("attention_bias") or config.get("mlp_bias")):
-            raise LLMGenError("config.json: attention_bias and mlp_bias are not supported for llama/mistral")
+        if model_type in ("llama", "mistral", "phi3") and (config.get("attention_bias") or config.get("mlp_bias")):
+            raise LLMGenError("config.json: attention_bias and mlp_bias are not supported for llama/mistral/phi3")
+        partial = config.get("partial_rotary_factor", (config.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0))
+        if partial != 1.0:
+            raise LLMGenError(f"config.json: partial_rotary_factor {partial!r:.20} is not supported (RoPE on whole heads)")
         context = config.get("max_position_embeddings", 8192)
         window = config.get("sliding_window")
         windowed = model_type == "mistral" or config.get("use_sliding_window", False)
@@ -163,8 +169,22 @@ class LlamaConfig:
             raise LLMGenError(f"config.json: rope_scaling must be an object, got {rope!r:.60}")
         rope_theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
-        scaling = None
-        if rope_type == "llama3":
+        scaling, factors, attention_factor = None, None, 1.0
+        if rope_type in ("longrope", "su"):
+            # Phi-3's long-context RoPE: within the original window the frequencies are divided by
+            # short_factor and the rotations scaled by sqrt(1 + log(scale) / log(original window)); the long
+            # factors serve positions beyond it, so the context stops at the original window here.
+            original = _get(rope, "original_max_position_embeddings") if "original_max_position_embeddings" in rope \
+                else _get(config, "original_max_position_embeddings")
+            short = rope.get("short_factor")
+            if not isinstance(short, list) or not all(isinstance(f, (int, float)) for f in short):
+                raise LLMGenError("config.json: longrope needs short_factor, a list of numbers")
+            factors = tuple(float(f) for f in short)
+            scale = context / original
+            attention_factor = rope.get("attention_factor") or (
+                1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(original)))
+            context = min(context, original)
+        elif rope_type == "llama3":
             scaling = RopeScaling(
                 factor=_number(rope, "factor"),
                 low_freq_factor=_number(rope, "low_freq_factor"),
@@ -172,7 +192,7 @@ class LlamaConfig:
                 original_context_length=_get(rope, "original_max_position_embeddings"),
             )
         elif rope_type not in ("default", None):
-            raise LLMGenError(f"config.json: rope type {rope_type!r} is not supported (default or llama3)")
+            raise LLMGenError(f"config.json: rope type {rope_type!r} is not supported (default, llama3, longrope)")
         n_heads = _get(config, "num_attention_heads")
         return cls(
             vocab_size=_get(config, "vocab_size"),
@@ -189,11 +209,13 @@ class LlamaConfig:
             head_dim=config.get("head_dim") or 0,
             qkv_bias=model_type == "qwen2" or (model_type == "qwen3" and bool(config.get("attention_bias", False))),
             qk_norm=model_type == "qwen3",
+            rope_freq_factors=factors,
+            rope_attention_factor=float(attention_factor),
         )
 
 
 # Hugging Face model types that LlamaConfig.from_hf reads (model/llama.py runs them all).
-HF_LLAMA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+HF_LLAMA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
 ModelConfig = GPT2Config | LlamaConfig

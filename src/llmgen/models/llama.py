@@ -1,6 +1,6 @@
 """LLaMA-3 (3, 3.1, 3.2): RMSNorm pre-norm, RoPE, grouped-query attention, SwiGLU, tied or untied head.
 The same code runs the families that differ from it in a detail the config names (config.py): Mistral,
-Qwen2/2.5 (bias on q, k, v) and Qwen3 (RMSNorm on each q and k head).
+Qwen2/2.5 (bias on q, k, v), Qwen3 (RMSNorm on each q and k head) and Phi-3.
 
 Weight names follow Meta's checkpoints (tok_embeddings, layers.N.attention.wq, feed_forward.w1, ...), and
 RoPE rotates interleaved pairs (x0, x1), (x2, x3), ... as Meta's code does; Hugging Face checkpoints are
@@ -177,7 +177,8 @@ class Llama(nn.Module):
         freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling,
                                  self.config.rope_freq_factors)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)  # (max_len, head_dim / 2)
-        rotations = torch.polar(torch.ones_like(angles), angles).to(weight.device)  # complex64
+        magnitude = torch.full_like(angles, self.config.rope_attention_factor)  # 1 but for Phi-3's longrope
+        rotations = torch.polar(magnitude, angles).to(weight.device)  # complex64
         self.register_buffer("rope_rotations", rotations, persistent=False)
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:

@@ -192,12 +192,39 @@ def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         )
     if model_type in HF_LLAMA_FAMILIES:
         config = LlamaConfig.from_hf(hf_config)
+        if model_type == "phi3":
+            state = _split_phi3(state, config)
         heads = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "one_head": 1}
         permuted = {suffix: heads[count] for suffix, count in maps.HF_LLAMA_ROPE_PERMUTED.items()}
         ignored = set(maps.HF_LLAMA_IGNORED) | ({"lm_head.weight"} if config.tie_embeddings else set())
         return config, _rename(state, maps.HF_LLAMA, permuted=permuted, ignored=ignored)
     raise LLMGenError(f"{directory / 'config.json'}: model_type {model_type!r:.40} is not supported "
                       f"(gpt2, {', '.join(HF_LLAMA_FAMILIES)})")
+
+
+def _split_phi3(state: dict[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:
+    """Phi-3 stores q, k and v as one qkv_proj and gate and up as one gate_up_proj: split them by rows into
+    the names the LLaMA map knows (views: nothing is copied)."""
+    q_rows, kv_rows = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    split = {}
+    for name, tensor in state.items():
+        if name.endswith("self_attn.qkv_proj.weight"):
+            _require_rows(name, tensor, 1)
+            if tensor.dim() != 2 or tensor.size(0) != q_rows + 2 * kv_rows:
+                raise LLMGenError(f"tensor {name!r} has shape {list(tensor.shape)}, not q, k and v's "
+                                  f"{q_rows + 2 * kv_rows} rows")
+            prefix = name.removesuffix("qkv_proj.weight")
+            for part, rows in zip(("q_proj", "k_proj", "v_proj"), tensor.split((q_rows, kv_rows, kv_rows))):
+                split[f"{prefix}{part}.weight"] = rows
+        elif name.endswith("mlp.gate_up_proj.weight"):
+            if tensor.dim() != 2 or tensor.size(0) != 2 * config.ffn_dim:
+                raise LLMGenError(f"tensor {name!r} has shape {list(tensor.shape)}, not gate and up's "
+                                  f"{2 * config.ffn_dim} rows")
+            prefix = name.removesuffix("gate_up_proj.weight")
+            split[f"{prefix}gate_proj.weight"], split[f"{prefix}up_proj.weight"] = tensor.chunk(2)
+        else:
+            split[name] = tensor
+    return split
 
 
 def _hf_weight_files(directory: Path) -> list[Path]:
