@@ -277,10 +277,32 @@ def test_models_lists_aliases_and_downloads(hub, tmp_path):
     listing = run_llmgen("models", env=env)
     assert listing.returncode == 0
     rows = [line.split("\t") for line in listing.out.splitlines()]  # on a pipe: tab-separated, nothing cut
-    assert rows[0] == ["alias", "repo", "layout", "downloaded"]
-    assert all(len(row) == 4 for row in rows)
-    assert ["gpt2", "openai-community/gpt2", "hf"] == rows[1][:3] and rows[1][3].endswith("MB")
-    assert ["llama-3.2-1B-instruct", "meta-llama/Llama-3.2-1B-Instruct (gated)", "meta", ""] in rows
+    assert rows[0] == ["alias", "family", "size", "repo", "layout", "downloaded"]
+    assert all(len(row) == 6 for row in rows)
+    assert ["gpt2", "gpt2", "124M", "openai-community/gpt2", "hf"] == rows[1][:5] and rows[1][5].endswith("MB")
+    assert ["llama-3.2-1B-instruct", "llama", "1B", "meta-llama/Llama-3.2-1B-Instruct (gated)", "meta", ""] in rows
+    assert ["qwen2.5-0.5b-instruct-gguf", "qwen2", "0.5B", "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "gguf", ""] in rows
+
+
+def test_a_gguf_alias_fetches_one_quantization_and_runs(tmp_path):
+    """A GGUF repo holds several quantizations: the alias fetches its one (Q4_K_M) and --model runs it."""
+    from test_gguf_blocks import MIXES, write_kquant_gguf
+
+    q4_k_m = write_kquant_gguf(tmp_path / "q4_k_m.gguf", MIXES["q4_k_m"]).read_bytes()
+    with HubServer() as hub:
+        hub.repos["Qwen/Qwen2.5-0.5B-Instruct-GGUF"] = Repo({
+            "qwen2.5-0.5b-instruct-q4_k_m.gguf": q4_k_m, "qwen2.5-0.5b-instruct-q8_0.gguf": os.urandom(5000),
+            "README.md": b"# GGUF\n"})
+        env = env_for(hub, tmp_path)
+        done = run_llmgen("download", "qwen2.5-0.5b-instruct-gguf", env=env)
+        assert done.returncode == 0, done.err
+        fetched = [p.name for p in (tmp_path / "hf").rglob("*.gguf")]
+        assert fetched == ["qwen2.5-0.5b-instruct-q4_k_m.gguf"]
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    result = run_llmgen("generate", "hi", "--model", "qwen2.5-0.5b-instruct-gguf", "--raw", "-n", "3", "-t", "0",
+                        "--json", env=offline)
+    assert result.returncode == 0, result.err
+    assert json.loads(result.out)["generated_tokens"] == 3
 
 
 def test_disk_space_is_checked_first(tmp_path, monkeypatch):

@@ -20,24 +20,40 @@ class ModelEntry:
     alias: str
     repo_id: str
     files: tuple[str, ...]  # globs over the repo's file names
-    layout: str  # "hf" or "meta": what llmgen loads from the downloaded files
+    layout: str  # "hf", "meta" or "gguf": what llmgen loads from the downloaded files
     tokenizer: str  # gpt2, llama3 or the model's own vocabulary
     chat_template: str | None = None  # "chatml" or "llama3" for instruct models
     revision: str = "main"
     gated: bool = False  # the repo asks users to accept a licence first
+    family: str = ""  # what `llmgen models` shows: the architecture family
+    size: str = ""  # parameters, as the model's name gives them
 
 
 def _llama(alias: str, repo: str, instruct: bool) -> ModelEntry:
-    return ModelEntry(alias, repo, META_FILES, "meta", "llama3", "llama3" if instruct else None, gated=True)
+    size = alias.split("-")[2].upper()
+    return ModelEntry(alias, repo, META_FILES, "meta", "llama3", "llama3" if instruct else None, gated=True,
+                      family="llama", size=size)
+
+
+def _hf(alias: str, repo: str, family: str, size: str, gated: bool = False) -> ModelEntry:
+    """A Hugging Face layout repo: its config, safetensors and tokenizer files."""
+    return ModelEntry(alias, repo, HF_LLAMA_FILES, "hf", "model", gated=gated, family=family, size=size)
+
+
+def _gguf(alias: str, repo: str, pattern: str, family: str, size: str) -> ModelEntry:
+    """One GGUF file of a repo that holds several quantizations (pattern picks it, e.g. *q4_k_m.gguf)."""
+    return ModelEntry(alias, repo, (pattern,), "gguf", "model", family=family, size=size)
 
 
 MODELS: dict[str, ModelEntry] = {
     e.alias.lower(): e
     for e in [
-        ModelEntry("gpt2", "openai-community/gpt2", HF_GPT2_FILES, "hf", "gpt2"),
-        ModelEntry("gpt2-medium", "openai-community/gpt2-medium", HF_GPT2_FILES, "hf", "gpt2"),
-        ModelEntry("gpt2-large", "openai-community/gpt2-large", HF_GPT2_FILES, "hf", "gpt2"),
-        ModelEntry("gpt2-xl", "openai-community/gpt2-xl", HF_GPT2_FILES, "hf", "gpt2"),
+        ModelEntry("gpt2", "openai-community/gpt2", HF_GPT2_FILES, "hf", "gpt2", family="gpt2", size="124M"),
+        ModelEntry("gpt2-medium", "openai-community/gpt2-medium", HF_GPT2_FILES, "hf", "gpt2", family="gpt2",
+                   size="355M"),
+        ModelEntry("gpt2-large", "openai-community/gpt2-large", HF_GPT2_FILES, "hf", "gpt2", family="gpt2",
+                   size="774M"),
+        ModelEntry("gpt2-xl", "openai-community/gpt2-xl", HF_GPT2_FILES, "hf", "gpt2", family="gpt2", size="1.5B"),
         _llama("llama-3-8B", "meta-llama/Meta-Llama-3-8B", instruct=False),
         _llama("llama-3-8B-instruct", "meta-llama/Meta-Llama-3-8B-Instruct", instruct=True),
         _llama("llama-3.1-8B", "meta-llama/Llama-3.1-8B", instruct=False),
@@ -46,9 +62,26 @@ MODELS: dict[str, ModelEntry] = {
         _llama("llama-3.2-1B-instruct", "meta-llama/Llama-3.2-1B-Instruct", instruct=True),
         _llama("llama-3.2-3B", "meta-llama/Llama-3.2-3B", instruct=False),
         _llama("llama-3.2-3B-instruct", "meta-llama/Llama-3.2-3B-Instruct", instruct=True),
-        ModelEntry("smollm2-135m", "HuggingFaceTB/SmolLM2-135M", HF_LLAMA_FILES, "hf", "model"),
-        ModelEntry("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", HF_LLAMA_FILES, "hf", "model",
-                   chat_template="chatml"),
+        _hf("smollm2-135m", "HuggingFaceTB/SmolLM2-135M", "llama", "135M"),
+        _hf("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "llama", "135M"),
+        _hf("smollm2-360m", "HuggingFaceTB/SmolLM2-360M", "llama", "360M"),
+        _hf("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "llama", "360M"),
+        _hf("smollm2-1.7b", "HuggingFaceTB/SmolLM2-1.7B", "llama", "1.7B"),
+        _hf("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "llama", "1.7B"),
+        _hf("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B", "qwen2", "0.5B"),
+        _hf("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", "qwen2", "0.5B"),
+        _hf("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B", "qwen2", "1.5B"),
+        _hf("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", "qwen2", "1.5B"),
+        _hf("qwen3-0.6b", "Qwen/Qwen3-0.6B", "qwen3", "0.6B"),
+        _hf("qwen3-1.7b", "Qwen/Qwen3-1.7B", "qwen3", "1.7B"),
+        _hf("mistral-7b-instruct-v0.3", "mistralai/Mistral-7B-Instruct-v0.3", "mistral", "7B", gated=True),
+        _hf("phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", "phi3", "3.8B"),
+        # GGUF repos: one quantization of several, as people download them.
+        _gguf("qwen2.5-0.5b-instruct-gguf", "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "*q4_k_m.gguf", "qwen2", "0.5B"),
+        _gguf("qwen2.5-1.5b-instruct-gguf", "Qwen/Qwen2.5-1.5B-Instruct-GGUF", "*q4_k_m.gguf", "qwen2", "1.5B"),
+        _gguf("llama-3.2-1b-instruct-gguf", "bartowski/Llama-3.2-1B-Instruct-GGUF", "*Q4_K_M.gguf", "llama", "1B"),
+        _gguf("smollm2-1.7b-instruct-gguf", "HuggingFaceTB/SmolLM2-1.7B-Instruct-GGUF", "*q4_k_m.gguf", "llama",
+              "1.7B"),
     ]
 }
 

@@ -70,10 +70,10 @@ def models() -> None:
     from llmgen.weights.download import cached_models, disk_usage_text
 
     cached = cached_models()
-    header = ("alias", "repo", "layout", "downloaded")
-    lines = [(entry.alias, entry.repo_id + (" (gated)" if entry.gated else ""), entry.layout,
+    header = ("alias", "family", "size", "repo", "layout", "downloaded")
+    lines = [(entry.alias, entry.family, entry.size, entry.repo_id + (" (gated)" if entry.gated else ""), entry.layout,
               disk_usage_text(cached[entry.repo_id]) if entry.repo_id in cached else "") for entry in MODELS.values()]
-    lines += [("", repo_id, "", disk_usage_text(size)) for repo_id, size in sorted(cached.items())
+    lines += [("", "", "", repo_id, "", disk_usage_text(size)) for repo_id, size in sorted(cached.items())
               if all(e.repo_id != repo_id for e in MODELS.values())]
     if not console.stdout.is_terminal:
         console.rows(header, lines)

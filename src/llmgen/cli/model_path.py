@@ -49,7 +49,13 @@ def downloaded(entry) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(entry.repo_id, revision=entry.revision, allow_patterns=list(entry.files),
-                                      local_files_only=True))
+        snapshot = Path(snapshot_download(entry.repo_id, revision=entry.revision, allow_patterns=list(entry.files),
+                                          local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError):
         raise LLMGenError(f"{entry.alias} is not downloaded yet; run `llmgen download {entry.alias}`") from None
+    if entry.layout != "gguf":
+        return snapshot
+    files = sorted(p for pattern in entry.files for p in snapshot.glob(pattern))
+    if len(files) != 1:  # a split GGUF (-00001-of-0000N) or a pattern that matched nothing
+        raise LLMGenError(f"{entry.alias}: expected one .gguf file in {snapshot}, found {len(files)}")
+    return files[0]
