@@ -103,3 +103,33 @@ def fetch() -> Path:
 
 if __name__ == "__main__":
     print("llama.cpp vocabularies:", fetch())
+
+
+def sentencepiece_model(name: str, path: Path) -> Path:
+    """A SentencePiece tokenizer.model holding a SentencePiece vocabulary GGUF's pieces, scores and types
+    (what LLaMA-2/Phi-3 directories ship, and llama.cpp's converter reads for them)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    from llmgen.weights.gguf_format import GGUFFile
+
+    vocab = GGUFFile(vocab_path(name))
+    model = sentencepiece_model_pb2.ModelProto()
+    model.trainer_spec.model_type = sentencepiece_model_pb2.TrainerSpec.BPE
+    model.trainer_spec.byte_fallback = True
+    model.trainer_spec.unk_id, model.trainer_spec.bos_id, model.trainer_spec.eos_id = 0, 1, 2
+    model.trainer_spec.pad_id = -1
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = True
+    model.normalizer_spec.remove_extra_whitespaces = False
+    model.normalizer_spec.escape_whitespaces = True
+    kinds = {1: "NORMAL", 2: "UNKNOWN", 3: "CONTROL", 4: "USER_DEFINED", 5: "UNUSED", 6: "BYTE"}
+    pieces, scores, types = (vocab.get(f"tokenizer.ggml.{key}") for key in ("tokens", "scores", "token_type"))
+    # The model's own pieces end with its last normal or byte piece; tokens added after it (Phi-3's chat
+    # markers and padding) come from the directory's tokenizer.json, as in a real checkpoint.
+    own = max(i for i, kind in enumerate(types) if kind in (1, 6)) + 1
+    for i, (piece, score, kind) in enumerate(zip(pieces[:own], scores, types)):
+        entry = model.pieces.add()
+        entry.piece, entry.score = piece, score
+        entry.type = getattr(sentencepiece_model_pb2.ModelProto.SentencePiece, "UNKNOWN" if i == 0 else kinds[kind])
+    path.write_bytes(model.SerializeToString())
+    return path

@@ -104,3 +104,19 @@ def hf_reference(name):
 @given(text=st.text(st.characters(codec="utf-8"), max_size=60), name=st.sampled_from(sorted(REGEX_REFERENCES)))
 def test_any_text_equals_the_tokenizers_reference(vocab_dir, text, name):
     assert tokenizer(name).encode(text, bos=False) == hf_reference(name).encode(text, add_special_tokens=False).ids
+
+
+_sentencepiece = {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(st.characters(codec="utf-8"), max_size=60), name=st.sampled_from(SENTENCEPIECE))
+def test_sentencepiece_vocabularies_equal_the_sentencepiece_library(vocab_dir, tmp_path_factory, text, name):
+    """Google's sentencepiece, loaded with a model holding the same pieces, scores and types, as a
+    second reference for spm.py on any text."""
+    import sentencepiece
+
+    if name not in _sentencepiece:
+        path = llama_cpp_vocab.sentencepiece_model(name, tmp_path_factory.mktemp(name) / "tokenizer.model")
+        _sentencepiece[name] = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    assert tokenizer(name).encode(text, bos=False) == _sentencepiece[name].encode(text)

@@ -160,7 +160,7 @@ class LlamaConfig:
             raise LLMGenError(f"config.json: partial_rotary_factor {partial!r:.20} is not supported (RoPE on whole heads)")
         context = config.get("max_position_embeddings", 8192)
         window = config.get("sliding_window")
-        windowed = model_type == "mistral" or config.get("use_sliding_window", False)
+        windowed = model_type in ("mistral", "phi3") or config.get("use_sliding_window", False)
         if windowed and isinstance(window, int) and not isinstance(window, bool) and 0 < window < context:
             context = window  # attention within the window is attention over everything up to it
         # transformers 5 moves rope_theta and rope_scaling into rope_parameters.

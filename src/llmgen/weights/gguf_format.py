@@ -54,8 +54,11 @@ GGUF_LLAMA = {
 # general.architecture values read onto the LLaMA model. llama.cpp writes "llama" files with q and k rows
 # permuted for RoPE on interleaved pairs (llmgen's order), and Qwen's in Hugging Face's order (RoPE on
 # halves, llama.cpp's NEOX): those rows are put in llmgen's order as they are read.
-GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
-ROPE_ON_HALVES = ("qwen2", "qwen3")
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3")
+ROPE_ON_HALVES = ("qwen2", "qwen3", "phi3")
+# Phi-3's long-context RoPE factors (llama.cpp writes both; within the original window the short ones
+# apply, and llmgen stops the context there).
+ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG = "rope_factors_short.weight", "rope_factors_long.weight"
 
 # SmolLM2, StarCoder, Refact (llama.cpp's "smollm", "starcoder", "refact"; HF's Digits(individual_digits=True)
 # then ByteLevel): every numeral is split off first, then GPT-2's regex runs on each piece between numerals. As
@@ -374,11 +377,17 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
                           f"({', '.join(GGUF_ARCHITECTURES)})")
     names = [t.name for t in gguf_file.tensors]
     rope_factors = None
-    if ROPE_FREQS in names:  # Llama 3.1+ RoPE scaling, as llama.cpp's converter writes it: not a weight
-        rope_freqs = gguf_file.tensors[names.index(ROPE_FREQS)]
-        if rope_freqs.tensor_type.name != "F32" or len(rope_freqs.shape) != 1:
-            raise LLMGenError(f"{gguf_file.path.name}: GGUF {ROPE_FREQS} must be a float32 vector")
-        rope_factors = tuple(gguf_file.tensor(names.index(ROPE_FREQS)).tolist())
+    for factors_name in (ROPE_FREQS, ROPE_FACTORS_SHORT):  # RoPE scaling as llama.cpp writes it: not weights
+        if factors_name in names:
+            factors = gguf_file.tensors[names.index(factors_name)]
+            if factors.tensor_type.name != "F32" or len(factors.shape) != 1:
+                raise LLMGenError(f"{gguf_file.path.name}: GGUF {factors_name} must be a float32 vector")
+            rope_factors = tuple(gguf_file.tensor(names.index(factors_name)).tolist())
+    context = gguf_file.typed(f"{arch}.context_length", int, 2048)
+    if ROPE_FACTORS_SHORT in names:  # Phi-3 longrope: see ROPE_FACTORS_SHORT
+        context = min(context, gguf_file.require(f"{arch}.rope.scaling.original_context_length", int))
+    if window := gguf_file.typed(f"{arch}.attention.sliding_window", int):  # attention within the window
+        context = min(context, window)
     n_heads = gguf_file.require(f"{arch}.attention.head_count", int)
     tokens = gguf_file.typed("tokenizer.ggml.tokens", list)
     config = LlamaConfig(  # LlamaConfig checks every value's range
@@ -390,9 +399,10 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
         ffn_dim=gguf_file.require(f"{arch}.feed_forward_length", int),
         norm_eps=gguf_file.typed(f"{arch}.attention.layer_norm_rms_epsilon", float, 1e-5),
         rope_theta=gguf_file.typed(f"{arch}.rope.freq_base", float, 10000.0),
-        context_length=gguf_file.typed(f"{arch}.context_length", int, 2048),
+        context_length=context,
         tie_embeddings="output.weight" not in names,
         rope_freq_factors=rope_factors,
+        rope_attention_factor=gguf_file.typed(f"{arch}.rope.scaling.attn_factor", float, 1.0),
         head_dim=gguf_file.typed(f"{arch}.attention.key_length", int) or 0,
         qkv_bias="blk.0.attn_q.bias" in names,
         qk_norm="blk.0.attn_q_norm.weight" in names,
@@ -400,15 +410,45 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
     check_memory(gguf_file.materialized_bytes(keep_quantized), gguf_file.path.name)
     state = {}
     for i, name in enumerate(names):
-        if name == ROPE_FREQS:
+        if name in (ROPE_FREQS, ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG):
             continue
         stored = None
         if keep_quantized:
             stored = gguf_file.embedding(i) if name == "token_embd.weight" else gguf_file.stored_groups(i)
-        state[name] = stored if stored is not None else gguf_file.tensor(i)
-        if arch in ROPE_ON_HALVES and (heads := _rotated_heads(name, config)) is not None:
-            state[name] = rows_in_interleaved_order(state[name], heads)
+        tensor = stored if stored is not None else gguf_file.tensor(i)
+        for part_name, part in _unfused(name, tensor, config, arch):
+            state[part_name] = part
+            if arch in ROPE_ON_HALVES and (heads := _rotated_heads(part_name, config)) is not None:
+                state[part_name] = rows_in_interleaved_order(part, heads)
     return config, state, gguf_file
+
+
+def _unfused(name: str, tensor, config: LlamaConfig, arch: str) -> list[tuple[str, Any]]:
+    """Phi-3's fused tensors as the parts the LLaMA map names: attn_qkv -> attn_q, attn_k, attn_v by rows,
+    ffn_up (gate and up) -> ffn_gate, ffn_up. Quantized ones stay as stored, each part a run of rows."""
+    q_rows, kv_rows = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    if arch == "phi3" and (match := re.fullmatch(r"blk\.(\d+)\.attn_qkv\.weight", name)):
+        parts = (("attn_q", q_rows), ("attn_k", kv_rows), ("attn_v", kv_rows))
+    elif arch == "phi3" and (match := re.fullmatch(r"blk\.(\d+)\.ffn_up\.weight", name)):
+        parts = (("ffn_gate", config.ffn_dim), ("ffn_up", config.ffn_dim))
+    else:
+        return [(name, tensor)]
+    if tensor.shape[0] != sum(rows for _, rows in parts):
+        raise LLMGenError(f"GGUF {name} has {tensor.shape[0]} rows, not {sum(rows for _, rows in parts)}")
+    out, first = [], 0
+    for part, rows in parts:
+        out.append((f"blk.{match.group(1)}.{part}.weight", _row_range(tensor, first, rows)))
+        first += rows
+    return out
+
+
+def _row_range(tensor, first: int, rows: int):
+    """Rows first .. first + rows of a float tensor or of quantized rows as stored."""
+    if isinstance(tensor, torch.Tensor):
+        return tensor[first:first + rows]
+    whole = tensor
+    return DeferredGroups((rows, whole.shape[1]), whole.kind,
+                          lambda start, stop: whole.rows(first + start, first + min(stop, rows)))
 
 
 def _rotated_heads(name: str, config: LlamaConfig) -> int | None:
