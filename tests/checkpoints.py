@@ -59,6 +59,10 @@ HF_FAMILIES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"use_sliding_window": False}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 24}),  # head_dim * heads != hidden_size
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": None, "pad_token_id": 0}),
+    # Local layers with a window of 8 (so prompts of 40 tokens cross it) around a global one.
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        "num_hidden_layers": 3, "query_pre_attn_scalar": 24, "head_dim": 16}),
 }
 
 
@@ -70,7 +74,8 @@ def hf_family(family: str, **overrides):
     config_class, model_class, extra = HF_FAMILIES[family]
     config = dict(vocab_size=1000, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False, **extra)
+                  rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False)
+    config.update(extra)
     config.update(overrides)
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config)).eval()

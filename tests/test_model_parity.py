@@ -97,7 +97,7 @@ def test_llama_like_families_match_reference(tmp_path, family):
     reference = hf_family(family)
     model, found = load_weights(save_hf(reference, tmp_path))
     assert found.kind == "hf" and model.config.qkv_bias == (family == "qwen2")
-    assert model.config.qk_norm == (family == "qwen3")
+    assert model.config.qk_norm == (family in ("qwen3", "gemma3"))
     ids = tokens(reference.config.vocab_size, n=40)
     torch.testing.assert_close(our_logits(model, ids), reference_logits(reference, ids), atol=ATOL, rtol=0)
     prompt = ids[0, :6].tolist()
@@ -115,11 +115,11 @@ def test_llama_like_families_quantized_decode_equals_their_forward(tmp_path, fam
     if kernels.library() is None:
         pytest.skip(f"llmgen's kernels do not run here: {kernels.unavailable_reason()}")
     reference = hf_family(family, hidden_size=256, intermediate_size=512, num_attention_heads=4,
-                          num_key_value_heads=2, **({"head_dim": 32} if family == "qwen3" else {}))
+                          num_key_value_heads=2, **({"head_dim": 32} if family in ("qwen3", "gemma3") else {}))
     model, _ = load_weights(save_hf(reference, tmp_path))
     quantize_model(model.float(), "int4")
     decoder = choose_decoder(model)
-    assert decoder.use_kernels == (family != "qwen3"), decoder
+    assert decoder.use_kernels == (family not in ("qwen3", "gemma3")), decoder
     ids = tokens(reference.config.vocab_size, n=10)[:1]
     model.setup_cache(1, 16)
     with torch.inference_mode():

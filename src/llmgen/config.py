@@ -101,6 +101,16 @@ class LlamaConfig:
     qk_norm: bool = False  # Qwen3: RMSNorm over each q and k head (head_dim) before RoPE
     # Phi-3's "longrope": RoPE's rotations scaled by this (q.k by its square); 1: none.
     rope_attention_factor: float = 1.0
+    # Gemma 3: embeddings times sqrt(dim), RMSNorm on attention's and the MLP's outputs too (post_norms),
+    # GeGLU, its own attention scale, and local layers that attend to the last sliding_window positions
+    # with their own RoPE base, between global ones.
+    embedding_scale: float = 1.0
+    post_norms: bool = False
+    activation: str = "silu"  # or "gelu_tanh"
+    attention_scale: float = 0.0  # 0: head_dim ** -0.5
+    sliding_window: int = 0  # 0: no local layers
+    local_layers: tuple[bool, ...] = ()  # per layer, whether it is local (empty: none)
+    local_rope_theta: float = 10000.0
 
     arch = "llama"
 
@@ -112,6 +122,13 @@ class LlamaConfig:
         _require(self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0,
                  f"n_kv_heads {self.n_kv_heads} does not divide n_heads {self.n_heads}")
         _require(self.head_dim % 2 == 0, f"head_dim {self.head_dim} must be even for RoPE")
+        _require(self.activation in ("silu", "gelu_tanh"), f"activation {self.activation!r:.30} is not supported")
+        _require(not self.local_layers or (len(self.local_layers) == self.n_layers and self.sliding_window > 0),
+                 "local layers need a sliding window and one flag per layer")
+        for name in ("embedding_scale", "attention_scale", "rope_attention_factor", "local_rope_theta"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                     f"config value {name} must be a finite number >= 0, got {value!r:.40}")
         if self.rope_freq_factors is not None:
             factors = self.rope_freq_factors
             _require(len(factors) == self.head_dim // 2 and all(math.isfinite(f) and f > 0 for f in factors),
@@ -150,6 +167,8 @@ class LlamaConfig:
         bias), Qwen3ForCausalLM (q/k RMSNorm) and Phi3ForCausalLM (q/k/v and gate/up fused in the
         checkpoint, split as read; longrope RoPE)."""
         model_type = config.get("model_type", "llama")
+        if model_type == "gemma3_text":
+            return cls._from_gemma3(config)
         if model_type not in HF_LLAMA_FAMILIES:
             raise LLMGenError(f"config.json: model_type {model_type!r} is not a LLaMA-family model "
                               f"({', '.join(HF_LLAMA_FAMILIES)})")
@@ -214,8 +233,52 @@ class LlamaConfig:
         )
 
 
+    @classmethod
+    def _from_gemma3(cls, config: dict[str, Any]) -> LlamaConfig:
+        """Gemma3ForCausalLM's config.json (model_type gemma3_text)."""
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if config.get(key) is not None:
+                raise LLMGenError(f"config.json: {key} is not supported")
+        if config.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+            raise LLMGenError(f"config.json: hidden_activation {config.get('hidden_activation')!r:.30} is not supported")
+        n_layers, dim = _get(config, "num_hidden_layers"), _get(config, "hidden_size")
+        layer_types = config.get("layer_types")
+        if layer_types is None:  # every sliding_window_pattern-th layer global
+            pattern = config.get("sliding_window_pattern", config.get("_sliding_window_pattern", 6))
+            layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)]
+        if not isinstance(layer_types, list) or len(layer_types) != n_layers or not set(layer_types) <= {
+                "sliding_attention", "full_attention"}:
+            raise LLMGenError("config.json: layer_types must name sliding_attention or full_attention per layer")
+        # RoPE: transformers 5 keys it by layer type; older files give rope_theta, rope_local_base_freq and
+        # rope_scaling (linear: frequencies divided by a factor, for the global layers).
+        rope = config.get("rope_parameters") or {}
+        full = rope.get("full_attention", {**rope, **(config.get("rope_scaling") or {})}) if isinstance(rope, dict) else {}
+        local = rope.get("sliding_attention", {}) if isinstance(rope, dict) else {}
+        theta = full.get("rope_theta", config.get("rope_theta", 1_000_000.0))
+        local_theta = local.get("rope_theta", config.get("rope_local_base_freq", 10_000.0))
+        head_dim = config.get("head_dim") or dim // _get(config, "num_attention_heads")
+        factors = None
+        if full.get("rope_type", full.get("type", "default")) == "linear":
+            factors = (float(_number(full, "factor")),) * (head_dim // 2)
+        elif full.get("rope_type", full.get("type", "default")) not in ("default", None):
+            raise LLMGenError(f"config.json: Gemma 3 rope type {full.get('rope_type')!r:.30} is not supported")
+        n_heads = _get(config, "num_attention_heads")
+        return cls(
+            vocab_size=_get(config, "vocab_size"), dim=dim, n_layers=n_layers, n_heads=n_heads,
+            n_kv_heads=config.get("num_key_value_heads") or n_heads, ffn_dim=_get(config, "intermediate_size"),
+            norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=theta,
+            context_length=config.get("max_position_embeddings", 32768),
+            tie_embeddings=bool(config.get("tie_word_embeddings", True)), head_dim=head_dim,
+            rope_freq_factors=factors, qkv_bias=bool(config.get("attention_bias", False)), qk_norm=True,
+            embedding_scale=dim ** 0.5, post_norms=True, activation="gelu_tanh",
+            attention_scale=_number(config, "query_pre_attn_scalar", float(head_dim)) ** -0.5,
+            sliding_window=_get(config, "sliding_window"),
+            local_layers=tuple(t == "sliding_attention" for t in layer_types), local_rope_theta=local_theta,
+        )
+
+
 # Hugging Face model types that LlamaConfig.from_hf reads (model/llama.py runs them all).
-HF_LLAMA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+HF_LLAMA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text")
 
 
 ModelConfig = GPT2Config | LlamaConfig

@@ -46,14 +46,18 @@ class Plan:
     rope_cos_sin: torch.Tensor  # (max_len, 2, head_dim / 2): each position's RoPE cos and sin
     dtype: torch.dtype  # the caches'
     kernel_layers: LlamaLayers | None  # for kernel_step
+    local_rope_cos_sin: torch.Tensor | None  # Gemma's local layers' RoPE, or None
 
     @classmethod
     def of(cls, model: Llama, window_step: int, with_kernels: bool) -> Plan:
         model_caches = caches(model)
         rotations = model.rope_rotations  # (max_len, head_dim / 2) complex
         rope_cos_sin = torch.stack((rotations.real, rotations.imag), dim=1)
+        local = model.local_rope_rotations if model.config.local_layers else None
+        local_cos_sin = None if local is None else torch.stack((local.real, local.imag), dim=1)
         return cls(model_caches, [Layer.of(layer) for layer in model.layers], DecodeWindow(model_caches, window_step),
-                   rope_cos_sin, model_caches[0].v.dtype, kernel_layers(model, rope_cos_sin) if with_kernels else None)
+                   rope_cos_sin, model_caches[0].v.dtype, kernel_layers(model, rope_cos_sin) if with_kernels else None,
+                   local_cos_sin)
 
 
 @dataclass(slots=True)
@@ -71,6 +75,10 @@ class Layer:
     v_cache: torch.Tensor  # (n_kv_heads, max_len, head_dim)
     q_norm: Callable[[torch.Tensor], torch.Tensor] | None  # Qwen3's per-head norms, or None
     k_norm: Callable[[torch.Tensor], torch.Tensor] | None
+    activation: Callable[[torch.Tensor], torch.Tensor]  # SiLU, or Gemma's tanh GELU
+    post_attention_norm: Callable[[torch.Tensor], torch.Tensor] | None  # Gemma's post-norms, or None
+    post_ffn_norm: Callable[[torch.Tensor], torch.Tensor] | None
+    local: bool  # Gemma: a sliding-window layer
 
     @classmethod
     def of(cls, block: TransformerBlock) -> Layer:
@@ -85,10 +93,13 @@ class Layer:
         else:
             w1, w3 = linear_function(feed_forward.w1), linear_function(feed_forward.w3)
             gate_up = lambda h: torch.cat((w1(h), w3(h)), dim=-1)  # noqa: E731
-        q_norm, k_norm = (None if n is None else norm_function(n) for n in (attention.q_norm, attention.k_norm))
+        q_norm, k_norm, post_attention_norm, post_ffn_norm = (
+            None if n is None else norm_function(n)
+            for n in (attention.q_norm, attention.k_norm, block.post_attention_norm, block.post_ffn_norm))
         return cls(norm_function(block.attention_norm), qkv, linear_function(attention.wo),
                    norm_function(block.ffn_norm), gate_up, linear_function(feed_forward.w2),
-                   attention.kv_cache.k_t[0], attention.kv_cache.v[0], q_norm, k_norm)
+                   attention.kv_cache.k_t[0], attention.kv_cache.v[0], q_norm, k_norm, feed_forward.activation,
+                   post_attention_norm, post_ffn_norm, block.local)
 
 
 def norm_function(norm: RMSNorm) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -101,8 +112,12 @@ def norm_function(norm: RMSNorm) -> Callable[[torch.Tensor], torch.Tensor]:
 def kernel_blocker(model: Llama) -> str | None:
     """Why kernel_step cannot run this model (None when it can): it needs every block's matmuls fused
     quantized layers on llmgen's kernels (int4, or a GGUF's types as stored), and float32 caches."""
-    if model.config.qk_norm:
-        return "its attention normalises each q and k head (Qwen3), which the kernels do not"
+    config = model.config
+    if config.qk_norm:
+        return "its attention normalises each q and k head (Qwen3, Gemma 3), which the kernels do not"
+    if config.post_norms or config.activation != "silu" or config.local_layers or config.embedding_scale != 1.0 \
+            or config.attention_scale:
+        return "its blocks differ from LLaMA's (Gemma 3's norms, GeGLU, local layers), which the kernels do not run"
     for block in model.layers:
         linears = (block.attention.wqkv, block.attention.wo, block.feed_forward.w13, block.feed_forward.w2)
         if not all(isinstance(m, KernelLinear) for m in linears):
@@ -145,19 +160,29 @@ def pytorch_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tenso
     config = model.config
     n_heads, n_kv_heads, head_dim = config.n_heads, config.n_kv_heads, config.head_dim
     n_rotated = n_heads + n_kv_heads  # q and k heads turn, v's do not
+    scale = config.attention_scale or head_dim ** -0.5
     rope = rope_matrix(*plan.rope_cos_sin.index_select(0, pos)[0])  # (head_dim, head_dim)
+    local_rope = local_mask = None
+    if plan.local_rope_cos_sin is not None:  # Gemma's local layers: their own RoPE, the last window positions
+        local_rope = rope_matrix(*plan.local_rope_cos_sin.index_select(0, pos)[0])
+        positions = torch.arange(mask.size(0), device=mask.device)
+        local_mask = mask.masked_fill(positions <= pos - config.sliding_window, float("-inf"))
     x = model.tok_embeddings(token)  # (1, dim)
+    if config.embedding_scale != 1.0:
+        x = x * torch.tensor(config.embedding_scale, dtype=x.dtype)
     for layer, (keys_t, values) in zip(plan.layers, plan.window.views):
         heads = layer.qkv(layer.attention_norm(x)).view(n_rotated + n_kv_heads, head_dim).float()
         if layer.q_norm is not None:
             heads = torch.cat((layer.q_norm(heads[:n_heads]), layer.k_norm(heads[n_heads:n_rotated]),
                                heads[n_rotated:])).float()
-        turned = torch.mm(heads[:n_rotated], rope).to(plan.dtype)  # RoPE on the q and k heads
+        turned = torch.mm(heads[:n_rotated], local_rope if layer.local else rope).to(plan.dtype)  # RoPE on q, k
         layer.k_cache.index_copy_(2, pos, turned[n_heads:, :, None])  # into (n_kv_heads, head_dim, max_len)
         layer.v_cache.index_copy_(1, pos, heads[n_rotated:, None].to(plan.dtype))  # (n_kv_heads, max_len, hd)
         q = turned[:n_heads].view(n_kv_heads, n_heads // n_kv_heads, head_dim)
-        y = decode_attention(q, keys_t, values, mask, head_dim ** -0.5)  # like q
-        x = x + layer.wo(y.view(1, n_heads * head_dim))
+        y = decode_attention(q, keys_t, values, local_mask if layer.local else mask, scale)  # like q
+        h = layer.wo(y.view(1, n_heads * head_dim))
+        x = x + (h if layer.post_attention_norm is None else layer.post_attention_norm(h))
         gate, up = layer.gate_up(layer.ffn_norm(x)).chunk(2, dim=-1)
-        x = x + layer.down(F.silu(gate) * up)
+        h = layer.down(layer.activation(gate) * up)
+        x = x + (h if layer.post_ffn_norm is None else layer.post_ffn_norm(h))
     return head(model, x)

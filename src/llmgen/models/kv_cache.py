@@ -42,20 +42,28 @@ def same_cache(cache: KVCache | None, batch_size: int, max_len: int, like: torch
             and cache.v.dtype == like.dtype and cache.v.device == like.device)
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, window: int = 0,
+                     scale: float | None = None) -> torch.Tensor:
     """q: (B, n_heads, T, head_dim) at positions start_pos.., k/v: (B, n_kv_heads, start_pos + T, head_dim).
 
-    Query i may see keys 0 .. start_pos + i. One-token decode sees everything, so it needs no mask.
-    When n_kv_heads < n_heads (GQA), SDPA broadcasts each KV head over its group of query heads.
+    Query i may see keys 0 .. start_pos + i; with a window (Gemma's local layers), only the last `window`
+    of them. One-token decode without a window sees everything, so it needs no mask. When n_kv_heads <
+    n_heads (GQA), SDPA broadcasts each KV head over its group of query heads. scale: None for
+    head_dim ** -0.5.
     """
     T, S = q.size(2), k.size(2)
     gqa = q.size(1) != k.size(1)
+    if window and S > window:
+        positions = torch.arange(S, device=q.device)
+        distance = (start_pos + torch.arange(T, device=q.device))[:, None] - positions  # query - key
+        mask = (distance >= 0) & (distance < window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa, scale=scale)
     if T == 1:
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa, scale=scale)
     if start_pos == 0:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa, scale=scale)
     mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=start_pos)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa, scale=scale)
 
 
 class DecodeWindow:

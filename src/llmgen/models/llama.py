@@ -1,6 +1,7 @@
 """LLaMA-3 (3, 3.1, 3.2): RMSNorm pre-norm, RoPE, grouped-query attention, SwiGLU, tied or untied head.
 The same code runs the families that differ from it in a detail the config names (config.py): Mistral,
-Qwen2/2.5 (bias on q, k, v), Qwen3 (RMSNorm on each q and k head) and Phi-3.
+Qwen2/2.5 (bias on q, k, v), Qwen3 (RMSNorm on each q and k head), Phi-3 and Gemma 3 (scaled
+embeddings, post-norms, GeGLU, local sliding-window layers between global ones).
 
 Weight names follow Meta's checkpoints (tok_embeddings, layers.N.attention.wq, feed_forward.w1, ...), and
 RoPE rotates interleaved pairs (x0, x1), (x2, x3), ... as Meta's code does; Hugging Face checkpoints are
@@ -91,9 +92,11 @@ class Attention(nn.Module):
     # apart, so that float weights stay memory-mapped instead of being copied into a concatenation.
     FUSIONS = {"wqkv": ("wq", "wk", "wv")}
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, local: bool = False):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.scale = config.attention_scale or None  # None: SDPA's head_dim ** -0.5
+        self.window = config.sliding_window if local else 0  # Gemma's local layers: the last `window` positions
         self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=config.qkv_bias)
         self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
@@ -119,8 +122,15 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
         k, v = self.kv_cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos + T, head_dim)
-        y = causal_attention(q, k, v, start_pos)  # (B, n_heads, T, head_dim)
+        y = causal_attention(q, k, v, start_pos, self.window, self.scale)  # (B, n_heads, T, head_dim)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": gelu_tanh}  # SwiGLU, Gemma's GeGLU
 
 
 class FeedForward(nn.Module):
@@ -132,23 +142,30 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)  # down
         self.w3 = nn.Linear(config.dim, config.ffn_dim, bias=False)  # up
         self.w13: nn.Module | None = None
+        self.activation = ACTIVATIONS[config.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = (self.w1(x), self.w3(x)) if self.w13 is None else self.w13(x).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)  # SwiGLU
+        return self.w2(self.activation(gate) * up)
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, local: bool = False):
         super().__init__()
+        self.local = local  # Gemma: a sliding-window layer, with its own RoPE base
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
-        self.attention = Attention(config)
+        self.attention = Attention(config, local)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
+        # Gemma: the sublayers' outputs normalised too, before each residual add.
+        self.post_attention_norm = RMSNorm(config.dim, config.norm_eps) if config.post_norms else None
+        self.post_ffn_norm = RMSNorm(config.dim, config.norm_eps) if config.post_norms else None
 
     def forward(self, x: torch.Tensor, rotations: torch.Tensor, start_pos: int) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), rotations, start_pos)
-        return x + self.feed_forward(self.ffn_norm(x))
+        h = self.attention(self.attention_norm(x), rotations, start_pos)
+        x = x + (h if self.post_attention_norm is None else self.post_attention_norm(h))
+        h = self.feed_forward(self.ffn_norm(x))
+        return x + (h if self.post_ffn_norm is None else self.post_ffn_norm(h))
 
 
 class Llama(nn.Module):
@@ -156,7 +173,8 @@ class Llama(nn.Module):
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        local = config.local_layers or (False,) * config.n_layers
+        self.layers = nn.ModuleList(TransformerBlock(config, local[i]) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         # A tied head reuses the embedding matrix; the checkpoint then has no output.weight.
         self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -180,14 +198,22 @@ class Llama(nn.Module):
         magnitude = torch.full_like(angles, self.config.rope_attention_factor)  # 1 but for Phi-3's longrope
         rotations = torch.polar(magnitude, angles).to(weight.device)  # complex64
         self.register_buffer("rope_rotations", rotations, persistent=False)
+        if self.config.local_layers:  # Gemma's local layers turn by their own base, unscaled
+            local_freqs = rope_frequencies(self.config.head_dim, self.config.local_rope_theta, None)
+            local_angles = torch.outer(torch.arange(max_len, dtype=torch.float32), local_freqs)
+            self.register_buffer("local_rope_rotations", torch.polar(torch.ones_like(local_angles), local_angles)
+                                 .to(weight.device), persistent=False)
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
         """tokens: (B, T) at positions start_pos.. -> logits (B, T, vocab), or (B, 1, vocab) with last_only."""
         T = tokens.size(1)
         rotations = self.rope_rotations[start_pos:start_pos + T]
+        local_rotations = self.local_rope_rotations[start_pos:start_pos + T] if self.config.local_layers else None
         x = self.tok_embeddings(tokens)  # (B, T, dim)
+        if self.config.embedding_scale != 1.0:  # Gemma; in the embedding's dtype, as Gemma's code does
+            x = x * torch.tensor(self.config.embedding_scale, dtype=x.dtype)
         for layer in self.layers:
-            x = layer(x, rotations, start_pos)
+            x = layer(x, local_rotations if layer.local else rotations, start_pos)
         x = self.norm(x[:, -1:] if last_only else x)
         logits = F.linear(x, self.tok_embeddings.weight) if self.output is None else self.output(x)
         return logits.float()  # (B, T, vocab)

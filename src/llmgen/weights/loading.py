@@ -197,6 +197,10 @@ def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         heads = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "one_head": 1}
         permuted = {suffix: heads[count] for suffix, count in maps.HF_LLAMA_ROPE_PERMUTED.items()}
         ignored = set(maps.HF_LLAMA_IGNORED) | ({"lm_head.weight"} if config.tie_embeddings else set())
+        if model_type == "gemma3_text":
+            # Gemma's RMSNorm scales by (1 + weight): stored here as the weight llmgen's RMSNorm multiplies by.
+            state = {k: v.float() + 1 if "norm" in k.rsplit(".", 2)[-2] else v for k, v in state.items()}
+            return config, _rename(state, maps.HF_GEMMA3, permuted=permuted, ignored=ignored)
         return config, _rename(state, maps.HF_LLAMA, permuted=permuted, ignored=ignored)
     raise LLMGenError(f"{directory / 'config.json'}: model_type {model_type!r:.40} is not supported "
                       f"(gpt2, {', '.join(HF_LLAMA_FAMILIES)})")

@@ -46,6 +46,15 @@ HF_LLAMA = {
     "model.layers.{}.self_attn.q_norm.weight": "layers.{}.attention.q_norm.weight",
     "model.layers.{}.self_attn.k_norm.weight": "layers.{}.attention.k_norm.weight",
 }
+# Hugging Face Gemma 3 (Gemma3ForCausalLM): LLaMA's names, but four norms a layer. Its
+# post_attention_layernorm normalises attention's output (LLaMA's is the MLP's input norm).
+HF_GEMMA3 = {
+    **{k: v for k, v in HF_LLAMA.items() if "post_attention_layernorm" not in k and ".bias" not in k},
+    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.post_attention_norm.weight",
+    "model.layers.{}.pre_feedforward_layernorm.weight": "layers.{}.ffn_norm.weight",
+    "model.layers.{}.post_feedforward_layernorm.weight": "layers.{}.post_ffn_norm.weight",
+}
+
 # HF's conversion permuted q and k rows so RoPE rotates halves; undo it to rotate interleaved pairs: the
 # rows of q and k, their biases, and the per-head norm weights (one head_dim each).
 # Value: which head count the rows are grouped by.
