@@ -123,7 +123,9 @@ def test_a_message_cannot_forge_the_templates_markers(tmp_path_factory):
 
 
 @pytest.mark.parametrize("template", ["{{ raise_exception('no system role') }}", "{{ ''.__class__.__mro__ }}",
-                                      "{% for m in messages %}{{ m.content.nope() }}{% endfor %}", "{% if %}"])
+                                      "{% for m in messages %}{{ m.content.nope() }}{% endfor %}", "{% if %}",
+                                      "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"],
+                         ids=["raises", "escape", "no-method", "syntax", "endless"])
 def test_a_broken_or_hostile_template_is_one_clear_error(template):
     from llmgen.chat_template import render
 

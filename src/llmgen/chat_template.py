@@ -13,6 +13,7 @@ plain text (a prompt cannot forge a turn).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -21,6 +22,8 @@ from llmgen.errors import LLMGenError
 from llmgen.tokenizers import Tokenizer
 
 MAX_TEMPLATE_CHARS = 200_000  # real templates are under 20k characters
+MAX_RENDERED_CHARS = 10_000_000  # far beyond any model's context
+RENDER_SECONDS = 5.0  # real templates render in milliseconds
 SENTINEL = "\x00llmgen-message-{}\x00"  # stands in for a message's content when it must stay plain text
 
 
@@ -51,11 +54,38 @@ def render(template: str, messages: list[dict[str, str]], *, add_generation_prom
     import jinja2
 
     try:
-        return _compiled(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                          **variables)
+        with _time_limit(RENDER_SECONDS):
+            text = _compiled(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                              **variables)
     except (jinja2.TemplateError, TypeError, ValueError, AttributeError, KeyError, IndexError,
-            RecursionError) as e:
+            RecursionError, MemoryError, TimeoutError) as e:
         raise LLMGenError(f"the model's chat template failed to render: {type(e).__name__}: {e}") from None
+    if len(text) > MAX_RENDERED_CHARS:
+        raise LLMGenError(f"the model's chat template rendered {len(text)} characters for this conversation")
+    return text
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """A template is code: the sandbox stops it from touching anything, not from looping. On the main
+    thread (the CLI's), a SIGALRM timer bounds it; elsewhere it runs unbounded."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"it ran for more than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def template_ids(tokenizer: Tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True
