@@ -113,18 +113,26 @@ def mutate_safetensors(rng: random.Random, data: bytes) -> bytes:
 
 
 def config_seeds(workdir: Path) -> list[tuple[Path, str, dict]]:
-    from checkpoints import hf_llama, save_hf, save_meta
+    from checkpoints import hf_family, hf_llama, save_hf, save_meta
 
     hf = save_hf(hf_llama(), workdir / "hf-config")
     meta = save_meta(hf_llama(intermediate_size=192), workdir / "meta-config")
-    return [(hf, "config.json", json.loads((hf / "config.json").read_text())),
-            (meta, "params.json", json.loads((meta / "params.json").read_text()))]
+    # The other families' config.json readers too: Phi-3's longrope and Gemma 3's layer types and RoPE.
+    longrope = {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+                "original_max_position_embeddings": 64, "rope_theta": 10000.0}
+    families = [save_hf(hf_family("phi3", max_position_embeddings=256, original_max_position_embeddings=64,
+                                  rope_parameters=longrope, rope_scaling=longrope), workdir / "phi3-config"),
+                save_hf(hf_family("gemma3"), workdir / "gemma3-config"),
+                save_hf(hf_family("qwen2"), workdir / "qwen2-config")]
+    return [(d, "config.json", json.loads((d / "config.json").read_text())) for d in (hf, *families)] + [
+        (meta, "params.json", json.loads((meta / "params.json").read_text()))]
 
 
 def mutate_config(rng: random.Random, config: dict) -> str:
     config = json.loads(json.dumps(config))
     for _ in range(rng.randint(1, 3)):
-        key = rng.choice(list(config) + ["rope_scaling", "head_dim", "ffn_dim_multiplier", "use_scaled_rope"])
+        key = rng.choice(list(config) + ["rope_scaling", "head_dim", "ffn_dim_multiplier", "use_scaled_rope",
+                                         "rope_parameters", "sliding_window", "use_sliding_window", "model_type"])
         action = rng.random()
         if action < 0.75:
             config[key] = rng.choice(HOSTILE_VALUES)

@@ -174,18 +174,16 @@ class LlamaConfig:
                               f"({', '.join(HF_LLAMA_FAMILIES)})")
         if model_type in ("llama", "mistral", "phi3") and (config.get("attention_bias") or config.get("mlp_bias")):
             raise LLMGenError("config.json: attention_bias and mlp_bias are not supported for llama/mistral/phi3")
-        partial = config.get("partial_rotary_factor", (config.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0))
+        # transformers 5 moves rope_theta and rope_scaling into rope_parameters.
+        rope = _object(config, "rope_parameters") or _object(config, "rope_scaling")
+        partial = config.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
         if partial != 1.0:
             raise LLMGenError(f"config.json: partial_rotary_factor {partial!r:.20} is not supported (RoPE on whole heads)")
-        context = config.get("max_position_embeddings", 8192)
+        context = _positive_int(config, "max_position_embeddings", 8192)
         window = config.get("sliding_window")
-        windowed = model_type in ("mistral", "phi3") or config.get("use_sliding_window", False)
-        if windowed and isinstance(window, int) and not isinstance(window, bool) and 0 < window < context:
-            context = window  # attention within the window is attention over everything up to it
-        # transformers 5 moves rope_theta and rope_scaling into rope_parameters.
-        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-        if not isinstance(rope, dict):
-            raise LLMGenError(f"config.json: rope_scaling must be an object, got {rope!r:.60}")
+        windowed = model_type in ("mistral", "phi3") or config.get("use_sliding_window") is True
+        if windowed and window is not None:
+            context = min(context, _positive_int(config, "sliding_window", 0))  # attention within the window
         rope_theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         scaling, factors, attention_factor = None, None, 1.0
@@ -200,8 +198,8 @@ class LlamaConfig:
                 raise LLMGenError("config.json: longrope needs short_factor, a list of numbers")
             factors = tuple(float(f) for f in short)
             scale = context / original
-            attention_factor = rope.get("attention_factor") or (
-                1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(original)))
+            default = 1.0 if scale <= 1.0 or original < 2 else math.sqrt(1 + math.log(scale) / math.log(original))
+            attention_factor = _number(rope, "attention_factor", default) if rope.get("attention_factor") else default
             context = min(context, original)
         elif rope_type == "llama3":
             scaling = RopeScaling(
@@ -244,19 +242,19 @@ class LlamaConfig:
         n_layers, dim = _get(config, "num_hidden_layers"), _get(config, "hidden_size")
         layer_types = config.get("layer_types")
         if layer_types is None:  # every sliding_window_pattern-th layer global
-            pattern = config.get("sliding_window_pattern", config.get("_sliding_window_pattern", 6))
+            pattern = _positive_int(config, "sliding_window_pattern", _positive_int(config, "_sliding_window_pattern", 6))
             layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)]
         if not isinstance(layer_types, list) or len(layer_types) != n_layers or not set(layer_types) <= {
                 "sliding_attention", "full_attention"}:
             raise LLMGenError("config.json: layer_types must name sliding_attention or full_attention per layer")
         # RoPE: transformers 5 keys it by layer type; older files give rope_theta, rope_local_base_freq and
         # rope_scaling (linear: frequencies divided by a factor, for the global layers).
-        rope = config.get("rope_parameters") or {}
-        full = rope.get("full_attention", {**rope, **(config.get("rope_scaling") or {})}) if isinstance(rope, dict) else {}
-        local = rope.get("sliding_attention", {}) if isinstance(rope, dict) else {}
+        rope = _object(config, "rope_parameters")
+        full = _object(rope, "full_attention") if "full_attention" in rope else {**rope, **_object(config, "rope_scaling")}
+        local = _object(rope, "sliding_attention")
         theta = full.get("rope_theta", config.get("rope_theta", 1_000_000.0))
         local_theta = local.get("rope_theta", config.get("rope_local_base_freq", 10_000.0))
-        head_dim = config.get("head_dim") or dim // _get(config, "num_attention_heads")
+        head_dim = _positive_int(config, "head_dim", dim // _get(config, "num_attention_heads"))
         factors = None
         if full.get("rope_type", full.get("type", "default")) == "linear":
             factors = (float(_number(full, "factor")),) * (head_dim // 2)
@@ -267,7 +265,7 @@ class LlamaConfig:
             vocab_size=_get(config, "vocab_size"), dim=dim, n_layers=n_layers, n_heads=n_heads,
             n_kv_heads=config.get("num_key_value_heads") or n_heads, ffn_dim=_get(config, "intermediate_size"),
             norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=theta,
-            context_length=config.get("max_position_embeddings", 32768),
+            context_length=_positive_int(config, "max_position_embeddings", 32768),
             tie_embeddings=bool(config.get("tie_word_embeddings", True)), head_dim=head_dim,
             rope_freq_factors=factors, qkv_bias=bool(config.get("attention_bias", False)), qk_norm=True,
             embedding_scale=dim ** 0.5, post_norms=True, activation="gelu_tanh",
@@ -292,6 +290,23 @@ def _get(config: dict[str, Any], *keys: str) -> Any:
                 raise LLMGenError(f"config key {key!r} must be a positive integer, got {value!r:.60}")
             return value
     raise LLMGenError(f"config is missing the key {keys[0]!r}")
+
+
+def _object(config: dict[str, Any], key: str) -> dict[str, Any]:
+    """A JSON object under key ({} when absent or null)."""
+    value = config.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise LLMGenError(f"config key {key!r} must be an object, got {value!r:.60}")
+    return value
+
+
+def _positive_int(config: dict[str, Any], key: str, default: int) -> int:
+    """An optional positive integer (the default when absent or null)."""
+    if config.get(key) is None:
+        return default
+    return _get(config, key)
 
 
 def _number(config: dict[str, Any], key: str, default: float | None = None, high: float = math.inf) -> float:
