@@ -113,8 +113,6 @@ def kernel_blocker(model: Llama) -> str | None:
     """Why kernel_step cannot run this model (None when it can): it needs every block's matmuls fused
     quantized layers on llmgen's kernels (int4, or a GGUF's types as stored), and float32 caches."""
     config = model.config
-    if config.qk_norm:
-        return "its attention normalises each q and k head (Qwen3, Gemma 3), which the kernels do not"
     if config.post_norms or config.activation != "silu" or config.local_layers or config.embedding_scale != 1.0 \
             or config.attention_scale:
         return "its blocks differ from LLaMA's (Gemma 3's norms, GeGLU, local layers), which the kernels do not run"
@@ -131,14 +129,15 @@ def kernel_blocker(model: Llama) -> str | None:
 
 def kernel_layers(model: Llama, rope_cos_sin: torch.Tensor) -> LlamaLayers:
     """The model's blocks as one call into llmgen's kernels (see kernel_blocker for when)."""
-    blocks = []
+    blocks, qk_norms = [], []
     for block in model.layers:
         attention, feed_forward, cache = block.attention, block.feed_forward, block.attention.kv_cache
         norms = block.attention_norm, block.ffn_norm
         blocks.append((attention.wqkv.kernel_matmul(norms[0].weight, norms[0].eps), attention.wo.kernel_matmul(),
                        feed_forward.w13.kernel_matmul(norms[1].weight, norms[1].eps),
                        feed_forward.w2.kernel_matmul(gated=True), cache.k_t[0], cache.v[0]))
-    return LlamaLayers(blocks, model.config.n_heads, rope_cos_sin)
+        qk_norms.append(None if attention.q_norm is None else (attention.q_norm.weight, attention.k_norm.weight))
+    return LlamaLayers(blocks, model.config.n_heads, rope_cos_sin, qk_norms, model.config.norm_eps)
 
 
 def head(model: Llama, x: torch.Tensor) -> torch.Tensor:

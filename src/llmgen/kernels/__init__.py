@@ -342,7 +342,8 @@ class LlamaLayer(ctypes.Structure):
     """llama_layers.cpp's LlamaLayer: one TransformerBlock's four int4 layers and its caches."""
 
     _fields_ = [("qkv", QuantLayer), ("wo", QuantLayer), ("gate_up", QuantLayer), ("down", QuantLayer),
-                ("keys_t", ctypes.c_void_p), ("values", ctypes.c_void_p)]
+                ("keys_t", ctypes.c_void_p), ("values", ctypes.c_void_p), ("q_norm", ctypes.c_void_p),
+                ("k_norm", ctypes.c_void_p), ("qk_norm_eps", ctypes.c_float)]
 
 
 class LlamaLayers:
@@ -351,16 +352,23 @@ class LlamaLayers:
 
     Each block is given as its QuantMatmuls, (qkv with attention_norm, wo, gate_up with ffn_norm, down
     gated), and its caches: keys_t (n_kv_heads, head_dim, max_len), values (n_kv_heads, max_len, head_dim).
-    rope: (max_len, 2, head_dim / 2), each position's cos and sin.
+    rope: (max_len, 2, head_dim / 2), each position's cos and sin. qk_norms: per block, Qwen3's q and k
+    norm weights (head_dim,) each, or None; qk_norm_eps their epsilon.
     """
 
     def __init__(self, blocks: list[tuple[QuantMatmul, QuantMatmul, QuantMatmul, QuantMatmul, torch.Tensor, torch.Tensor]],
-                 n_heads: int, rope: torch.Tensor):
+                 n_heads: int, rope: torch.Tensor, qk_norms: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+                 qk_norm_eps: float = 0.0):
         self.blocks, self.rope = blocks, rope.contiguous()  # kept: the structs point into them
         n_kv_heads, head_dim, max_len = blocks[0][4].shape
+        self.qk_norms = [None if n is None else tuple(w.detach().float().contiguous() for w in n)
+                         for n in (qk_norms or [None] * len(blocks))]
+        if any(n is not None and any(w.shape != (head_dim,) for w in n) for n in self.qk_norms):
+            raise ValueError(f"q/k norm weights must be ({head_dim},)")
         self.layers = (LlamaLayer * len(blocks))(*(
-            LlamaLayer(qkv.layer, wo.layer, gate_up.layer, down.layer, keys_t.data_ptr(), values.data_ptr())
-            for qkv, wo, gate_up, down, keys_t, values in blocks))
+            LlamaLayer(qkv.layer, wo.layer, gate_up.layer, down.layer, keys_t.data_ptr(), values.data_ptr(),
+                       *((None, None) if norms is None else (norms[0].data_ptr(), norms[1].data_ptr())), qk_norm_eps)
+            for (qkv, wo, gate_up, down, keys_t, values), norms in zip(blocks, self.qk_norms)))
         self.arguments = (self.layers, len(blocks), self.rope.data_ptr(), n_heads, n_kv_heads, head_dim, max_len)
         self.run = library().llama_decode_layers
 

@@ -1,7 +1,7 @@
 // All of a LLaMA's transformer blocks for one decode step, in one call: Llama.decode_with_kernels.
 // The same loop in Python costs five ctypes calls a layer, ~5 us each of Python, ctypes and tensor
 // allocation: about a tenth of a SmolLM2 step. Per block (a pre-norm transformer block):
-//     heads = wqkv(attention_norm(x))          quant_linear, the norm folded in
+//     heads = wqkv(attention_norm(x))          quant_linear, the norm folded in (then Qwen3's q/k norms)
 //     y = attention(RoPE(heads), caches, pos)   attention_step, which also writes the caches
 //     x += wo(y)                               quant_linear, accumulating into x
 //     gate_up = w13(ffn_norm(x))
@@ -19,7 +19,21 @@ struct LlamaLayer {
   QuantLayer qkv, wo, gate_up, down;  // qkv and gate_up with their RMSNorm, down gated; each with its parts
   float* keys_t;                     // (n_kv_heads, head_dim, max_len)
   float* values;                     // (n_kv_heads, max_len, head_dim)
+  const float* q_norm;               // (head_dim,): Qwen3's RMSNorm over each q head before RoPE; or null
+  const float* k_norm;               // (head_dim,): the same for each k head (set when q_norm is)
+  float qk_norm_eps;
 };
+
+// RMSNorm over each of `count` heads of head_dim floats, in place, times weight.
+static void norm_heads(float* heads, int64_t count, int64_t head_dim, const float* weight, float eps) {
+  for (int64_t h = 0; h < count; h++) {
+    float* x = heads + h * head_dim;
+    float squares = 0.f;
+    for (int64_t d = 0; d < head_dim; d++) squares += x[d] * x[d];
+    const float inverse_rms = 1.f / sqrtf(squares / head_dim + eps);
+    for (int64_t d = 0; d < head_dim; d++) x[d] = x[d] * inverse_rms * weight[d];
+  }
+}
 
 // Returns 0, or -1 (with x unchanged) when the position is outside the caches.
 extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layers, const float* rope,
@@ -35,6 +49,10 @@ extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layer
     for (const QuantLayer* part = &layer.gate_up; part; part = part->next) gate_up_width += part->out_features;
     gate_up.resize(gate_up_width);
     quant_linear(&layer.qkv, x, 1, heads.data(), 0, threads);
+    if (layer.q_norm) {  // q heads, then k heads; v's are left as they are
+      norm_heads(heads.data(), n_heads, head_dim, layer.q_norm, layer.qk_norm_eps);
+      norm_heads(heads.data() + n_heads * head_dim, n_kv_heads, head_dim, layer.k_norm, layer.qk_norm_eps);
+    }
     attention_step(heads.data(), rope, layer.keys_t, layer.values, position, n_heads, n_kv_heads, head_dim,
                    max_len, 1.f / sqrtf((float)head_dim), y.data(), threads);
     quant_linear(&layer.wo, y.data(), 1, x, 1, threads);
