@@ -150,6 +150,19 @@ def print_table(medians: dict[str, dict], reference: str = "llmgen") -> None:
         print(f"| {engine} | " + " | ".join(cells) + " |")
 
 
+def prepare_in_own_process(prepare) -> None:
+    """Run prepare (a module-level function that makes a benchmark's files) in a process of its own: making
+    files (a model built by transformers) grows a process, and each worker forked from it would start with
+    that peak RSS."""
+    import multiprocessing
+
+    maker = multiprocessing.get_context("spawn").Process(target=prepare)
+    maker.start()
+    maker.join()
+    if maker.exitcode != 0:
+        raise SystemExit(f"preparing the benchmark's files failed (exit {maker.exitcode})")
+
+
 def engines_main(script: str, worker, engines: list[str], title: str, new_tokens: int, prepare=None) -> None:
     """The command line of a side-by-side benchmark: --rounds, --new-tokens, --engines, and --worker ENGINE
     (one measurement in this process, printed as JSON, which run_interleaved reads). `title` is formatted
@@ -166,7 +179,7 @@ def engines_main(script: str, worker, engines: list[str], title: str, new_tokens
         print(json.dumps(worker(args.worker, args.new_tokens)))
         return
     if prepare is not None:
-        prepare()
+        prepare_in_own_process(prepare)
     print(machine())
     medians = run_interleaved(script, args.engines.split(","), ["--new-tokens", str(args.new_tokens)], args.rounds)
     print(title.format(new_tokens=args.new_tokens, rounds=args.rounds) + "\n")

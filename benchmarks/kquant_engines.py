@@ -1,6 +1,7 @@
 """GGUF files in the block types people download (Q4_K_M and friends), in llmgen and llama.cpp side by side.
 
-    python benchmarks/kquant_engines.py [--rounds 3] [--new-tokens 32] [--file 1b|q4_k_m|q5_k_m|q6_k|q8_0]
+    python benchmarks/kquant_engines.py [--rounds 3] [--new-tokens 32]
+        [--file 1b|q4_k_m|q5_k_m|q6_k|q8_0|qwen2.5-0.5b|qwen3-0.6b]
 
 The files come from kquant_files.py (llama.cpp's own quantizer): "1b" is the Llama-3.2-1B-shaped Q4_K_M
 (random weights: Q4_K, Q6_K for attn_v, half of ffn_down and the tied embedding), the others the real
@@ -14,8 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
-from common import engines_main, gguf_engine_worker
-from kquant_files import llama1b_q4_k_m, smollm2_file, write_all
+from common import engines_main, gguf_engine_worker, prepare_in_own_process
+from kquant_files import QWEN_SHAPES, llama1b_q4_k_m, qwen_file, smollm2_file, write_all, write_qwen
 
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. Write a short story about a cat."
 KERNELS = {"llmgen": "auto", "llmgen avx2": "avx2"}  # LLMGEN_KERNELS
@@ -24,7 +25,14 @@ ENGINES = ["llmgen", "llmgen avx2", "llama.cpp"]
 
 def chosen_file():
     name = os.environ.get("KQUANT_FILE", "1b")
+    if name in QWEN_SHAPES:
+        return qwen_file(name)
     return llama1b_q4_k_m() if name == "1b" else smollm2_file(name.upper())
+
+
+def prepare() -> None:
+    name = os.environ.get("KQUANT_FILE", "1b")
+    write_qwen(name) if name in QWEN_SHAPES else write_all()
 
 
 def worker(engine: str, new_tokens: int) -> dict:
@@ -36,11 +44,12 @@ def main() -> None:
         at = sys.argv.index("--file")
         os.environ["KQUANT_FILE"] = sys.argv[at + 1]
         del sys.argv[at:at + 2]
+    prepare_in_own_process(prepare)  # the file's size goes into the title
     path = chosen_file()
-    size = path.stat().st_size / 1e6 if path.is_file() else float("nan")
+    size = path.stat().st_size / 1e6
     engines_main(__file__, worker, ENGINES, f"{path.name} ({size:.0f} MB; RSS bound 1.5x file + 600 MB = "
                  f"{1.5 * size + 600:.0f} MB), greedy, {{new_tokens}} new tokens, 2 threads, median of {{rounds}} "
-                 "interleaved rounds", new_tokens=32, prepare=write_all)
+                 "interleaved rounds", new_tokens=32)
 
 
 if __name__ == "__main__":

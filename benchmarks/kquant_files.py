@@ -7,7 +7,10 @@
   Q5_1 and Q8_0 where a k-quant does not fit: real weights in every common block type.
 - The Llama-3.2-1B-shaped F16 file of llama1b_engines.py quantized to Q4_K_M (Q4_K, and Q6_K for attn_v,
   half of ffn_down and the tied embedding).
-Needs llama-cpp-python (`make bench-peers`).
+- Qwen2.5-0.5B- and Qwen3-0.6B-shaped models (random weights, Qwen's real tokenizer) written by
+  transformers, converted by llama.cpp's convert_hf_to_gguf.py to F16 and quantized to Q4_K_M: the families
+  llmgen reads with their GGUF architectures qwen2 and qwen3 (Qwen2.5's 896-wide rows mix in Q5_0/Q8_0).
+Needs llama-cpp-python (`make bench-peers`) and the test extras (transformers; tests/llama_cpp_vocab.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,54 @@ def smollm2_file(kind: str) -> Path:
 
 def llama1b_q4_k_m() -> Path:
     return OUT / "llama-3.2-1b-shaped-q4_k_m.gguf"
+
+
+# Hugging Face configs of the real models' shapes (config.json of Qwen/Qwen2.5-0.5B and Qwen/Qwen3-0.6B).
+QWEN_SHAPES = {
+    "qwen2.5-0.5b": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, use_sliding_window=False)),
+    "qwen3-0.6b": ("Qwen3Config", "Qwen3ForCausalLM", dict(
+        hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=True)),
+}
+
+
+def qwen_file(name: str) -> Path:
+    return OUT / f"{name}-shaped-q4_k_m.gguf"
+
+
+def write_qwen(name: str) -> Path:
+    """A Qwen-shaped Q4_K_M: transformers writes random weights with Qwen's tokenizer, llama.cpp's
+    converter makes an F16 GGUF of them, llama.cpp's quantizer the Q4_K_M."""
+    import shutil
+    import sys
+
+    target = qwen_file(name)
+    if target.is_file():
+        return target
+    import torch
+    import transformers
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    import llama_cpp_vocab
+
+    config_class, model_class, shape = QWEN_SHAPES[name]
+    llama_cpp_vocab.fetch()
+    vocab = llama_cpp_vocab.vocab_path("qwen2")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(vocab.parent), gguf_file=vocab.name)
+    directory = OUT / f"{name}-hf"
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(vocab_size=len(tokenizer), **shape))
+    model.to(torch.float16).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    f16 = llama_cpp_vocab.convert_hf_to_gguf(directory, OUT / f"{name}-shaped-f16.gguf", "f16")
+    shutil.rmtree(directory)
+    requantize(f16, target, "Q4_K_M")
+    f16.unlink()
+    return target
 
 
 def requantize(source: Path, target: Path, kind: str) -> Path:
