@@ -106,7 +106,6 @@ def test_kquant_model_kept_as_stored_matches_its_float32_self(tmp_path, mix):
     """The same file loaded dequantized (--quantize none: float32, the reference) and kept as stored (the
     default): logits close (the kernels round activations to int8), every layer on the kernels, and the
     kernel decode step equal to the forward pass."""
-    from llmgen.decode import choose_decoder
     from llmgen.quantize import SideBySide, StoredHead
     from llmgen.weights.loading import load_model
 
@@ -116,20 +115,29 @@ def test_kquant_model_kept_as_stored_matches_its_float32_self(tmp_path, mix):
         assert isinstance(kept.layers[0].attention.wqkv, SideBySide)
     assert isinstance(kept.output, StoredHead)
     ids = torch.randint(0, 8192, (1, 12), generator=torch.Generator().manual_seed(0))
-    for model in (reference, kept):
+    expected, got = assert_kept_matches_dequantized_on_the_kernels(reference, kept, ids)
+    assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+
+
+def assert_kept_matches_dequantized_on_the_kernels(dequantized, kept, ids):
+    """The same file dequantized and kept as stored: top-8 logits within 3% (a stored head's candidates
+    come from its stored rows, the rest from its 4-bit first pass), kept on llmgen's kernel decoder, and
+    its decode step equal to its forward pass. Returns both forward passes' logits (T, vocab)."""
+    from llmgen.decode import choose_decoder
+
+    for model in (dequantized, kept):
         model.setup_cache(1, 16)
     with torch.inference_mode():
-        expected, got = reference(ids, 0)[0], kept(ids, 0)[0]
-        # The head's top candidates come from the stored rows; the rest from its 4-bit first pass.
+        expected, got = dequantized(ids, 0)[0], kept(ids, 0)[0]
         top = expected.topk(8, dim=-1).indices
         assert (got.gather(-1, top) - expected.gather(-1, top)).abs().max() < 0.03 * expected.abs().max()
-        assert (got - expected).abs().max() < 0.1 * expected.abs().max()
         decoder = choose_decoder(kept)
         assert decoder.use_kernels, decoder
         kept.setup_cache(1, 16)
         kept(ids[:, :-1], 0)
         step = decoder(int(ids[0, -1]), ids.size(1) - 1)
     torch.testing.assert_close(step, got[-1], atol=1e-3, rtol=1e-3)
+    return expected, got
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import llama_cpp_vocab
 import pytest
 import torch
 from checkpoints import hf_family, save_hf
+from test_gguf_blocks import assert_kept_matches_dequantized_on_the_kernels
 from test_model_parity import greedy_ours, greedy_reference
 
 from llmgen.weights.loading import load_model, model_tokenizer
@@ -67,20 +68,7 @@ def test_float_gguf_matches_transformers_and_its_tokenizer_the_hf_one(family):
 def test_q8_0_gguf_kept_as_stored_matches_its_float32_self(family):
     """Q8_0 rows reordered as stored: the top logits close to the same file dequantized, and each decode
     step equal to the forward pass, on llmgen's kernels."""
-    from llmgen.decode import choose_decoder
-
-    name, _, files = family
+    _, _, files = family
     dequantized, kept = load_model(files["q8_0"], quantize="none").model, load_model(files["q8_0"]).model
     ids = torch.tensor([[97, 1879, 11, 1096, 374, 264, 1273, 13]])
-    for model in (dequantized, kept):
-        model.setup_cache(1, 16)
-    with torch.inference_mode():
-        expected, got = dequantized(ids, 0)[0], kept(ids, 0)[0]
-        top = expected.topk(8, dim=-1).indices
-        assert (got.gather(-1, top) - expected.gather(-1, top)).abs().max() < 0.03 * expected.abs().max()
-        decoder = choose_decoder(kept)
-        assert decoder.use_kernels, decoder
-        kept.setup_cache(1, 16)
-        kept(ids[:, :-1], 0)
-        step = decoder(int(ids[0, -1]), ids.size(1) - 1)
-    torch.testing.assert_close(step, got[-1], atol=1e-3, rtol=1e-3)
+    assert_kept_matches_dequantized_on_the_kernels(dequantized, kept, ids)

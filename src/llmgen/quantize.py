@@ -344,7 +344,27 @@ class Int4Linear(KernelLinear):
         return [(weights, self.bias)]
 
 
-class Int8GroupsLinear(KernelLinear):
+class StoredRowsLinear(KernelLinear):
+    """A KernelLinear whose weights PyTorch reads through dequantized_rows: without llmgen's kernels, W is
+    dequantized ROW_CHUNK rows at a time for F.linear, never whole."""
+
+    bias: torch.Tensor | None
+
+    def dequantized_rows(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.own_kernel:
+            return self.kernel_forward(x)
+        y = torch.cat([F.linear(x.float(), self.dequantized_rows(slice(first, first + ROW_CHUNK)))
+                       for first in range(0, self.out_features, ROW_CHUNK)], dim=-1)
+        return (y if self.bias is None else y + self.bias).to(x.dtype)
+
+    def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.kernel_matmul() if self.own_kernel else self.forward
+
+
+class Int8GroupsLinear(StoredRowsLinear):
     """y = x W^T (+ b) with W as int8 in groups (Int8Groups: GGUF's 5-, 6- and 8-bit types as stored), on
     llmgen's int8 kernel where it runs, else dequantized ROW_CHUNK rows at a time for F.linear."""
 
@@ -371,18 +391,8 @@ class Int8GroupsLinear(KernelLinear):
             w += self.minimums[rows].float().repeat_interleave(self.group, dim=-1)
         return w[..., :self.in_features]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.own_kernel:
-            return self.kernel_forward(x)
-        y = torch.cat([F.linear(x.float(), self.dequantized_rows(slice(first, first + ROW_CHUNK)))
-                       for first in range(0, self.out_features, ROW_CHUNK)], dim=-1)
-        return (y if self.bias is None else y + self.bias).to(x.dtype)
 
-    def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return self.kernel_matmul() if self.own_kernel else self.forward
-
-
-class Q6KLinear(KernelLinear):
+class Q6KLinear(StoredRowsLinear):
     """y = x W^T (+ b) with W in Q6_K blocks as stored, on the kernel's Q6_K path where it runs, else
     dequantized ROW_CHUNK rows at a time for F.linear."""
 
@@ -406,16 +416,6 @@ class Q6KLinear(KernelLinear):
         if self.own_kernel:
             blocks = kernels.unpack_q6_k(kernels.PackedQ6K(blocks, self.in_features))
         return Q6KBlocks(blocks, self.in_features).dequantize()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.own_kernel:
-            return self.kernel_forward(x)
-        y = torch.cat([F.linear(x.float(), self.dequantized_rows(slice(first, first + ROW_CHUNK)))
-                       for first in range(0, self.out_features, ROW_CHUNK)], dim=-1)
-        return (y if self.bias is None else y + self.bias).to(x.dtype)
-
-    def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        return self.kernel_matmul() if self.own_kernel else self.forward
 
 
 def packed_in_chunks(groups: Int4Groups | Int8Groups | DeferredGroups, pack: Callable

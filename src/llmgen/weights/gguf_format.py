@@ -467,7 +467,7 @@ def rows_in_interleaved_order(tensor, n_heads: int):
     """Rows of q or k (n_heads, 2, head_dim / 2) for RoPE on halves -> (n_heads, head_dim / 2, 2) for RoPE
     on interleaved pairs: a float tensor (weight or vector), or quantized rows as stored (DeferredGroups),
     whose rows are reordered whole, blocks and all."""
-    from llmgen.quantize import DeferredGroups, select_rows
+    from llmgen.quantize import select_rows
 
     rows = tensor.shape[0]
     if rows % (2 * n_heads):
