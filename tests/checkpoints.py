@@ -79,10 +79,12 @@ def hf_family(family: str, **overrides):
     config.update(overrides)
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config)).eval()
+    # Gemma's RMSNorm scales by 1 + weight: its weights around 0 give the same 0.5-1.5 scales as the others'.
+    norm_low = -0.5 if family == "gemma3" else 0.5
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.uniform_(0.5, 1.5)
+                p.uniform_(norm_low, norm_low + 1)
             elif name.endswith(".bias"):
                 p.uniform_(-0.5, 0.5)
     return model

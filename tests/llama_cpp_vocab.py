@@ -25,6 +25,9 @@ SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 MODELS_DIR = "vendor/llama.cpp/models/"
 # The vocabularies whose pre-tokenizers llmgen supports, by llama.cpp's name for them.
 VOCABS = ("llama-bpe", "gpt-2", "qwen2", "qwen35", "starcoder", "refact", "phi-3", "llama-spm")
+# Gemma 4's vocabulary (llama.cpp's "gemma4" merges-based BPE): the only Gemma tokenizer offline. Rebuilt as
+# the SentencePiece model Gemma 3 ships (gemma_sentencepiece_model) it stands in for Gemma 3's.
+STAND_INS = ("gemma-4",)
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
 
@@ -33,7 +36,7 @@ def directory() -> Path:
 
 
 def members() -> list[str]:
-    return [f"ggml-vocab-{name}.gguf{suffix}" for name in VOCABS for suffix in ("", ".inp", ".out")]
+    return [f"ggml-vocab-{name}.gguf{suffix}" for name in VOCABS + STAND_INS for suffix in ("", ".inp", ".out")]
 
 
 def vocab_path(name: str) -> Path:
@@ -131,5 +134,41 @@ def sentencepiece_model(name: str, path: Path) -> Path:
         entry = model.pieces.add()
         entry.piece, entry.score = piece, score
         entry.type = getattr(sentencepiece_model_pb2.ModelProto.SentencePiece, "UNKNOWN" if i == 0 else kinds[kind])
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def gemma_sentencepiece_model(path: Path) -> Path:
+    """Gemma 4's vocabulary as a SentencePiece tokenizer.model of Gemma 3's kind (BPE, byte fallback, no
+    leading space, spaces as U+2581). The vocab GGUF stores merges, not scores: a piece's score is minus the
+    rank of the merge that makes it, so SentencePiece's highest-score-first merging follows the merge list
+    (tests/test_gguf_families.py checks it against the vocabulary's own test vectors)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    from llmgen.weights.gguf_format import GGUFFile
+
+    vocab = GGUFFile(vocab_path("gemma-4"))
+    pieces, types = vocab.get("tokenizer.ggml.tokens"), vocab.get("tokenizer.ggml.token_type")
+    rank = {}
+    for i, merge in enumerate(vocab.get("tokenizer.ggml.merges")):
+        left, right = merge.split(" ", 1)
+        rank.setdefault(left + right, i)
+    model = sentencepiece_model_pb2.ModelProto()
+    model.trainer_spec.model_type = sentencepiece_model_pb2.TrainerSpec.BPE
+    model.trainer_spec.byte_fallback = True
+    spec = model.trainer_spec
+    spec.pad_id, spec.eos_id, spec.bos_id, spec.unk_id = (vocab.get(f"tokenizer.ggml.{key}_token_id")
+                                                          for key in ("padding", "eos", "bos", "unknown"))
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = False
+    model.normalizer_spec.remove_extra_whitespaces = False
+    model.normalizer_spec.escape_whitespaces = True
+    kinds = {1: "NORMAL", 3: "CONTROL", 4: "USER_DEFINED", 5: "UNUSED", 6: "BYTE"}
+    for i, (piece, kind) in enumerate(zip(pieces, types)):
+        entry = model.pieces.add()
+        entry.piece = piece
+        entry.type = getattr(sentencepiece_model_pb2.ModelProto.SentencePiece,
+                             "UNKNOWN" if i == spec.unk_id else kinds[kind])
+        entry.score = -float(rank.get(piece, len(rank))) if kind == 1 and len(piece) > 1 else 0.0
     path.write_bytes(model.SerializeToString())
     return path

@@ -18,20 +18,39 @@ pytestmark = pytest.mark.slow  # the tokenizer conversion (12 s) and llama.cpp's
 # family -> its real vocabulary (llama.cpp's vocab GGUFs): Qwen's byte-level BPE, Phi-3's SentencePiece.
 # Mistral's own tokenizer is not available offline: LLaMA-2's SentencePiece vocabulary (the same kind, 32000
 # pieces) stands in, so the test covers Mistral's weights as llama.cpp writes them (architecture llama).
-FAMILIES = {"qwen2": "qwen2", "qwen3": "qwen2", "phi3": "phi-3", "mistral": "llama-spm"}
+# Gemma 3's tokenizer is not available offline either: Gemma 4's vocabulary (262144 pieces, the same kind)
+# stands in, as the SentencePiece model a Gemma 3 directory ships, from which transformers builds its own.
+FAMILIES = {"qwen2": "qwen2", "qwen3": "qwen2", "phi3": "phi-3", "mistral": "llama-spm", "gemma3": "gemma-4"}
+# llama.cpp reads Gemma 3's layer pattern as every 6th layer global and scales queries by 1/sqrt(head_dim);
+# the reference is configured the same way (transformers takes them from config.json, the converter drops them).
+FAMILY_CONFIGS = {"gemma3": dict(num_hidden_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"],
+                                 query_pre_attn_scalar=16, tie_word_embeddings=True)}
 PROMPTS = ("The capital of France is", "武汉是一座历史悠久的城市", "1, 2, 3, 5, 8, 13,")
 _tokenizers = {}
 
 
 def hf_tokenizer(vocab):
     """The real tokenizer, as transformers writes it into a model directory."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, GemmaTokenizer
 
     if vocab not in _tokenizers:
         llama_cpp_vocab.fetch()
         source = llama_cpp_vocab.vocab_path(vocab)
-        _tokenizers[vocab] = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+        if vocab == "gemma-4":
+            directory = source.parent / "gemma-3-stand-in"
+            directory.mkdir(exist_ok=True)
+            llama_cpp_vocab.gemma_sentencepiece_model(directory / "tokenizer.model")
+            _tokenizers[vocab] = GemmaTokenizer.from_pretrained(str(directory))
+        else:
+            _tokenizers[vocab] = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     return _tokenizers[vocab]
+
+
+def test_gemma_stand_in_is_the_real_vocabulary():
+    """The rebuilt SentencePiece model, through transformers, gives the ids of every llama.cpp test vector."""
+    tokenizer = hf_tokenizer("gemma-4")
+    for text, ids in llama_cpp_vocab.vectors("gemma-4"):
+        assert tokenizer.encode(text, add_special_tokens=False) == ids, text
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -39,11 +58,13 @@ def family(request, tmp_path_factory):
     name, vocab = request.param, FAMILIES[request.param]
     directory = tmp_path_factory.mktemp(name)
     tokenizer = hf_tokenizer(vocab)
-    reference = hf_family(name, vocab_size=len(tokenizer))
+    reference = hf_family(name, vocab_size=len(tokenizer), **FAMILY_CONFIGS.get(name, {}))
     save_hf(reference, directory / "hf")
     tokenizer.save_pretrained(directory / "hf")
     if vocab in ("phi-3", "llama-spm"):  # llama.cpp's converter reads these from the SentencePiece model
         llama_cpp_vocab.sentencepiece_model(vocab, directory / "hf" / "tokenizer.model")
+    elif vocab == "gemma-4":
+        llama_cpp_vocab.gemma_sentencepiece_model(directory / "hf" / "tokenizer.model")
     files = {outtype: llama_cpp_vocab.convert_hf_to_gguf(directory / "hf", directory / f"{outtype}.gguf", outtype)
              for outtype in ("f32", "q8_0")}
     return name, reference, files
@@ -53,7 +74,8 @@ def test_float_gguf_matches_transformers_and_its_tokenizer_the_hf_one(family):
     name, reference, files = family
     reference_tokenizer = hf_tokenizer(FAMILIES[name])
     loaded = load_model(files["f32"], quantize="none")
-    assert loaded.model.config.qkv_bias == (name == "qwen2") and loaded.model.config.qk_norm == (name == "qwen3")
+    assert loaded.model.config.qkv_bias == (name == "qwen2")
+    assert loaded.model.config.qk_norm == (name in ("qwen3", "gemma3"))
     tokenizer = model_tokenizer(files["f32"])
     for text in PROMPTS:
         prompt = tokenizer.encode(text)

@@ -110,10 +110,15 @@ def test_int4_matmul_folds_in_rms_norm_and_swiglu(level):
     gate, up = gate_up.chunk(2, dim=-1)
     torch.testing.assert_close(kernels.Int4Matmul(weights, gated=True)(gate_up), plain(F.silu(gate) * up),
                                atol=2e-3, rtol=0)
+    geglu = kernels.Int4Matmul(weights, gated=True, activation="gelu_tanh")(gate_up)  # Gemma's
+    torch.testing.assert_close(geglu, plain(F.gelu(gate, approximate="tanh") * up), atol=2e-3, rtol=0)
 
 
-@pytest.mark.parametrize("rope, n_heads, n_kv_heads", [(True, 9, 3), (True, 4, 4), (False, 12, 12)])
-def test_attention_step_matches_pytorch(level, rope, n_heads, n_kv_heads):
+@pytest.mark.parametrize("rope, n_heads, n_kv_heads, window", [(True, 9, 3, 0), (True, 4, 4, 0), (False, 12, 12, 0),
+                                                                (True, 4, 2, 8), (True, 4, 2, 30)])
+def test_attention_step_matches_pytorch(level, rope, n_heads, n_kv_heads, window):
+    """Decode attention on the kernels: RoPE, the caches written, GQA, and Gemma's local window (the last
+    `window` positions; 30 > pos + 1 covers them all)."""
     head_dim, max_len, pos = 64, 40, 29
     generator = torch.Generator().manual_seed(n_heads)
     keys_t = torch.randn(n_kv_heads, head_dim, max_len, generator=generator)
@@ -129,11 +134,13 @@ def test_attention_step_matches_pytorch(level, rope, n_heads, n_kv_heads):
     expected_keys_t, expected_values = keys_t.clone(), values.clone()
     expected_keys_t[:, :, pos], expected_values[:, pos] = k, v
     mask = torch.full((max_len,), -math.inf)
-    mask[:pos + 1] = 0
+    mask[max(0, pos + 1 - window) if window else 0:pos + 1] = 0
+    scale = 0.1 if window else head_dim ** -0.5
     expected = decode_attention(q.reshape(n_kv_heads, n_heads // n_kv_heads, head_dim), expected_keys_t,
-                                expected_values, mask, head_dim ** -0.5).reshape(1, -1)
+                                expected_values, mask, scale).reshape(1, -1)
 
-    got = kernels.AttentionStep(keys_t, values, n_heads, table)(heads, torch.tensor([pos]))
+    got = kernels.AttentionStep(keys_t, values, n_heads, table, window, scale if window else None)(
+        heads, torch.tensor([pos]))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(keys_t, expected_keys_t, atol=1e-6, rtol=0)  # the new k and v written in place
     torch.testing.assert_close(values, expected_values, atol=0, rtol=0)

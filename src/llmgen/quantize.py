@@ -272,10 +272,10 @@ class KernelLinear(nn.Module):
         raise NotImplementedError
 
     def kernel_matmul(self, norm_weight: torch.Tensor | None = None, norm_eps: float = 0.0,
-                      gated: bool = False) -> kernels.QuantMatmul:
+                      gated: bool = False, activation: str = "silu") -> kernels.QuantMatmul:
         """This layer as a call into llmgen's kernels (own_kernel only), optionally with the RMSNorm or
-        SwiGLU before it done in the same call (see kernels.QuantMatmul)."""
-        return kernels.QuantMatmul(self.kernel_parts(), norm_weight, norm_eps, gated)
+        SwiGLU/GeGLU before it done in the same call (see kernels.QuantMatmul)."""
+        return kernels.QuantMatmul(self.kernel_parts(), norm_weight, norm_eps, gated, activation)
 
     def kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out) on the kernels: float32, cast back to a bfloat16 x's dtype."""

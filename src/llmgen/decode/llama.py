@@ -7,8 +7,8 @@ SmolLM2-135M those cost a third of it (each tensor op costs 1-3 us of Python and
 - pytorch_step: tensor ops over a Plan of plain functions; positions are tensors so that torch.compile
   sees one graph for every position (compiled.py);
 - kernel_step: all blocks in one call into llmgen's kernels (kernels/llama_layers.cpp), each block five
-  kernel calls with the norms, SwiGLU and residual adds inside them, where every block's matmuls are
-  int4 on llmgen's kernels and the caches are float32.
+  kernel calls with the norms, SwiGLU/GeGLU and residual adds inside them (Gemma 3's post-norms and local
+  windows too), where every block's matmuls are quantized on llmgen's kernels and the caches are float32.
 tests/test_generation.py holds each equal to forward.
 """
 
@@ -21,7 +21,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from llmgen.kernels import LlamaLayers
+from llmgen.kernels import BlockKernels, LlamaLayers
 from llmgen.models.kv_cache import DecodeWindow, KVCache, decode_attention
 from llmgen.models.llama import Llama, RMSNorm, TransformerBlock, rms_norm, rope_matrix
 from llmgen.quantize import KernelLinear, linear_function
@@ -56,8 +56,8 @@ class Plan:
         local = model.local_rope_rotations if model.config.local_layers else None
         local_cos_sin = None if local is None else torch.stack((local.real, local.imag), dim=1)
         return cls(model_caches, [Layer.of(layer) for layer in model.layers], DecodeWindow(model_caches, window_step),
-                   rope_cos_sin, model_caches[0].v.dtype, kernel_layers(model, rope_cos_sin) if with_kernels else None,
-                   local_cos_sin)
+                   rope_cos_sin, model_caches[0].v.dtype,
+                   kernel_layers(model, rope_cos_sin, local_cos_sin) if with_kernels else None, local_cos_sin)
 
 
 @dataclass(slots=True)
@@ -112,10 +112,6 @@ def norm_function(norm: RMSNorm) -> Callable[[torch.Tensor], torch.Tensor]:
 def kernel_blocker(model: Llama) -> str | None:
     """Why kernel_step cannot run this model (None when it can): it needs every block's matmuls fused
     quantized layers on llmgen's kernels (int4, or a GGUF's types as stored), and float32 caches."""
-    config = model.config
-    if config.post_norms or config.activation != "silu" or config.local_layers or config.embedding_scale != 1.0 \
-            or config.attention_scale:
-        return "its blocks differ from LLaMA's (Gemma 3's norms, GeGLU, local layers), which the kernels do not run"
     for block in model.layers:
         linears = (block.attention.wqkv, block.attention.wo, block.feed_forward.w13, block.feed_forward.w2)
         if not all(isinstance(m, KernelLinear) for m in linears):
@@ -127,17 +123,22 @@ def kernel_blocker(model: Llama) -> str | None:
     return None
 
 
-def kernel_layers(model: Llama, rope_cos_sin: torch.Tensor) -> LlamaLayers:
+def kernel_layers(model: Llama, rope_cos_sin: torch.Tensor, local_rope_cos_sin: torch.Tensor | None) -> LlamaLayers:
     """The model's blocks as one call into llmgen's kernels (see kernel_blocker for when)."""
-    blocks, qk_norms = [], []
+    config, blocks = model.config, []
     for block in model.layers:
         attention, feed_forward, cache = block.attention, block.feed_forward, block.attention.kv_cache
         norms = block.attention_norm, block.ffn_norm
-        blocks.append((attention.wqkv.kernel_matmul(norms[0].weight, norms[0].eps), attention.wo.kernel_matmul(),
-                       feed_forward.w13.kernel_matmul(norms[1].weight, norms[1].eps),
-                       feed_forward.w2.kernel_matmul(gated=True), cache.k_t[0], cache.v[0]))
-        qk_norms.append(None if attention.q_norm is None else (attention.q_norm.weight, attention.k_norm.weight))
-    return LlamaLayers(blocks, model.config.n_heads, rope_cos_sin, qk_norms, model.config.norm_eps)
+        blocks.append(BlockKernels(
+            attention.wqkv.kernel_matmul(norms[0].weight, norms[0].eps), attention.wo.kernel_matmul(),
+            feed_forward.w13.kernel_matmul(norms[1].weight, norms[1].eps),
+            feed_forward.w2.kernel_matmul(gated=True, activation=config.activation), cache.k_t[0], cache.v[0],
+            local_rope_cos_sin if block.local else rope_cos_sin,
+            qk_norms=None if attention.q_norm is None else (attention.q_norm.weight, attention.k_norm.weight),
+            post_norms=None if block.post_attention_norm is None else (block.post_attention_norm.weight,
+                                                                       block.post_ffn_norm.weight),
+            window=config.sliding_window if block.local else 0))
+    return LlamaLayers(blocks, config.n_heads, config.norm_eps, config.attention_scale or config.head_dim ** -0.5)
 
 
 def head(model: Llama, x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +151,8 @@ def head(model: Llama, x: torch.Tensor) -> torch.Tensor:
 def kernel_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """token, pos: (1,) -> (vocab,) logits, the blocks in one call into llmgen's kernels."""
     x = model.tok_embeddings(token)  # (1, dim): a new tensor, so updating it is safe
+    if model.config.embedding_scale != 1.0:  # Gemma
+        x = x * torch.tensor(model.config.embedding_scale, dtype=x.dtype)
     plan.kernel_layers(x, pos)
     return head(model, x)
 

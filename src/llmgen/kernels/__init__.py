@@ -227,6 +227,10 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, level
     return PackedInt4(packed.contiguous(), scales, None if symmetric else minimums, in_features)
 
 
+# kernels.h's GATED_* codes: the activation of a gated layer's input.
+GATED_ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}
+
+
 class QuantLayer(ctypes.Structure):
     """kernels.h's QuantLayer: what a layer's calls share."""
 
@@ -248,12 +252,15 @@ class QuantMatmul:
     outputs are concatenated: a fused q/k/v whose parts are stored in different formats.
 
     prepare is nothing, RMSNorm with `norm_weight` (then x is the un-normalised residual stream), or with
-    `gated`, silu(gate) * up of x = [gate, up] (rows, 2 in). With `out` and accumulate=True the result
-    is added into `out` in place: a residual connection with no extra tensor op.
+    `gated`, activation(gate) * up of x = [gate, up] (rows, 2 in), activation "silu" (SwiGLU) or "gelu_tanh"
+    (Gemma's GeGLU). With `out` and accumulate=True the result is added into `out` in place: a residual
+    connection with no extra tensor op.
     """
 
     def __init__(self, parts: list[tuple[Packed, torch.Tensor | None]], norm_weight: torch.Tensor | None = None,
-                 norm_eps: float = 0.0, gated: bool = False):
+                 norm_eps: float = 0.0, gated: bool = False, activation: str = "silu"):
+        if activation not in GATED_ACTIVATIONS:
+            raise ValueError(f"gated activation {activation!r} is not one of {', '.join(GATED_ACTIVATIONS)}")
         in_features = parts[0][0].in_features
         if any(weights.in_features != in_features for weights, _ in parts):
             raise ValueError("the parts of a fused layer take the same input")
@@ -276,7 +283,7 @@ class QuantMatmul:
                 weights.packed.data_ptr(), _pointer(weights.scales), _pointer(weights.minimums),
                 _pointer(weights.super_scales), _pointer(weights.super_minimums), weights.groups,
                 in_features, weights.out_features, _pointer(bias), _pointer(self.norm_weight) if first else None,
-                norm_eps, int(gated and first), weights.bits, weights.group,
+                norm_eps, GATED_ACTIVATIONS[activation] if gated and first else 0, weights.bits, weights.group,
                 ctypes.pointer(self.layers[i + 1]) if i + 1 < len(parts) else None)
         self.layer = self.layers[0]
         self.address = ctypes.addressof(self.layers)
@@ -304,9 +311,10 @@ class QuantMatmul:
 
 
 def Int4Matmul(weights: PackedInt4, bias: torch.Tensor | None = None, norm_weight: torch.Tensor | None = None,
-               norm_eps: float = 0.0, gated: bool = False) -> QuantMatmul:  # noqa: N802 (kept for its callers)
+               norm_eps: float = 0.0, gated: bool = False,
+               activation: str = "silu") -> QuantMatmul:  # noqa: N802 (kept for its callers)
     """One packed matrix as a QuantMatmul."""
-    return QuantMatmul([(weights, bias)], norm_weight, norm_eps, gated)
+    return QuantMatmul([(weights, bias)], norm_weight, norm_eps, gated, activation)
 
 
 class AttentionStep:
@@ -314,17 +322,20 @@ class AttentionStep:
 
     heads: (1, (n_heads + 2 n_kv_heads) head_dim) float32, the new token's q, k, v (turned in place by RoPE);
     pos: (1,) int64 tensor. keys_t and values are the layer's caches (batch row 0, float32); rope:
-    (max_len, 2, head_dim / 2) cos and sin, or None for a model without RoPE.
+    (max_len, 2, head_dim / 2) cos and sin, or None for a model without RoPE; window: attend to the last
+    `window` positions only (0: all); scale: q.k's (None: 1 / sqrt(head_dim)).
     """
 
-    def __init__(self, keys_t: torch.Tensor, values: torch.Tensor, n_heads: int, rope: torch.Tensor | None):
+    def __init__(self, keys_t: torch.Tensor, values: torch.Tensor, n_heads: int, rope: torch.Tensor | None,
+                 window: int = 0, scale: float | None = None):
         n_kv_heads, head_dim, max_len = keys_t.shape
         if not (keys_t.dtype == values.dtype == torch.float32 and keys_t.is_contiguous() and values.is_contiguous()):
             raise ValueError("the attention kernel needs contiguous float32 caches")
         self.keys_t, self.values, self.rope = keys_t, values, None if rope is None else rope.contiguous()
         self.shape = (n_heads, n_kv_heads, head_dim, max_len)
         self.pointers = (_pointer(self.rope), keys_t.data_ptr(), values.data_ptr())
-        self.scale, self.run = head_dim ** -0.5, library().attention_step
+        self.window, self.scale = window, head_dim ** -0.5 if scale is None else scale
+        self.run = library().attention_step
 
     def __call__(self, heads: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         if heads.dtype != torch.float32 or not heads.is_contiguous():
@@ -333,51 +344,85 @@ class AttentionStep:
         out = torch.empty(1, n_heads * head_dim)
         rope, keys_t, values = self.pointers
         if self.run(heads.data_ptr(), rope, keys_t, values, _position(pos), n_heads, n_kv_heads, head_dim, max_len,
-                    self.scale, out.data_ptr(), torch.get_num_threads()):
+                    self.window, self.scale, out.data_ptr(), torch.get_num_threads()):
             raise ValueError(f"position {int(pos)} is outside the KV cache's {max_len}")
         return out
 
 
 class LlamaLayer(ctypes.Structure):
-    """llama_layers.cpp's LlamaLayer: one TransformerBlock's four int4 layers and its caches."""
+    """llama_layers.cpp's LlamaLayer: one TransformerBlock's four quantized layers, its caches, and what
+    Qwen3's and Gemma 3's blocks add to LLaMA's."""
 
     _fields_ = [("qkv", QuantLayer), ("wo", QuantLayer), ("gate_up", QuantLayer), ("down", QuantLayer),
                 ("keys_t", ctypes.c_void_p), ("values", ctypes.c_void_p), ("q_norm", ctypes.c_void_p),
-                ("k_norm", ctypes.c_void_p), ("qk_norm_eps", ctypes.c_float)]
+                ("k_norm", ctypes.c_void_p), ("norm_eps", ctypes.c_float), ("post_attention_norm", ctypes.c_void_p),
+                ("post_ffn_norm", ctypes.c_void_p), ("rope", ctypes.c_void_p), ("window", ctypes.c_int64),
+                ("attention_scale", ctypes.c_float)]
+
+
+@dataclass
+class BlockKernels:
+    """One transformer block for LlamaLayers: its QuantMatmuls (qkv with attention_norm, wo, gate_up with
+    ffn_norm, down gated), its caches keys_t (n_kv_heads, head_dim, max_len) and values (n_kv_heads,
+    max_len, head_dim), its RoPE table (max_len, 2, head_dim / 2) cos and sin, and the optional parts:
+    Qwen3's/Gemma's q and k norm weights (head_dim,), Gemma's post-attention and post-MLP norm weights
+    (dim,), a sliding window (0: none)."""
+
+    qkv: QuantMatmul
+    wo: QuantMatmul
+    gate_up: QuantMatmul
+    down: QuantMatmul
+    keys_t: torch.Tensor
+    values: torch.Tensor
+    rope: torch.Tensor
+    qk_norms: tuple[torch.Tensor, torch.Tensor] | None = None
+    post_norms: tuple[torch.Tensor, torch.Tensor] | None = None
+    window: int = 0
 
 
 class LlamaLayers:
     """x -> x after all of a LLaMA's transformer blocks, for one decode step, in place: one call into
-    llama_layers.cpp, which runs each block as five kernel calls (described there).
+    llama_layers.cpp, which runs each block as five kernel calls (described there). norm_eps: the q/k and
+    post-norms' epsilon; attention_scale: q.k's."""
 
-    Each block is given as its QuantMatmuls, (qkv with attention_norm, wo, gate_up with ffn_norm, down
-    gated), and its caches: keys_t (n_kv_heads, head_dim, max_len), values (n_kv_heads, max_len, head_dim).
-    rope: (max_len, 2, head_dim / 2), each position's cos and sin. qk_norms: per block, Qwen3's q and k
-    norm weights (head_dim,) each, or None; qk_norm_eps their epsilon.
-    """
+    def __init__(self, blocks: list[BlockKernels], n_heads: int, norm_eps: float, attention_scale: float):
+        n_kv_heads, head_dim, max_len = blocks[0].keys_t.shape
+        dim = blocks[0].wo.out_features
 
-    def __init__(self, blocks: list[tuple[QuantMatmul, QuantMatmul, QuantMatmul, QuantMatmul, torch.Tensor, torch.Tensor]],
-                 n_heads: int, rope: torch.Tensor, qk_norms: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
-                 qk_norm_eps: float = 0.0):
-        self.blocks, self.rope = blocks, rope.contiguous()  # kept: the structs point into them
-        n_kv_heads, head_dim, max_len = blocks[0][4].shape
-        self.qk_norms = [None if n is None else tuple(w.detach().float().contiguous() for w in n)
-                         for n in (qk_norms or [None] * len(blocks))]
-        if any(n is not None and any(w.shape != (head_dim,) for w in n) for n in self.qk_norms):
-            raise ValueError(f"q/k norm weights must be ({head_dim},)")
+        def floats(weights: tuple[torch.Tensor, ...] | None, size: int) -> tuple[torch.Tensor, ...] | None:
+            if weights is None:
+                return None
+            weights = tuple(w.detach().float().contiguous() for w in weights)
+            if any(w.shape != (size,) for w in weights):
+                raise ValueError(f"norm weights must be ({size},)")
+            return weights
+
+        # Kept: the structs point into these tensors.
+        self.kept = [(floats(b.qk_norms, head_dim), floats(b.post_norms, dim), b.rope.contiguous()) for b in blocks]
+        for block, (_, _, rope) in zip(blocks, self.kept):
+            if rope.shape != (max_len, 2, head_dim // 2) or rope.dtype != torch.float32:
+                raise ValueError(f"a block's RoPE table must be float32 ({max_len}, 2, {head_dim // 2})")
+            if block.keys_t.shape != (n_kv_heads, head_dim, max_len):
+                raise ValueError("every block's caches must have the same shape")
+        self.blocks = blocks
         self.layers = (LlamaLayer * len(blocks))(*(
-            LlamaLayer(qkv.layer, wo.layer, gate_up.layer, down.layer, keys_t.data_ptr(), values.data_ptr(),
-                       *((None, None) if norms is None else (norms[0].data_ptr(), norms[1].data_ptr())), qk_norm_eps)
-            for (qkv, wo, gate_up, down, keys_t, values), norms in zip(blocks, self.qk_norms)))
-        self.arguments = (self.layers, len(blocks), self.rope.data_ptr(), n_heads, n_kv_heads, head_dim, max_len)
+            LlamaLayer(b.qkv.layer, b.wo.layer, b.gate_up.layer, b.down.layer, b.keys_t.data_ptr(), b.values.data_ptr(),
+                       *_pointers(qk_norms, 2), norm_eps, *_pointers(post_norms, 2), rope.data_ptr(), b.window,
+                       attention_scale)
+            for b, (qk_norms, post_norms, rope) in zip(blocks, self.kept)))
+        self.arguments = (self.layers, len(blocks), n_heads, n_kv_heads, head_dim, max_len)
         self.run = library().llama_decode_layers
 
     def __call__(self, x: torch.Tensor, pos: torch.Tensor) -> None:
         """x: (1, dim) float32, updated in place; pos: (1,) int64, the new token's position."""
-        if x.shape != (1, self.blocks[0][1].out_features) or x.dtype != torch.float32 or not x.is_contiguous():
+        if x.shape != (1, self.blocks[0].wo.out_features) or x.dtype != torch.float32 or not x.is_contiguous():
             raise ValueError(f"LlamaLayers updates a contiguous float32 (1, dim) x, got {tuple(x.shape)} {x.dtype}")
         if self.run(*self.arguments, x.data_ptr(), _position(pos), torch.get_num_threads()):
             raise ValueError(f"position {int(pos)} is outside the KV cache's {self.arguments[-1]}")
+
+
+def _pointers(tensors: tuple[torch.Tensor, ...] | None, count: int) -> tuple[int | None, ...]:
+    return (None,) * count if tensors is None else tuple(t.data_ptr() for t in tensors)
 
 
 def library() -> ctypes.CDLL | None:
@@ -497,9 +542,9 @@ def _load(path: Path) -> ctypes.CDLL:
     library = ctypes.CDLL(str(path))
     pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     library.quant_linear.argtypes = [pointer, pointer, size, pointer, flag, flag]
-    library.attention_step.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, size, size,
+    library.attention_step.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, size, size, size,
                                        ctypes.c_float, pointer, flag]
-    library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, pointer, size, size, size, size,
+    library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, size, size, size, size,
                                             pointer, pointer, flag]
     library.kernel_level.argtypes = []
     library.kernel_level.restype = ctypes.c_char_p

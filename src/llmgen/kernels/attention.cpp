@@ -14,11 +14,13 @@
 // rope: (max_len, 2, head_dim / 2), each position's cos and sin for pairs (x[2j], x[2j + 1]); null for none.
 // keys_t: (n_kv_heads, head_dim, max_len) and values: (n_kv_heads, max_len, head_dim), the caches.
 // position: the new token's position (the step's position tensor, read here: no host round trip).
+// window: attend to the last `window` positions only (Gemma's local layers); 0 for all of them.
 // out: (n_heads, head_dim). Query head h uses KV head h / (n_heads / n_kv_heads) (grouped-query attention).
 int32_t attention_step(float* heads, const float* rope, float* keys_t, float* values, const int64_t* position,
-                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t max_len, float scale,
-                       float* out, int32_t threads) {
-  const int64_t pos = *position, length = pos + 1, half = head_dim / 2, group = n_heads / n_kv_heads;
+                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t max_len, int64_t window,
+                       float scale, float* out, int32_t threads) {
+  const int64_t pos = *position, half = head_dim / 2, group = n_heads / n_kv_heads;
+  const int64_t first = window > 0 && pos >= window ? pos - window + 1 : 0, length = pos + 1 - first;
   if (pos < 0 || pos >= max_len) return -1;  // a write past the caches would corrupt memory
   if (rope) {
     const float *cos = rope + pos * head_dim, *sin = cos + half;
@@ -44,7 +46,7 @@ int32_t attention_step(float* heads, const float* rope, float* keys_t, float* va
     scores.assign(length, 0.f);
     float* s = scores.data();
     const float* q = heads + h * head_dim;
-    const float* k_t = keys_t + (h / group) * head_dim * max_len;
+    const float* k_t = keys_t + (h / group) * head_dim * max_len + first;  // positions first .. pos
     for (int64_t d = 0; d < head_dim; d++) {  // s[t] = q . k[t], a row of k_t at a time (contiguous in t)
       const float qd = q[d] * scale;
       const float* k_row = k_t + d * max_len;
@@ -61,7 +63,7 @@ int32_t attention_step(float* heads, const float* rope, float* keys_t, float* va
     }
     float* y = out + h * head_dim;
     for (int64_t d = 0; d < head_dim; d++) y[d] = 0.f;
-    const float* v = values + (h / group) * max_len * head_dim;
+    const float* v = values + ((h / group) * max_len + first) * head_dim;
     for (int64_t t = 0; t < length; t++) {
       const float p = s[t] / total;
       for (int64_t d = 0; d < head_dim; d++) y[d] += p * v[t * head_dim + d];

@@ -11,6 +11,8 @@
 //   Q5_K, Q3_K, Q2_K, IQ4_NL: each holds its weights as small integers times a scale per group).
 // - 6 bits (int8_matmul.cpp): GGUF Q6_K blocks as stored, in `packed`; groups = in_features / 16, group 16,
 //   no scales or minimums here (each block carries its own).
+enum { GATED_SILU = 1, GATED_GELU_TANH = 2 };
+
 struct QuantLayer {
   const uint8_t* packed;      // 4 bits: (out_features, padded_in / 2); 8 bits: (out_features, padded_in) int8
   const uint16_t* scales;     // (out_features, groups) fp16; uint8 when super_scales is set
@@ -26,7 +28,8 @@ struct QuantLayer {
   const float* bias;          // (out_features,) or null
   const float* norm_weight;   // (in_features,): RMS-normalise each row of x and scale by this first; or null
   float norm_eps;
-  int32_t gated;              // rows of x are [gate, up], 2 in_features wide: the input is silu(gate) * up
+  int32_t gated;              // GATED_*: rows of x are [gate, up], 2 in_features wide: the input is
+                              // silu(gate) * up, or gelu(gate) * up (tanh approximation); 0: not gated
   int32_t bits;               // 4, 8 or 6
   int32_t group;              // weights per scale: 32, or 16 (8 bits only)
   const QuantLayer* next;     // a fused layer's next part, its outputs after this one's (same input); or null
@@ -52,7 +55,7 @@ void quant_linear(const QuantLayer* layer, const float* x, int64_t rows, float* 
 // One decode step's attention for one layer; attention.cpp describes the arguments.
 // Returns 0, or -1 (and does nothing) when the position is outside the caches.
 int32_t attention_step(float* heads, const float* rope, float* keys_t, float* values, const int64_t* position,
-                    int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t max_len, float scale,
-                    float* out, int32_t threads);
+                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t max_len, int64_t window,
+                       float scale, float* out, int32_t threads);
 
 }  // extern "C"

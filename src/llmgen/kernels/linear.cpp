@@ -14,13 +14,19 @@
 namespace {
 
 // The per-row work before rounding that a decode step would otherwise spend separate tensor ops on:
-// RMSNorm (x / sqrt(mean(x^2) + eps) * weight) or SwiGLU's silu(gate) * up.
+// RMSNorm (x / sqrt(mean(x^2) + eps) * weight), SwiGLU's silu(gate) * up or GeGLU's gelu(gate) * up.
 void prepare_input(const QuantLayer& layer, const float* x, float* prepared) {
   const int64_t n = layer.in_features;
-  if (layer.gated) {  // x is [gate (n), up (n)]
+  if (layer.gated == GATED_SILU) {  // x is [gate (n), up (n)]
     const float *gate = x, *up = x + n;
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) prepared[i] = gate[i] / (1.f + fast_exp(-gate[i])) * up[i];
+  } else if (layer.gated == GATED_GELU_TANH) {  // Gemma: GELU's tanh approximation, as PyTorch computes it
+    const float *gate = x, *up = x + n;
+    for (int64_t i = 0; i < n; i++) {
+      const float g = gate[i];
+      prepared[i] = 0.5f * g * (1.f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))) * up[i];
+    }
   } else if (layer.norm_weight) {
     float squares = 0.f;
 #pragma omp simd reduction(+ : squares)

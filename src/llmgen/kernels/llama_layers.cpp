@@ -1,11 +1,13 @@
 // All of a LLaMA's transformer blocks for one decode step, in one call: Llama.decode_with_kernels.
 // The same loop in Python costs five ctypes calls a layer, ~5 us each of Python, ctypes and tensor
 // allocation: about a tenth of a SmolLM2 step. Per block (a pre-norm transformer block):
-//     heads = wqkv(attention_norm(x))          quant_linear, the norm folded in (then Qwen3's q/k norms)
+//     heads = wqkv(attention_norm(x))          quant_linear, the norm folded in (then Qwen3's/Gemma's q/k norms)
 //     y = attention(RoPE(heads), caches, pos)   attention_step, which also writes the caches
 //     x += wo(y)                               quant_linear, accumulating into x
 //     gate_up = w13(ffn_norm(x))
-//     x += w2(silu(gate) * up)                 quant_linear, SwiGLU folded in
+//     x += w2(silu(gate) * up)                 quant_linear, SwiGLU (or Gemma's GeGLU) folded in
+// Gemma 3 also normalises wo's and w2's outputs before adding them (post_attention_norm, post_ffn_norm), and
+// its local layers attend within a window with their own RoPE table.
 
 #include <math.h>
 #include <stdint.h>
@@ -21,7 +23,12 @@ struct LlamaLayer {
   float* values;                     // (n_kv_heads, max_len, head_dim)
   const float* q_norm;               // (head_dim,): Qwen3's RMSNorm over each q head before RoPE; or null
   const float* k_norm;               // (head_dim,): the same for each k head (set when q_norm is)
-  float qk_norm_eps;
+  float norm_eps;                    // the q/k norms' and post-norms' epsilon
+  const float* post_attention_norm;  // (dim,): Gemma's RMSNorm on wo's output before it is added; or null
+  const float* post_ffn_norm;        // (dim,): the same for w2's output (set when post_attention_norm is)
+  const float* rope;                 // (max_len, 2, head_dim / 2): this layer's RoPE cos and sin
+  int64_t window;                    // attend to the last `window` positions; 0: all
+  float attention_scale;             // q.k scale (1 / sqrt(head_dim) for LLaMA)
 };
 
 // RMSNorm over each of `count` heads of head_dim floats, in place, times weight.
@@ -35,14 +42,23 @@ static void norm_heads(float* heads, int64_t count, int64_t head_dim, const floa
   }
 }
 
+// x += norm(h) * weight: a post-norm's residual add.
+static void add_normalized(float* x, const float* h, int64_t n, const float* weight, float eps) {
+  float squares = 0.f;
+  for (int64_t i = 0; i < n; i++) squares += h[i] * h[i];
+  const float inverse_rms = 1.f / sqrtf(squares / n + eps);
+  for (int64_t i = 0; i < n; i++) x[i] += h[i] * inverse_rms * weight[i];
+}
+
 // Returns 0, or -1 (with x unchanged) when the position is outside the caches.
-extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layers, const float* rope,
-                                       int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t max_len, float* x,
-                                       const int64_t* position, int32_t threads) {
+extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layers, int64_t n_heads, int64_t n_kv_heads,
+                                       int64_t head_dim, int64_t max_len, float* x, const int64_t* position,
+                                       int32_t threads) {
   if (*position < 0 || *position >= max_len) return -1;
-  static thread_local std::vector<float> heads, y, gate_up;
+  static thread_local std::vector<float> heads, y, gate_up, block_out;
   heads.resize((n_heads + 2 * n_kv_heads) * head_dim);
   y.resize(n_heads * head_dim);
+  block_out.resize(layers[0].wo.out_features);
   for (int64_t i = 0; i < n_layers; i++) {
     const LlamaLayer& layer = layers[i];
     int64_t gate_up_width = 0;
@@ -50,14 +66,25 @@ extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layer
     gate_up.resize(gate_up_width);
     quant_linear(&layer.qkv, x, 1, heads.data(), 0, threads);
     if (layer.q_norm) {  // q heads, then k heads; v's are left as they are
-      norm_heads(heads.data(), n_heads, head_dim, layer.q_norm, layer.qk_norm_eps);
-      norm_heads(heads.data() + n_heads * head_dim, n_kv_heads, head_dim, layer.k_norm, layer.qk_norm_eps);
+      norm_heads(heads.data(), n_heads, head_dim, layer.q_norm, layer.norm_eps);
+      norm_heads(heads.data() + n_heads * head_dim, n_kv_heads, head_dim, layer.k_norm, layer.norm_eps);
     }
-    attention_step(heads.data(), rope, layer.keys_t, layer.values, position, n_heads, n_kv_heads, head_dim,
-                   max_len, 1.f / sqrtf((float)head_dim), y.data(), threads);
-    quant_linear(&layer.wo, y.data(), 1, x, 1, threads);
+    attention_step(heads.data(), layer.rope, layer.keys_t, layer.values, position, n_heads, n_kv_heads, head_dim,
+                   max_len, layer.window, layer.attention_scale, y.data(), threads);
+    const int64_t dim = layer.wo.out_features;
+    if (layer.post_attention_norm) {
+      quant_linear(&layer.wo, y.data(), 1, block_out.data(), 0, threads);
+      add_normalized(x, block_out.data(), dim, layer.post_attention_norm, layer.norm_eps);
+    } else {
+      quant_linear(&layer.wo, y.data(), 1, x, 1, threads);
+    }
     quant_linear(&layer.gate_up, x, 1, gate_up.data(), 0, threads);
-    quant_linear(&layer.down, gate_up.data(), 1, x, 1, threads);
+    if (layer.post_ffn_norm) {
+      quant_linear(&layer.down, gate_up.data(), 1, block_out.data(), 0, threads);
+      add_normalized(x, block_out.data(), dim, layer.post_ffn_norm, layer.norm_eps);
+    } else {
+      quant_linear(&layer.down, gate_up.data(), 1, x, 1, threads);
+    }
   }
   return 0;
 }

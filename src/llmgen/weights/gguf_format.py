@@ -50,12 +50,20 @@ GGUF_LLAMA = {
     "blk.{}.attn_v.bias": "layers.{}.attention.wv.bias",
     "blk.{}.attn_q_norm.weight": "layers.{}.attention.q_norm.weight",
     "blk.{}.attn_k_norm.weight": "layers.{}.attention.k_norm.weight",
+    # Gemma 3: RMSNorm on attention's and the MLP's outputs too (ffn_norm is its pre-feedforward norm).
+    "blk.{}.post_attention_norm.weight": "layers.{}.post_attention_norm.weight",
+    "blk.{}.post_ffw_norm.weight": "layers.{}.post_ffn_norm.weight",
 }
 # general.architecture values read onto the LLaMA model. llama.cpp writes "llama" files with q and k rows
 # permuted for RoPE on interleaved pairs (llmgen's order), and Qwen's in Hugging Face's order (RoPE on
 # halves, llama.cpp's NEOX): those rows are put in llmgen's order as they are read.
-GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3")
-ROPE_ON_HALVES = ("qwen2", "qwen3", "phi3")
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma3")
+ROPE_ON_HALVES = ("qwen2", "qwen3", "phi3", "gemma3")
+# Gemma 3 (llama.cpp's src/models/gemma3.cpp): with a sliding window, layer i is local when i % 6 < 5 unless
+# gemma3.attention.sliding_window_pattern says otherwise (a period, or one flag per layer); local layers
+# turn by rope.freq_base_swa (10000 when absent). The converter has already added Gemma's 1 to every norm.
+GEMMA3_SWA_PERIOD = 6
+GEMMA3_LOCAL_ROPE_BASE = 10000.0
 # Phi-3's long-context RoPE factors (llama.cpp writes both; within the original window the short ones
 # apply, and llmgen stops the context there).
 ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG = "rope_factors_short.weight", "rope_factors_long.weight"
@@ -386,14 +394,23 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
     context = gguf_file.typed(f"{arch}.context_length", int, 2048)
     if ROPE_FACTORS_SHORT in names:  # Phi-3 longrope: see ROPE_FACTORS_SHORT
         context = min(context, gguf_file.require(f"{arch}.rope.scaling.original_context_length", int))
-    if window := gguf_file.typed(f"{arch}.attention.sliding_window", int):  # attention within the window
+    window = gguf_file.typed(f"{arch}.attention.sliding_window", int) or 0
+    if window and arch != "gemma3":  # every layer attends within the window: the context stops there
         context = min(context, window)
     n_heads = gguf_file.require(f"{arch}.attention.head_count", int)
+    n_layers = gguf_file.require(f"{arch}.block_count", int)
+    dim = gguf_file.require(f"{arch}.embedding_length", int)
+    head_dim = gguf_file.typed(f"{arch}.attention.key_length", int) or 0
+    scaling = gguf_file.typed(f"{arch}.rope.scaling.type", str, "none")
+    if rope_factors is None and scaling == "linear":  # positions divided by the factor (Gemma 3: global layers)
+        factor = gguf_file.require(f"{arch}.rope.scaling.factor", float)
+        rope_factors = (float(factor),) * ((head_dim or dim // max(n_heads, 1)) // 2)
     tokens = gguf_file.typed("tokenizer.ggml.tokens", list)
+    family = _gemma3_fields(gguf_file, n_layers, dim, n_heads, head_dim, window) if arch == "gemma3" else {}
     config = LlamaConfig(  # LlamaConfig checks every value's range
         vocab_size=gguf_file.typed(f"{arch}.vocab_size", int) or (len(tokens) if tokens else 0),
-        dim=gguf_file.require(f"{arch}.embedding_length", int),
-        n_layers=gguf_file.require(f"{arch}.block_count", int),
+        dim=dim,
+        n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=gguf_file.typed(f"{arch}.attention.head_count_kv", int) or n_heads,
         ffn_dim=gguf_file.require(f"{arch}.feed_forward_length", int),
@@ -403,9 +420,10 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
         tie_embeddings="output.weight" not in names,
         rope_freq_factors=rope_factors,
         rope_attention_factor=gguf_file.typed(f"{arch}.rope.scaling.attn_factor", float, 1.0),
-        head_dim=gguf_file.typed(f"{arch}.attention.key_length", int) or 0,
+        head_dim=head_dim,
         qkv_bias="blk.0.attn_q.bias" in names,
         qk_norm="blk.0.attn_q_norm.weight" in names,
+        **family,
     )
     check_memory(gguf_file.materialized_bytes(keep_quantized), gguf_file.path.name)
     state = {}
@@ -421,6 +439,29 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
             if arch in ROPE_ON_HALVES and (heads := _rotated_heads(part_name, config)) is not None:
                 state[part_name] = rows_in_interleaved_order(part, heads)
     return config, state, gguf_file
+
+
+def _gemma3_fields(gguf_file: GGUFFile, n_layers: int, dim: int, n_heads: int, head_dim: int, window: int
+                   ) -> dict[str, Any]:
+    """The LlamaConfig fields by which Gemma 3 differs from LLaMA, read as llama.cpp reads them."""
+    if gguf_file.typed("gemma3.final_logit_softcapping", float, 0.0):
+        raise LLMGenError(f"{gguf_file.path.name}: Gemma 3 final logit soft-capping is not supported")
+    local: tuple[bool, ...] = ()
+    if window > 0:
+        pattern = gguf_file.get("gemma3.attention.sliding_window_pattern", GEMMA3_SWA_PERIOD)
+        if isinstance(pattern, list) and len(pattern) == n_layers and all(isinstance(p, bool) for p in pattern):
+            local = tuple(pattern)
+        elif isinstance(pattern, int) and not isinstance(pattern, bool) and pattern >= 0:
+            local = tuple(pattern == 0 or i % pattern < pattern - 1 for i in range(n_layers))
+        else:
+            raise LLMGenError(f"{gguf_file.path.name}: GGUF gemma3.attention.sliding_window_pattern must be a "
+                              f"period or {n_layers} flags")
+    # Gemma 3 27B (62 layers) scales queries by hidden size / heads, the others by the head size.
+    scale_dim = dim // n_heads if n_layers == 62 else (head_dim or dim // n_heads)
+    return dict(embedding_scale=dim ** 0.5, post_norms=True, activation="gelu_tanh",
+                attention_scale=scale_dim ** -0.5, sliding_window=window if local else 0,
+                local_layers=local if any(local) else (),
+                local_rope_theta=gguf_file.typed("gemma3.rope.freq_base_swa", float, GEMMA3_LOCAL_ROPE_BASE))
 
 
 def _unfused(name: str, tensor, config: LlamaConfig, arch: str) -> list[tuple[str, Any]]:
