@@ -91,7 +91,8 @@ def _time_limit(seconds: float):
 def template_ids(tokenizer: Tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True
                  ) -> list[int]:
     """The ids of the conversation through the tokenizer's chat template (tokenizer.chat_template)."""
-    variables = {"bos_token": _token_text(tokenizer, tokenizer.bos_id),
+    bos = tokenizer.bos_id if tokenizer.declared_bos_id is None else tokenizer.declared_bos_id
+    variables = {"bos_token": _token_text(tokenizer, bos),
                  "eos_token": _token_text(tokenizer, tokenizer.eos_id)}
     specials = _special_texts(tokenizer)
     if not any(s in m["content"] for m in messages for s in specials):

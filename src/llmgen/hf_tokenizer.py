@@ -129,7 +129,8 @@ def load_tokenizer_json(directory: Path) -> Tokenizer | None:
         template = jinja.read_text(encoding="utf-8", errors="replace") if jinja.is_file() else ""
     chat_format = "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
     return Tokenizer(name="tokenizer.json", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
-                     chat_format=chat_format, chat_template=template or None, eos_id=declared_eos)
+                     chat_format=chat_format, chat_template=template or None, eos_id=declared_eos,
+                     declared_bos_id=_token_id(tokenizer, settings.get("bos_token")))
 
 
 def _json_object(path: Path) -> dict:

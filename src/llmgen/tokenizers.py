@@ -79,6 +79,9 @@ class Tokenizer(NamedTuple):
     chat_format: str | None = None  # "chatml" or "llama3": how chat.py wraps a prompt without a template
     chat_template: str | None = None  # the model's own Jinja2 chat template (chat_template.py renders it)
     eos_id: int | None = None  # the model's declared end-of-sequence token (a template's eos_token)
+    # Its declared beginning-of-sequence token (a template's bos_token), whether or not prompts start with
+    # it: a template may write it itself (Gemma's do); None: bos_id.
+    declared_bos_id: int | None = None
     # Single bytes the vocabulary has no token for (SmolLM2 lacks 21): BPE cannot start from them.
     missing_bytes: frozenset[int] = frozenset()
 

@@ -546,12 +546,14 @@ def gguf_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
     stop = {vocab[t] for t in STOP_TOKEN_TEXTS if t in vocab}
     if (eos := gguf_file.typed("tokenizer.ggml.eos_token_id", int)) is not None:
         stop.add(eos)
-    bos = gguf_file.typed("tokenizer.ggml.bos_token_id", int) if gguf_file.get("tokenizer.ggml.add_bos_token") else None
-    if any(i is not None and not 0 <= i < len(tokens) for i in (eos, bos)):
+    declared_bos = gguf_file.typed("tokenizer.ggml.bos_token_id", int)
+    if any(i is not None and not 0 <= i < len(tokens) for i in (eos, declared_bos)):
         raise LLMGenError(f"{gguf_file.path.name}: GGUF BOS/EOS token ids lie outside the vocabulary")
+    bos = declared_bos if gguf_file.get("tokenizer.ggml.add_bos_token") else None
     return Tokenizer(name=f"gguf:{pre}", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
                      chat_format=_chat_format(gguf_file), missing_bytes=missing,
-                     chat_template=gguf_file.typed("tokenizer.chat_template", str), eos_id=eos)
+                     chat_template=gguf_file.typed("tokenizer.chat_template", str), eos_id=eos,
+                     declared_bos_id=declared_bos)
 
 
 def _chat_format(gguf_file: GGUFFile) -> str | None:
@@ -587,4 +589,5 @@ def _sentencepiece_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
     add_bos = gguf_file.typed("tokenizer.ggml.add_bos_token", bool, True)  # SentencePiece models default to BOS
     return Tokenizer(name="gguf:llama", encoding=encoding, bos_id=ids["bos"] if add_bos else None,
                      stop_ids=tuple(sorted(stop)), chat_format=_chat_format(gguf_file),
-                     chat_template=gguf_file.typed("tokenizer.chat_template", str), eos_id=ids["eos"])
+                     chat_template=gguf_file.typed("tokenizer.chat_template", str), eos_id=ids["eos"],
+                     declared_bos_id=ids["bos"])
