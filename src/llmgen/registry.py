@@ -76,10 +76,12 @@ MODELS: dict[str, ModelEntry] = {
         _hf("qwen3-1.7b", "Qwen/Qwen3-1.7B", "qwen3", "1.7B"),
         _hf("mistral-7b-instruct-v0.3", "mistralai/Mistral-7B-Instruct-v0.3", "mistral", "7B", gated=True),
         _hf("phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", "phi3", "3.8B"),
+        _hf("gemma-3-1b-it", "google/gemma-3-1b-it", "gemma3", "1B", gated=True),
         # GGUF repos: one quantization of several, as people download them.
         _gguf("qwen2.5-0.5b-instruct-gguf", "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "*q4_k_m.gguf", "qwen2", "0.5B"),
         _gguf("qwen2.5-1.5b-instruct-gguf", "Qwen/Qwen2.5-1.5B-Instruct-GGUF", "*q4_k_m.gguf", "qwen2", "1.5B"),
         _gguf("llama-3.2-1b-instruct-gguf", "bartowski/Llama-3.2-1B-Instruct-GGUF", "*Q4_K_M.gguf", "llama", "1B"),
+        _gguf("gemma-3-1b-it-gguf", "unsloth/gemma-3-1b-it-GGUF", "*Q4_K_M.gguf", "gemma3", "1B"),
         _gguf("smollm2-1.7b-instruct-gguf", "HuggingFaceTB/SmolLM2-1.7B-Instruct-GGUF", "*q4_k_m.gguf", "llama",
               "1.7B"),
     ]
