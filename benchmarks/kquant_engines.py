@@ -1,7 +1,7 @@
 """GGUF files in the block types people download (Q4_K_M and friends), in llmgen and llama.cpp side by side.
 
     python benchmarks/kquant_engines.py [--rounds 3] [--new-tokens 32]
-        [--file 1b|q4_k_m|q5_k_m|q6_k|q8_0|qwen2.5-0.5b|qwen3-0.6b]
+        [--file 1b|q4_k_m|q5_k_m|q6_k|q8_0|qwen2.5-0.5b|qwen3-0.6b|gemma-3-1b]
 
 The files come from kquant_files.py (llama.cpp's own quantizer): "1b" is the Llama-3.2-1B-shaped Q4_K_M
 (random weights: Q4_K, Q6_K for attn_v, half of ffn_down and the tied embedding), the others the real

@@ -9,7 +9,8 @@
   half of ffn_down and the tied embedding).
 - Qwen2.5-0.5B- and Qwen3-0.6B-shaped models (random weights, Qwen's real tokenizer) written by
   transformers, converted by llama.cpp's convert_hf_to_gguf.py to F16 and quantized to Q4_K_M: the families
-  llmgen reads with their GGUF architectures qwen2 and qwen3 (Qwen2.5's 896-wide rows mix in Q5_0/Q8_0).
+  llmgen reads with their GGUF architectures qwen2 and qwen3 (Qwen2.5's 896-wide rows mix in Q5_0/Q8_0);
+  and a Gemma-3-1B-shaped one the same way (architecture gemma3, Gemma 4's vocabulary standing in).
 Needs llama-cpp-python (`make bench-peers`) and the test extras (transformers; tests/llama_cpp_vocab.py).
 """
 
@@ -39,7 +40,15 @@ QWEN_SHAPES = {
         hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
         num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rope_theta=1000000.0,
         rms_norm_eps=1e-6, tie_word_embeddings=True)),
+    # google/gemma-3-1b-it's config.json (local layers with a 512 window, every 6th global), with Gemma 4's
+    # vocabulary standing in for Gemma 3's (tests/llama_cpp_vocab.py).
+    "gemma-3-1b": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
+        max_position_embeddings=32768, rope_theta=1000000.0, rope_local_base_freq=10000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True)),
 }
+VOCAB_OF = {"qwen2.5-0.5b": "qwen2", "qwen3-0.6b": "qwen2", "gemma-3-1b": "gemma-4"}
 
 
 def qwen_file(name: str) -> Path:
@@ -47,8 +56,8 @@ def qwen_file(name: str) -> Path:
 
 
 def write_qwen(name: str) -> Path:
-    """A Qwen-shaped Q4_K_M: transformers writes random weights with Qwen's tokenizer, llama.cpp's
-    converter makes an F16 GGUF of them, llama.cpp's quantizer the Q4_K_M."""
+    """A Qwen- or Gemma-shaped Q4_K_M: transformers writes random weights with the family's tokenizer,
+    llama.cpp's converter makes an F16 GGUF of them, llama.cpp's quantizer the Q4_K_M."""
     import shutil
     import sys
 
@@ -63,9 +72,14 @@ def write_qwen(name: str) -> Path:
 
     config_class, model_class, shape = QWEN_SHAPES[name]
     llama_cpp_vocab.fetch()
-    vocab = llama_cpp_vocab.vocab_path("qwen2")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(vocab.parent), gguf_file=vocab.name)
     directory = OUT / f"{name}-hf"
+    directory.mkdir(parents=True, exist_ok=True)
+    if VOCAB_OF[name] == "gemma-4":  # a Gemma 3 directory ships a SentencePiece model; the converter reads it
+        llama_cpp_vocab.gemma_sentencepiece_model(directory / "tokenizer.model")
+        tokenizer = transformers.GemmaTokenizer.from_pretrained(str(directory))
+    else:
+        vocab = llama_cpp_vocab.vocab_path(VOCAB_OF[name])
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(vocab.parent), gguf_file=vocab.name)
     torch.manual_seed(0)
     model = getattr(transformers, model_class)(getattr(transformers, config_class)(vocab_size=len(tokenizer), **shape))
     model.to(torch.float16).save_pretrained(directory)
