@@ -5,6 +5,7 @@ rows in Hugging Face's order (llama.cpp's NEOX RoPE) and Phi-3's q/k/v and gate/
 and splits them as it reads, quantized blocks included."""
 
 import llama_cpp_vocab
+import mistral_vocab
 import pytest
 import torch
 from checkpoints import hf_family, save_hf
@@ -15,12 +16,11 @@ from llmgen.weights.loading import load_model, model_tokenizer
 
 pytestmark = pytest.mark.slow  # the tokenizer conversion (12 s) and llama.cpp's converter
 
-# family -> its real vocabulary (llama.cpp's vocab GGUFs): Qwen's byte-level BPE, Phi-3's SentencePiece.
-# Mistral's own tokenizer is not available offline: LLaMA-2's SentencePiece vocabulary (the same kind, 32000
-# pieces) stands in, so the test covers Mistral's weights as llama.cpp writes them (architecture llama).
+# family -> its real vocabulary (llama.cpp's vocab GGUFs): Qwen's byte-level BPE, Phi-3's SentencePiece;
+# Mistral's v3 SentencePiece model from Mistral's own mistral-common package (mistral_vocab.py).
 # Gemma 3's tokenizer is not available offline either: Gemma 4's vocabulary (262144 pieces, the same kind)
 # stands in, as the SentencePiece model a Gemma 3 directory ships, from which transformers builds its own.
-FAMILIES = {"qwen2": "qwen2", "qwen3": "qwen2", "phi3": "phi-3", "mistral": "llama-spm", "gemma3": "gemma-4"}
+FAMILIES = {"qwen2": "qwen2", "qwen3": "qwen2", "phi3": "phi-3", "mistral": "mistral-v3", "gemma3": "gemma-4"}
 # llama.cpp reads Gemma 3's layer pattern as every 6th layer global and scales queries by 1/sqrt(head_dim);
 # the reference is configured the same way (transformers takes them from config.json, the converter drops them).
 FAMILY_CONFIGS = {"gemma3": dict(num_hidden_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"],
@@ -31,12 +31,17 @@ _tokenizers = {}
 
 def hf_tokenizer(vocab):
     """The real tokenizer, as transformers writes it into a model directory."""
-    from transformers import AutoTokenizer, GemmaTokenizer
+    from transformers import AutoTokenizer, GemmaTokenizer, LlamaTokenizer
 
     if vocab not in _tokenizers:
         llama_cpp_vocab.fetch()
         source = llama_cpp_vocab.vocab_path(vocab)
-        if vocab == "gemma-4":
+        if vocab == "mistral-v3":
+            directory = source.parent / "mistral-v3"
+            directory.mkdir(exist_ok=True)
+            (directory / "tokenizer.model").write_bytes(mistral_vocab.tokenizer_model().read_bytes())
+            _tokenizers[vocab] = LlamaTokenizer.from_pretrained(str(directory))
+        elif vocab == "gemma-4":
             directory = source.parent / "gemma-3-stand-in"
             directory.mkdir(exist_ok=True)
             llama_cpp_vocab.gemma_sentencepiece_model(directory / "tokenizer.model")
@@ -61,8 +66,10 @@ def family(request, tmp_path_factory):
     reference = hf_family(name, vocab_size=len(tokenizer), **FAMILY_CONFIGS.get(name, {}))
     save_hf(reference, directory / "hf")
     tokenizer.save_pretrained(directory / "hf")
-    if vocab in ("phi-3", "llama-spm"):  # llama.cpp's converter reads these from the SentencePiece model
+    if vocab == "phi-3":  # llama.cpp's converter reads these from the SentencePiece model
         llama_cpp_vocab.sentencepiece_model(vocab, directory / "hf" / "tokenizer.model")
+    elif vocab == "mistral-v3":
+        (directory / "hf" / "tokenizer.model").write_bytes(mistral_vocab.tokenizer_model().read_bytes())
     elif vocab == "gemma-4":
         llama_cpp_vocab.gemma_sentencepiece_model(directory / "hf" / "tokenizer.model")
     files = {outtype: llama_cpp_vocab.convert_hf_to_gguf(directory / "hf", directory / f"{outtype}.gguf", outtype)
