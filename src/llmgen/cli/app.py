@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from llmgen.cli import chat, download, generate, inspect_weights, tokenize, voices
+from llmgen.cli import chat, download, generate, inspect_weights, quantize, tokenize, voices
 
 app = typer.Typer(
     name="llmgen",
-    help="Generate text with GPT-2 and LLaMA-3-family models, tokenize, download and inspect weights.",
+    help="Generate text with GPT-2 and LLaMA-3-family models, tokenize, download, inspect and quantize weights.",
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -37,4 +37,5 @@ app.command("tokenize")(tokenize.tokenize)
 app.command("download")(download.download)
 app.command("models")(download.models)
 app.command("inspect-weights")(inspect_weights.inspect_weights)
+app.command("quantize")(quantize.quantize)
 app.command("voices")(voices.voices)

@@ -379,6 +379,27 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
     """Config, tensors by GGUF name, and the open file. With keep_quantized, quantized matrices come as
     DeferredGroups and a quantized token_embd as a BlockEmbedding (see quantize_model)."""
     gguf_file = GGUFFile(path)
+    config = gguf_llama_config(gguf_file)
+    arch, names = gguf_file.typed("general.architecture", str), [t.name for t in gguf_file.tensors]
+    check_memory(gguf_file.materialized_bytes(keep_quantized), gguf_file.path.name)
+    state = {}
+    for i, name in enumerate(names):
+        if name in (ROPE_FREQS, ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG):
+            continue
+        stored = None
+        if keep_quantized:
+            stored = gguf_file.embedding(i) if name == "token_embd.weight" else gguf_file.stored_groups(i)
+        tensor = stored if stored is not None else gguf_file.tensor(i)
+        for part_name, part in _unfused(name, tensor, config, arch):
+            state[part_name] = part
+            if arch in ROPE_ON_HALVES and (heads := _rotated_heads(part_name, config)) is not None:
+                state[part_name] = rows_in_interleaved_order(part, heads)
+    return config, state, gguf_file
+
+
+def gguf_llama_config(gguf_file: GGUFFile) -> LlamaConfig:
+    """The model's config from a GGUF file's metadata (and which tensors it has), read as llama.cpp reads
+    each architecture."""
     arch = gguf_file.typed("general.architecture", str)
     if arch not in GGUF_ARCHITECTURES:
         raise LLMGenError(f"{gguf_file.path.name}: GGUF architecture {arch!r:.40} is not supported "
@@ -425,20 +446,7 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
         qk_norm="blk.0.attn_q_norm.weight" in names,
         **family,
     )
-    check_memory(gguf_file.materialized_bytes(keep_quantized), gguf_file.path.name)
-    state = {}
-    for i, name in enumerate(names):
-        if name in (ROPE_FREQS, ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG):
-            continue
-        stored = None
-        if keep_quantized:
-            stored = gguf_file.embedding(i) if name == "token_embd.weight" else gguf_file.stored_groups(i)
-        tensor = stored if stored is not None else gguf_file.tensor(i)
-        for part_name, part in _unfused(name, tensor, config, arch):
-            state[part_name] = part
-            if arch in ROPE_ON_HALVES and (heads := _rotated_heads(part_name, config)) is not None:
-                state[part_name] = rows_in_interleaved_order(part, heads)
-    return config, state, gguf_file
+    return config
 
 
 def _gemma3_fields(gguf_file: GGUFFile, n_layers: int, dim: int, n_heads: int, head_dim: int, window: int

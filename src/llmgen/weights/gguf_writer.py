@@ -1,0 +1,447 @@
+"""`llmgen quantize`: a LLaMA-architecture checkpoint llmgen reads -> a standard GGUF file that llama.cpp
+runs, written one tensor at a time.
+
+The file holds what llama.cpp's convert_hf_to_gguf.py writes for a "llama" model: its tensor names, the
+hyperparameters under `llama.*`, RoPE scaling as a `rope_freqs` tensor, and the tokenizer (LLaMA-3's
+tiktoken ranks as GPT-2-style tokens and merges with the "llama-bpe" pre-tokenizer; a GGUF source's own
+tokenizer metadata as it was). q and k rows stay in Meta's order: llama.cpp's "llama" architecture turns
+interleaved pairs, as llmgen does.
+
+Blocks are made by the `gguf` package's quantizers (llama.cpp's reference rounding, so files match
+llama-quantize's in quality): matrices in the chosen type, norms in F32, and in the 4-bit types the output
+head in Q8_0 (llama-quantize gives it Q6_K, which gguf-py cannot make; Q8_0 is closer to the source).
+
+Memory: the source is memory-mapped; each tensor is converted a few rows at a time, written, and its
+source pages are handed back to the kernel (madvise), so peak memory is about the largest tensor's
+output, not the model. The file is written under a temporary name, read back and checked, then renamed:
+an interrupted or failed run leaves nothing at the output path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import mmap
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmgen.config import LlamaConfig
+from llmgen.errors import LLMGenError
+from llmgen.tokenizers import Tokenizer, bytes_to_unicode
+
+# --type -> the block type of the matrices; general.file_type (llama.cpp's LLAMA_FTYPE_MOSTLY_*).
+OUT_TYPES = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2),
+             "q4_1": ("Q4_1", 3)}
+FOUR_BIT = ("Q4_0", "Q4_1")
+CHUNK_BYTES = 64 << 20  # float32 rows converted at a time
+LLAMA3_CHAT_TEMPLATE = (  # Llama 3's chat format, for a tokenizer that has its header markers
+    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+
+@dataclass
+class SourceTensor:
+    """One tensor of the source under llmgen's (Meta's) name, read when asked."""
+
+    name: str
+    shape: tuple[int, ...]
+    read: Callable[[], torch.Tensor]
+    release: Callable[[torch.Tensor], None] = lambda tensor: None  # after it was written
+
+
+@dataclass
+class Source:
+    config: LlamaConfig
+    tokenizer: Tokenizer
+    tensors: list[SourceTensor]
+    tokenizer_fields: dict[str, object] | None = None  # a GGUF source's tokenizer.* metadata, copied as is
+    name: str = ""
+
+
+def open_source(path: Path) -> Source:
+    """A checkpoint in Meta's layout or a LLaMA-architecture GGUF file, its tensors not yet read."""
+    from llmgen.weights.loading import detect_layout
+
+    layout = detect_layout(Path(path))
+    if layout.kind == "meta":
+        return _meta_source(layout.directory)
+    if layout.kind == "gguf":
+        return _gguf_source(layout.directory)
+    raise LLMGenError(f"{layout.directory}: llmgen quantize reads Meta's layout and GGUF files; for a Hugging Face "
+                      f"directory use llama.cpp's convert_hf_to_gguf.py")
+
+
+def _meta_source(directory: Path) -> Source:
+    from llmgen.weights import maps
+    from llmgen.weights.loading import _merge_model_parallel, _strip_layer
+    from llmgen.weights.readers import read_json, read_torch
+
+    params = read_json(directory / "params.json")
+    shard_paths = sorted(directory.glob("consolidated.*.pth"))
+    if not shard_paths:
+        raise LLMGenError(f"{directory} has params.json but no consolidated.*.pth weights")
+    shards = [read_torch(p) for p in shard_paths]  # memory-mapped: nothing is read yet
+    for shard in shards:
+        shard.pop("rope.freqs", None)
+    config = LlamaConfig.from_meta(params, tie_embeddings="output.weight" not in shards[0])
+    tokenizer_path = next((p for p in (directory / "tokenizer.model", directory.parent / "tokenizer.model")
+                           if p.is_file()), None)
+    if tokenizer_path is None:
+        raise LLMGenError(f"{directory} has no tokenizer.model to write into the GGUF file")
+    from llmgen.tokenizers import load_llama3
+
+    tokenizer = load_llama3(tokenizer_path)
+
+    def reader(name: str) -> Callable[[], torch.Tensor]:
+        if len(shards) == 1:
+            return lambda: shards[0][name]
+        return lambda: _merge_model_parallel([{name: shard[name]} for shard in shards])[name]
+
+    def merged_shape(name: str, shape: torch.Size) -> tuple[int, ...]:  # model-parallel parts side by side
+        dim = maps.META_SHARD_DIM.get(_strip_layer(name))
+        return tuple(size * len(shards) if i == dim else size for i, size in enumerate(shape))
+
+    tensors = [SourceTensor(name, merged_shape(name, tensor.shape), reader(name), release=_release_mapped)
+               for name, tensor in shards[0].items()]
+    return Source(config, tokenizer, tensors, name=directory.name)
+
+
+def _gguf_source(path: Path) -> Source:
+    from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_llama_config, gguf_tokenizer
+
+    gguf_file = GGUFFile(path)
+    if gguf_file.typed("general.architecture", str) != "llama":
+        raise LLMGenError(f"{path.name}: llmgen quantize rewrites GGUF architecture llama only")
+    config = gguf_llama_config(gguf_file)
+    tensors = []
+    for i, t in enumerate(gguf_file.tensors):
+        if t.name == "rope_freqs.weight":  # in config.rope_freq_factors; written again from there
+            continue
+        template = re.sub(r"\.\d+\.", ".{}.", t.name, count=1)
+        if template not in GGUF_LLAMA:
+            raise LLMGenError(f"{path.name}: unexpected GGUF tensor {t.name!r:.80}")
+        layer = re.search(r"\.(\d+)\.", t.name)
+        ours = GGUF_LLAMA[template].format(layer.group(1) if layer else "")
+
+        def read(i=i):
+            return gguf_file.tensor(i)
+
+        tensors.append(SourceTensor(ours, tuple(reversed(t.shape)), read,
+                                    release=lambda tensor, t=t: gguf_file._release(t.offset, t.n_bytes)))
+    fields = {k: v for k, v in gguf_file.fields.items() if k.startswith("tokenizer.")}
+    return Source(config, gguf_tokenizer(gguf_file), tensors, tokenizer_fields=fields,
+                  name=str(gguf_file.get("general.name", path.stem)))
+
+
+def _release_mapped(tensor: torch.Tensor) -> None:
+    """Hand a memory-mapped tensor's pages back to the kernel (they are read again from the file if
+    touched): without it a streamed 16 GB checkpoint would stay resident page by page. Only for tensors
+    whose storage is a read-only file mapping (torch.load(mmap=True)), where this loses nothing."""
+    if tensor.numel() == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    page = mmap.PAGESIZE
+    start = tensor.untyped_storage().data_ptr()
+    end = start + tensor.untyped_storage().nbytes()
+    first, last = start // page * page, -(-end // page) * page
+    # Pages shared with a neighbouring tensor are file-backed too: dropping them only costs a re-read.
+    _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return _LIBC
+
+
+# --- what is written ------------------------------------------------------------------------------
+
+@dataclass
+class Planned:
+    gguf_name: str
+    source: SourceTensor | None  # None: made here (rope_freqs)
+    kind: str  # GGML type name
+    shape: tuple[int, ...]  # torch order (rows, columns)
+    data: np.ndarray | None = None  # for tensors made here
+
+
+def gguf_name(ours: str) -> str:
+    from llmgen.weights.gguf_format import GGUF_LLAMA
+
+    template = re.sub(r"\.\d+\.", ".{}.", ours, count=1)
+    for theirs, mine in GGUF_LLAMA.items():
+        if mine == template:
+            layer = re.search(r"\.(\d+)\.", ours)
+            return theirs.format(layer.group(1) if layer else "")
+    raise LLMGenError(f"tensor {ours!r:.80} has no GGUF name")
+
+
+def block_type(name: str, shape: tuple[int, ...], out_type: str) -> str:
+    """The GGML type a tensor is written in: vectors F32; matrices out_type, but the head in Q8_0 for the
+    4-bit types, and F16 where rows are not whole 32-weight blocks."""
+    kind = OUT_TYPES[out_type][0]
+    if len(shape) != 2:
+        return "F32"
+    if kind in FOUR_BIT and name == "output.weight":
+        return "Q8_0"
+    if kind.startswith("Q") and shape[1] % 32:
+        return "F16"
+    return kind
+
+
+def plan(source: Source, out_type: str) -> list[Planned]:
+    config, planned = source.config, []
+    factors = _rope_factors(config)
+    if factors is not None:
+        planned.append(Planned("rope_freqs.weight", None, "F32", (len(factors),), np.asarray(factors, np.float32)))
+    order = {"tok_embeddings.weight": 0, "norm.weight": 2, "output.weight": 3}
+    for tensor in sorted(source.tensors, key=lambda t: _order(t.name, order)):
+        planned.append(Planned(gguf_name(tensor.name), tensor, block_type(tensor.name, tensor.shape, out_type),
+                               tensor.shape))
+    return planned
+
+
+def _order(name: str, fixed: dict[str, int]) -> tuple[int, int, str]:
+    """token_embd, the blocks in layer order, then the final norm and head (llama.cpp's order)."""
+    if name in fixed:
+        return (fixed[name], 0, name)
+    layer = re.search(r"\.(\d+)\.", name)
+    return (1, int(layer.group(1)) if layer else 0, name)
+
+
+def _rope_factors(config: LlamaConfig) -> list[float] | None:
+    """Llama 3.1's RoPE scaling as llama.cpp's converter stores it: a divisor per frequency."""
+    if config.rope_freq_factors is not None:
+        return list(config.rope_freq_factors)
+    scaling = config.rope_scaling
+    if scaling is None:
+        return None
+    factors = []
+    low_wavelen = scaling.original_context_length / scaling.low_freq_factor
+    high_wavelen = scaling.original_context_length / scaling.high_freq_factor
+    for i in range(config.head_dim // 2):
+        wavelen = 2 * math.pi * config.rope_theta ** (2 * i / config.head_dim)
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(scaling.factor)
+        else:
+            smooth = (scaling.original_context_length / wavelen - scaling.low_freq_factor) / (
+                scaling.high_freq_factor - scaling.low_freq_factor)
+            factors.append(1 / ((1 - smooth) / scaling.factor + smooth))
+    return factors
+
+
+def encoded(tensor: torch.Tensor, kind: str) -> np.ndarray:
+    """A tensor's bytes in a GGML type: float types by torch's rounding (to nearest even), blocks by
+    gguf-py's quantizers (llama.cpp's reference rounding), CHUNK_BYTES of float32 rows at a time."""
+    import gguf
+
+    if kind == "F32":
+        return tensor.detach().float().contiguous().numpy()
+    if kind in ("F16", "BF16"):
+        dtype = torch.float16 if kind == "F16" else torch.bfloat16
+        return tensor.detach().to(dtype).contiguous().view(torch.int16).numpy().view(np.uint8)
+    qtype = getattr(gguf.GGMLQuantizationType, kind)
+    rows, columns = tensor.shape
+    out = np.empty(gguf.quants.quant_shape_to_byte_shape((rows, columns), qtype), dtype=np.uint8)
+    step = max(1, CHUNK_BYTES // (4 * columns))
+    for first in range(0, rows, step):
+        chunk = tensor[first:first + step].detach().float().numpy()
+        out[first:first + step] = gguf.quants.quantize(chunk, qtype)
+    return out
+
+
+def _byte_shape(shape: tuple[int, ...], kind: str) -> tuple[tuple[int, ...], int]:
+    import gguf
+
+    if kind == "F32":
+        return shape, 4 * math.prod(shape)
+    byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, getattr(gguf.GGMLQuantizationType, kind))
+    return byte_shape, math.prod(byte_shape)
+
+
+# --- the file ---------------------------------------------------------------------------------------
+
+def write_gguf(source: Source, out: Path, out_type: str,
+               on_tensor: Callable[[str, int, int], None] | None = None) -> Path:
+    """Write `source` as a GGUF file at `out` with matrices in `out_type` (OUT_TYPES). on_tensor(name,
+    bytes written so far, total bytes) is called after each tensor (progress)."""
+    import gguf
+
+    if out_type not in OUT_TYPES:
+        raise LLMGenError(f"unknown GGUF type {out_type!r}; choose one of: {', '.join(OUT_TYPES)}")
+    out = Path(out)
+    if out.suffix != ".gguf":
+        raise LLMGenError(f"{out.name}: the output file name must end in .gguf")
+    if not out.parent.is_dir():
+        raise LLMGenError(f"{out.parent} is not a directory")
+    planned = plan(source, out_type)
+    writer = gguf.GGUFWriter(None, "llama")
+    _add_hyperparameters(writer, source, out_type)
+    _add_tokenizer(writer, source)
+    total = 0
+    for item in planned:
+        byte_shape, n_bytes = _byte_shape(item.shape, item.kind)
+        dtype = np.dtype(np.float32) if item.kind == "F32" else np.dtype(np.uint8)
+        writer.add_tensor_info(item.gguf_name, byte_shape, dtype, n_bytes,
+                               raw_dtype=None if item.kind == "F32" else getattr(gguf.GGMLQuantizationType, item.kind))
+        total += n_bytes
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        writer.write_header_to_file(partial)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        done = 0
+        for item in planned:
+            if item.source is None:
+                data = item.data
+            else:
+                tensor = item.source.read()
+                if tuple(tensor.shape) != item.shape:
+                    raise LLMGenError(f"tensor {item.source.name} has shape {list(tensor.shape)}, not {list(item.shape)}")
+                data = encoded(tensor, item.kind)
+                item.source.release(tensor)
+                del tensor
+            writer.write_tensor_data(data)
+            done += data.nbytes
+            del data
+            if on_tensor is not None:
+                on_tensor(item.gguf_name, done, total)
+        writer.close()
+        _check(partial, planned)
+        os.replace(partial, out)
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _add_hyperparameters(writer, source: Source, out_type: str) -> None:
+    config = source.config
+    writer.add_name(source.name or "llmgen")
+    writer.add_context_length(config.context_length)
+    writer.add_embedding_length(config.dim)
+    writer.add_block_count(config.n_layers)
+    writer.add_feed_forward_length(config.ffn_dim)
+    writer.add_head_count(config.n_heads)
+    writer.add_head_count_kv(config.n_kv_heads)
+    writer.add_rope_dimension_count(config.head_dim)
+    if config.head_dim * config.n_heads != config.dim:
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+    writer.add_layer_norm_rms_eps(config.norm_eps)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(OUT_TYPES[out_type][1])
+    writer.add_quantization_version(2)
+
+
+def _add_tokenizer(writer, source: Source) -> None:
+    if source.tokenizer_fields is not None:  # a GGUF source's, as it was
+        for key, value in source.tokenizer_fields.items():
+            _add_value(writer, key, value)
+        return
+    tokenizer, vocab_size = source.tokenizer, source.config.vocab_size
+    encoding = tokenizer.encoding
+    ranks, special = encoding._mergeable_ranks, encoding._special_tokens
+    add_bpe_tokenizer(writer, ranks, special, "llama-bpe", tokenizer.bos_id, special.get("<|end_of_text|>",
+                      tokenizer.stop_ids[0] if tokenizer.stop_ids else 0), vocab_size)
+    writer.add_add_bos_token(tokenizer.bos_id is not None)
+    if "<|start_header_id|>" in special:
+        writer.add_chat_template(LLAMA3_CHAT_TEMPLATE)
+
+
+def _add_value(writer, key: str, value: object) -> None:
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value) if value >= 0 else writer.add_int32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, list):
+        writer.add_array(key, value)
+    else:
+        raise LLMGenError(f"GGUF metadata {key} has a value llmgen cannot write again ({type(value).__name__})")
+
+
+def merges_from_ranks(ranks: dict[bytes, int]) -> Iterator[tuple[bytes, bytes]]:
+    """The merge that made each multi-byte token, in rank order: BPE of the token's bytes with only the
+    ranks below its own stops at the two parts that were merged into it."""
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            pair_ranks = [ranks.get(a + b, math.inf) for a, b in zip(parts, parts[1:])]
+            best = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+            if pair_ranks[best] >= rank:
+                break
+            parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        if len(parts) == 2:
+            yield parts[0], parts[1]
+
+
+def add_bpe_tokenizer(writer, ranks: dict[bytes, int], special: dict[str, int], pre: str, bos: int | None,
+                      eos: int, vocab_size: int = 0) -> None:
+    """A tiktoken vocabulary as llama.cpp's "gpt2" tokenizer: each token's bytes in GPT-2's byte-to-unicode
+    spelling, the special tokens as CONTROL, the merges recovered from the ranks; ids past the last token
+    up to vocab_size (a padded embedding) as unused padding tokens."""
+    tokens, types, merges = _bpe_vocabulary(ranks, special, vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    if bos is not None:
+        writer.add_bos_token_id(bos)
+    writer.add_eos_token_id(eos)
+
+
+_VOCABULARY: list = []  # [(ranks, special, vocab_size), (tokens, types, merges)]: the last one made
+
+
+def _bpe_vocabulary(ranks: dict[bytes, int], special: dict[str, int], vocab_size: int
+                    ) -> tuple[list[str], list[int], list[str]]:
+    """(tokens, types, merges) for add_bpe_tokenizer, made once per vocabulary (LLaMA-3's merges take
+    seconds to recover)."""
+    import gguf
+
+    if not (_VOCABULARY and _VOCABULARY[0][0] is ranks and _VOCABULARY[0][1] is special
+            and _VOCABULARY[0][2] == vocab_size):  # the same objects (held here, so not reused)
+        spell = bytes_to_unicode()
+        text = lambda token: "".join(spell[b] for b in token)  # noqa: E731
+        size = max(vocab_size, max([*ranks.values(), *special.values()]) + 1)
+        tokens = [f"[PAD{i}]" for i in range(size)]
+        types = [int(gguf.TokenType.UNUSED)] * size
+        for token, rank in ranks.items():
+            tokens[rank], types[rank] = text(token), int(gguf.TokenType.NORMAL)
+        for token, token_id in special.items():
+            tokens[token_id], types[token_id] = token, int(gguf.TokenType.CONTROL)
+        merges = [f"{text(a)} {text(b)}" for a, b in merges_from_ranks(ranks)]
+        _VOCABULARY[:] = [(ranks, special, vocab_size), (tokens, types, merges)]  # LLaMA-3's: ~30 MB
+    return _VOCABULARY[1]
+
+
+def _check(path: Path, planned: list[Planned]) -> None:
+    """Read the written file back: every tensor there, in its type and shape, and the file whole."""
+    from llmgen.weights.gguf_format import GGUFFile
+
+    written = GGUFFile(path)  # checks every length against the file size
+    got = [(t.name, t.tensor_type.name, tuple(reversed(t.shape))) for t in written.tensors]
+    expected = [(p.gguf_name, p.kind, p.shape) for p in planned]
+    if got != expected:
+        raise LLMGenError(f"{path.name}: the written file does not hold the tensors planned")
