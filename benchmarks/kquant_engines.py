@@ -1,7 +1,7 @@
 """GGUF files in the block types people download (Q4_K_M and friends), in llmgen and llama.cpp side by side.
 
     python benchmarks/kquant_engines.py [--rounds 3] [--new-tokens 32]
-        [--file 1b|q4_k_m|q5_k_m|q6_k|q8_0|qwen2.5-0.5b|qwen3-0.6b|gemma-3-1b]
+        [--file 1b|q4_k_m|q5_k_m|q6_k|q8_0|qwen2.5-0.5b|qwen3-0.6b|gemma-3-1b|PATH.gguf]
 
 The files come from kquant_files.py (llama.cpp's own quantizer): "1b" is the Llama-3.2-1B-shaped Q4_K_M
 (random weights: Q4_K, Q6_K for attn_v, half of ffn_down and the tied embedding), the others the real
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from common import engines_main, gguf_engine_worker, prepare_in_own_process
 from kquant_files import QWEN_SHAPES, llama1b_q4_k_m, qwen_file, smollm2_file, write_all, write_qwen
@@ -25,6 +26,8 @@ ENGINES = ["llmgen", "llmgen avx2", "llama.cpp"]
 
 def chosen_file():
     name = os.environ.get("KQUANT_FILE", "1b")
+    if name.endswith(".gguf"):  # a file made elsewhere (quantize_8b.py's)
+        return Path(name)
     if name in QWEN_SHAPES:
         return qwen_file(name)
     return llama1b_q4_k_m() if name == "1b" else smollm2_file(name.upper())
@@ -32,6 +35,8 @@ def chosen_file():
 
 def prepare() -> None:
     name = os.environ.get("KQUANT_FILE", "1b")
+    if name.endswith(".gguf"):
+        return
     write_qwen(name) if name in QWEN_SHAPES else write_all()
 
 

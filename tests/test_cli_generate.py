@@ -259,10 +259,19 @@ def test_broken_pipe_is_quiet(gpt2_dir):
     assert b"Traceback" not in stderr and stderr.strip() == b""
 
 
-def test_quantized_generation(llama3_dir):
-    result = run_llmgen("generate", "hi", "-n", "4", "-m", llama3_dir, "--quantize", "int8", "--json", "-t", "0")
-    assert result.returncode == 0, result.err
-    assert json.loads(result.out)["generated_tokens"] >= 1
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_quantized_generation_quantizes_once(llama3_dir, tmp_path, quantize):
+    """--quantize on a Meta-layout checkpoint writes a GGUF into the cache the first time (and says so on
+    stderr), and the second run loads it, silently, with the same greedy output."""
+    env = {"LLMGEN_QUANTIZED_DIR": str(tmp_path)}
+    args = ("generate", "hi", "-n", "4", "-m", llama3_dir, "--quantize", quantize, "--json", "-t", "0")
+    first, second = run_llmgen(*args, env=env), run_llmgen(*args, env=env)
+    assert first.returncode == 0 and second.returncode == 0, first.err + second.err
+    (cached,) = tmp_path.iterdir()
+    assert cached.suffix == ".gguf" and "quantized" in first.err and str(cached) in first.err
+    assert second.err == ""
+    assert json.loads(first.out)["text"] == json.loads(second.out)["text"]
+    assert json.loads(first.out)["generated_tokens"] >= 1
 
 
 def test_default_model_in_a_pipeline():

@@ -109,11 +109,14 @@ def generate(
     # torch.compile cannot trace into llmgen's own kernels (ctypes calls): --compile keeps PyTorch's.
     with console.status(f"loading {model or model_path.name}"):  # on a terminal only: a transient line on stderr
         loaded = load_model(model_path, device=device, dtype=dtype, quantize=quantize,
-                            tokenizer_path=tokenizer_path, own_kernels=not compile_decode)
+                            tokenizer_path=tokenizer_path, own_kernels=not compile_decode, cache_quantized=True)
     if dtype != "auto" and quantize == "auto" and _has_int4_layers(loaded.model):
         console.print_warning(f"--dtype {dtype}: this file's 4-bit weights stay 4-bit (their matmuls take int8 or "
                               "bfloat16 activations); add --quantize none to compute every matmul in "
                               f"{dtype}")
+    if loaded.cache_written:
+        console.print_info(f"quantized {loaded.quantized_from} to --quantize {quantize} once, in "
+                           f"{loaded.load_seconds:.1f} s; later runs load {loaded.path}")
     tokenizer = loaded.tokenizer
     model_name = DEFAULT_MODEL_NAME if is_default else str(model or model_path)
     from llmgen.decode import choose_decoder

@@ -43,6 +43,10 @@ class LoadedModel:
     layout: str  # "meta", "hf" or "gguf"
     path: Path
     load_seconds: float
+    # --quantize int4/int8 on a Meta-layout checkpoint: the cached GGUF it ran from (quantized_cache.py),
+    # and whether this run wrote it.
+    quantized_from: Path | None = None
+    cache_written: bool = False
 
 
 @dataclass
@@ -103,12 +107,15 @@ def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool
 
 
 def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize: str = "auto",
-               tokenizer_path: Path | None = None, own_kernels: bool = True) -> LoadedModel:
+               tokenizer_path: Path | None = None, own_kernels: bool = True,
+               cache_quantized: bool = False) -> LoadedModel:
     """Weights (quantized as asked, see quantize.py) and the tokenizer that goes with them.
 
     quantize "auto" keeps a GGUF file's quantized weights as stored on a CPU (on llmgen's kernels), and
     everything else as stored; "int4" also quantizes float matrices to 4 bits.
     own_kernels=False: PyTorch's int4 kernel instead of llmgen's (for torch.compile; see quantize_model).
+    cache_quantized: int4/int8 on a Meta-layout checkpoint quantize it once into a cached GGUF file and run
+    that (quantized_cache.py), instead of quantizing in memory at every load.
     """
     if quantize not in QUANTIZATIONS:
         raise UsageError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
@@ -116,6 +123,15 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
     if quantize in ("int8", "int4") and not on_cpu:
         raise LLMGenError(f"--quantize {quantize} uses PyTorch's CPU kernels; use it with --device cpu")
     started = time.perf_counter()
+    source, cache_written = None, False
+    if cache_quantized and quantize in ("int4", "int8") and on_cpu and own_kernels \
+            and detect_layout(Path(path)).kind == "meta":
+        from llmgen.weights.quantized_cache import quantized_copy
+
+        source = detect_layout(Path(path)).directory
+        tokenizer_path = tokenizer_path or _meta_tokenizer_path(source)
+        path, cache_written = quantized_copy(source, quantize)
+        quantize = "auto"  # the cached file's blocks, kept as stored
     model, layout, stored = _load_weights(path, device, dtype, keep_quantized=on_cpu and quantize in ("auto", "int4"))
     if quantize == "auto":
         quantize = "int4" if stored else "none"
@@ -126,7 +142,13 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
     if tokenizer.n_vocab > config.vocab_size:
         raise LLMGenError(f"the tokenizer has {tokenizer.n_vocab} tokens but the model's vocabulary only "
                           f"{config.vocab_size}: they do not belong together")
-    return LoadedModel(model, tokenizer, config, layout.kind, Path(path), time.perf_counter() - started)
+    return LoadedModel(model, tokenizer, config, layout.kind, Path(path), time.perf_counter() - started,
+                       quantized_from=source, cache_written=cache_written)
+
+
+def _meta_tokenizer_path(directory: Path) -> Path | None:
+    """A Meta-layout checkpoint's own tokenizer.model (beside it or one level up)."""
+    return next((p for p in (directory / "tokenizer.model", directory.parent / "tokenizer.model") if p.is_file()), None)
 
 
 def _stored_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
