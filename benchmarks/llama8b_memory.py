@@ -84,7 +84,7 @@ def run_measured(command: list[str]) -> dict:
             "peak_rss_gb": usage.ru_maxrss / 1024 ** 2, "stdout": stdout, "stderr": stderr}
 
 
-def llama_cpp_worker(gguf: Path) -> None:
+def llama_cpp_worker(gguf: Path, new_tokens: int = NEW_TOKENS) -> None:
     """One llama.cpp run, reporting what `llmgen --stats` reports."""
     from common import llama_cpp_greedy
     from llama_cpp import Llama
@@ -93,9 +93,9 @@ def llama_cpp_worker(gguf: Path) -> None:
     llm = Llama(model_path=str(gguf), n_ctx=64, n_threads=2, n_threads_batch=2, verbose=False)
     loaded = time.perf_counter()
     prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
-    stamps = llama_cpp_greedy(llm, prompt, NEW_TOKENS)
+    stamps = llama_cpp_greedy(llm, prompt, new_tokens)
     print(f"load {loaded - started:.2f} s · prompt {len(prompt)} tokens in {stamps[1] - stamps[0]:.2f} s · "
-          f"{NEW_TOKENS - 1} tokens at {(NEW_TOKENS - 1) / (stamps[-1] - stamps[1]):.2f} tok/s", file=sys.stderr)
+          f"{new_tokens - 1} tokens at {(new_tokens - 1) / (stamps[-1] - stamps[1]):.2f} tok/s", file=sys.stderr)
 
 
 def main() -> None:
@@ -104,29 +104,35 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=OUT / "llama-3-8b-shaped")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    parser.add_argument("--warm", action="store_true", help="run each engine once unmeasured right before "
+                        "its measured run, so that its 16 GB file is in the page cache (the machine holds one)")
     parser.add_argument("--llama-cpp-worker", type=Path)
     args = parser.parse_args()
     if args.llama_cpp_worker:
-        llama_cpp_worker(args.llama_cpp_worker)
+        llama_cpp_worker(args.llama_cpp_worker, args.new_tokens)
         return
     print(machine())
     directory = write_checkpoint(args.dir)
     size_gb = (directory / "consolidated.00.pth").stat().st_size / 1e9
-    commands = {"llmgen": [sys.executable, "-m", "llmgen", "generate", PROMPT, "--max-new-tokens", str(NEW_TOKENS),
+    commands = {"llmgen": [sys.executable, "-m", "llmgen", "generate", PROMPT, "--max-new-tokens", str(args.new_tokens),
                            "--model", str(directory), "--temperature", "0", "--stats"]}
     if importlib.util.find_spec("llama_cpp") is not None:
         from gguf_export import llama_gguf
 
         gguf = llama_gguf(directory, directory.with_name(f"{directory.name}.BF16.gguf"), PARAMS, "BF16")
-        commands["llama.cpp"] = [sys.executable, __file__, "--llama-cpp-worker", str(gguf)]
+        commands["llama.cpp"] = [sys.executable, __file__, "--llama-cpp-worker", str(gguf), "--new-tokens",
+                                 str(args.new_tokens)]
     else:
         print("llama.cpp: not installed (make bench-peers), skipped", file=sys.stderr)
-    print(f"Llama-3-8B-shaped bfloat16 ({size_gb:.2f} GB), {NEW_TOKENS} new tokens after `{PROMPT}`, greedy, "
-          f"fresh process per run, {args.rounds} round(s) interleaved\n")
+    print(f"Llama-3-8B-shaped bfloat16 ({size_gb:.2f} GB), {args.new_tokens} new tokens after `{PROMPT}`, greedy, "
+          f"fresh process per run, {args.rounds} round(s) interleaved{', warm' if args.warm else ''}\n")
     print("| engine | wall s | peak RSS GB | load, prompt and decode (the engine's own report) |")
     print("|---|---|---|---|")
     for _ in range(args.rounds):
         for engine, command in commands.items():
+            if args.warm:
+                run_measured(command)
             result = run_measured(command)
             if result["returncode"] != 0:
                 sys.exit(f"{engine} failed: {result['stderr'].strip()[-500:]}")

@@ -257,6 +257,33 @@ def test_int8_matmul_computes_exactly_its_rounded_product(level, in_features, gr
     torch.testing.assert_close(got.double(), expected, atol=2e-5 * expected.abs().max().item(), rtol=0)
 
 
+@pytest.mark.parametrize("in_features", [7, 64, 100, 4096])
+def test_bf16_matmul_is_the_float_product_of_the_stored_weights(level, in_features):
+    """bfloat16 weights used in place (a checkpoint's own rows, any width: the tail is scalar), x in
+    float32 unrounded: the float64 product of the same bf16 values, for several rows of x at once and one,
+    with a bias, accumulating into an output, and fused with an RMSNorm in front."""
+    generator = torch.Generator().manual_seed(in_features)
+    weight = (torch.randn(45, in_features, generator=generator) * 0.05).bfloat16()
+    x, bias = torch.randn(3, in_features, generator=generator), torch.randn(45, generator=generator)
+    matmul = kernels.QuantMatmul([(kernels.PackedBf16(weight), bias)])
+    expected = x.double() @ weight.double().T + bias.double()
+    torch.testing.assert_close(matmul(x).double(), expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+    torch.testing.assert_close(matmul(x[1:2]).double(), expected[1:2], atol=1e-5 * expected.abs().max().item(), rtol=0)
+    out = torch.ones(3, 45)
+    torch.testing.assert_close(matmul(x, out, accumulate=True).double(), expected + 1, atol=1e-4, rtol=0)
+    norm_weight = torch.rand(in_features, generator=generator) + 0.5
+    normed = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-5) * norm_weight.double()
+    fused = kernels.QuantMatmul([(kernels.PackedBf16(weight), None)], norm_weight=norm_weight, norm_eps=1e-5)
+    torch.testing.assert_close(fused(x).double(), normed @ weight.double().T, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_weights_must_be_a_contiguous_bf16_matrix():
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.PackedBf16(torch.zeros(4, 8, dtype=torch.bfloat16).T)
+    with pytest.raises(ValueError, match="bfloat16"):
+        kernels.PackedBf16(torch.zeros(4, 8))
+
+
 @pytest.mark.parametrize("in_features", [256, 512, 2048])
 def test_q6_k_blocks_as_stored_compute_exactly_their_rounded_product(level, in_features):
     """Q6_K's 210-byte blocks (random bytes: every q in 0..63, every int8 scale) rearranged for the kernel

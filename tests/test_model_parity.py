@@ -227,3 +227,54 @@ def test_bfloat16_stays_close_to_float32(tmp_path):
     ids = tokens(1000)
     diff = (our_logits(model16, ids).float() - our_logits(model32, ids)).abs().max()
     assert diff < 0.1
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["head", "tied"])
+def test_a_bf16_checkpoint_decodes_on_the_bf16_kernel_as_stored(tmp_path, tied):
+    """A bfloat16 checkpoint (Meta's layout, memory-mapped) on a CPU: by default its matrices stay the
+    file's bf16 pages (Bf16Linear, nothing copied or converted) and run on llmgen's bf16 kernel with
+    float32 activations and caches. Logits equal transformers' float32 on the same bf16 values, greedy ids
+    too, and each decode step equals the forward pass."""
+    import copy
+
+    from llmgen import kernels
+    from llmgen.decode import choose_decoder
+    from llmgen.quantize import Bf16Linear, bf16_on_kernels
+
+    if kernels.library() is None:
+        pytest.skip(f"llmgen's kernels do not run here: {kernels.unavailable_reason()}")
+    reference = hf_llama(hidden_size=256, intermediate_size=704, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=tied).to(torch.bfloat16).float()  # weights exact in bf16
+    save_meta(copy.deepcopy(reference).to(torch.bfloat16), tmp_path)
+    model, _ = load_weights(tmp_path)
+    stored = {name: t.data_ptr() for name, t in model.state_dict().items() if t.dim() == 2}
+    bf16_on_kernels(model)
+    layer = model.layers[0]
+    assert isinstance(layer.attention.wqkv, Bf16Linear) and isinstance(model.output, Bf16Linear)
+    assert layer.attention.wqkv.weight0.data_ptr() == stored["layers.0.attention.wq.weight"]  # the file's pages
+    assert model.norm.weight.dtype == torch.float32
+    decoder = choose_decoder(model)
+    assert decoder.use_kernels, decoder
+    ids = tokens(1000, n=20)[:1]
+    expected = reference_logits(reference, ids)[0]
+    got = our_logits(model, ids)[0]
+    torch.testing.assert_close(got, expected, atol=ATOL * expected.abs().max().item() * 2, rtol=0)
+    prompt = ids[0, :6].tolist()
+    assert greedy_ours(model, prompt, 16) == greedy_reference(reference, prompt, 16)
+    model.setup_cache(1, 32)
+    with torch.inference_mode():
+        model(ids[:, :4], 0)
+        steps = torch.stack([decoder(int(ids[0, t]), t) for t in range(4, ids.size(1))])
+    torch.testing.assert_close(steps, got[4:], atol=1e-5, rtol=0)
+
+
+def test_bf16_linear_without_the_kernels_is_the_same_product():
+    from llmgen.quantize import Bf16Linear
+
+    generator = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, 96, generator=generator).bfloat16() for n in (40, 24)]
+    bias, x = torch.randn(64, generator=generator), torch.randn(3, 96, generator=generator)
+    expected = x.double() @ torch.cat(parts).double().T + bias.double()
+    for own_kernel in (True, False):
+        got = Bf16Linear(parts, bias, own_kernel=own_kernel)(x)
+        torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)

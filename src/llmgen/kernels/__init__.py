@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "int4_matmul.cpp", HERE / "int8_matmul.cpp", HERE / "linear.cpp", HERE / "attention.cpp",
-           HERE / "llama_layers.cpp")
+SOURCES = (HERE / "int4_matmul.cpp", HERE / "int8_matmul.cpp", HERE / "bf16_matmul.cpp", HERE / "linear.cpp",
+           HERE / "attention.cpp", HERE / "llama_layers.cpp")
 HEADERS = (HERE / "kernels.h", HERE / "fast_exp.h", HERE / "simd.h")
 FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 
@@ -243,7 +243,33 @@ QuantLayer._fields_ = [
     ("gated", ctypes.c_int32), ("bits", ctypes.c_int32), ("group", ctypes.c_int32),
     ("next", ctypes.POINTER(QuantLayer))]
 
-Packed = PackedInt4 | PackedInt8 | PackedQ6K
+@dataclass
+class PackedBf16:
+    """bfloat16 weights as a checkpoint stores them, for bf16_matmul.cpp: (out, in) row-major, used in place
+    (a memory-mapped checkpoint's pages), nothing packed."""
+
+    packed: torch.Tensor  # (out, in) bfloat16, contiguous
+
+    bits = 16
+    group = 0
+    TENSORS = ("packed",)
+    scales = minimums = super_scales = super_minimums = None
+    groups = 0
+
+    def __post_init__(self):
+        if self.packed.dtype != torch.bfloat16 or self.packed.dim() != 2 or not self.packed.is_contiguous():
+            raise ValueError("bf16 weights must be a contiguous (out, in) bfloat16 matrix")
+
+    @property
+    def in_features(self) -> int:
+        return self.packed.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.packed.shape[0]
+
+
+Packed = PackedInt4 | PackedInt8 | PackedQ6K | PackedBf16
 
 
 class QuantMatmul:

@@ -11,6 +11,8 @@
 //   Q5_K, Q3_K, Q2_K, IQ4_NL: each holds its weights as small integers times a scale per group).
 // - 6 bits (int8_matmul.cpp): GGUF Q6_K blocks as stored, in `packed`; groups = in_features / 16, group 16,
 //   no scales or minimums here (each block carries its own).
+// - 16 bits (bf16_matmul.cpp): bfloat16 weights as a checkpoint stores them, (out_features, in_features)
+//   row-major in `packed`; no groups, scales or minimums.
 enum { GATED_SILU = 1, GATED_GELU_TANH = 2 };
 
 struct QuantLayer {
@@ -30,7 +32,7 @@ struct QuantLayer {
   float norm_eps;
   int32_t gated;              // GATED_*: rows of x are [gate, up], 2 in_features wide: the input is
                               // silu(gate) * up, or gelu(gate) * up (tanh approximation); 0: not gated
-  int32_t bits;               // 4, 8 or 6
+  int32_t bits;               // 4, 8, 6 or 16
   int32_t group;              // weights per scale: 32, or 16 (8 bits only)
   const QuantLayer* next;     // a fused layer's next part, its outputs after this one's (same input); or null
 };
@@ -40,6 +42,8 @@ struct QuantLayer {
 void int4_matmul(const QuantLayer& layer, const float* x, int64_t rows, float* out, int64_t out_stride,
                  int32_t accumulate, int32_t threads);
 void int8_matmul(const QuantLayer& layer, const float* x, int64_t rows, float* out, int64_t out_stride,
+                 int32_t accumulate, int32_t threads);
+void bf16_matmul(const QuantLayer& layer, const float* x, int64_t rows, float* out, int64_t out_stride,
                  int32_t accumulate, int32_t threads);
 
 extern "C" {

@@ -55,6 +55,8 @@ void quant_linear(const QuantLayer* layer, const float* x, int64_t rows, float* 
   for (const QuantLayer* part = layer; part; part = part->next) {
     if (part->bits == 4) {
       int4_matmul(*part, x, rows, out, out_stride, accumulate, threads);
+    } else if (part->bits == 16) {
+      bf16_matmul(*part, x, rows, out, out_stride, accumulate, threads);
     } else {  // 8, or 6: Q6_K's blocks
       int8_matmul(*part, x, rows, out, out_stride, accumulate, threads);
     }

@@ -18,7 +18,7 @@ import torch
 from llmgen.config import HF_LLAMA_FAMILIES, GPT2Config, LlamaConfig, ModelConfig
 from llmgen.errors import LLMGenError, UsageError
 from llmgen.models import build_model
-from llmgen.quantize import QUANTIZATIONS, quantize_model
+from llmgen.quantize import QUANTIZATIONS, bf16_on_kernels, quantize_model
 from llmgen.tokenizers import MODEL_VOCABULARIES, Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
 from llmgen.weights import maps
 from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_tokenizer, read_llama_gguf
@@ -134,8 +134,10 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
         quantize = "auto"  # the cached file's blocks, kept as stored
     model, layout, stored = _load_weights(path, device, dtype, keep_quantized=on_cpu and quantize in ("auto", "int4"))
     if quantize == "auto":
-        quantize = "int4" if stored else "none"
-    if quantize != "none":
+        quantize = "int4" if stored else "bf16" if _bf16_on_kernels(model, on_cpu, own_kernels) else "none"
+    if quantize == "bf16":
+        bf16_on_kernels(model, own_kernels)
+    elif quantize != "none":
         quantize_model(model, quantize, stored, own_kernels)
     config = model.config
     tokenizer = tokenizer_from_path(tokenizer_path) if tokenizer_path else _tokenizer_for(layout, config)
@@ -144,6 +146,15 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
                           f"{config.vocab_size}: they do not belong together")
     return LoadedModel(model, tokenizer, config, layout.kind, Path(path), time.perf_counter() - started,
                        quantized_from=source, cache_written=cache_written)
+
+
+def _bf16_on_kernels(model: torch.nn.Module, on_cpu: bool, own_kernels: bool) -> bool:
+    """Whether a float checkpoint runs as stored on llmgen's bf16 kernel (quantize.bf16_on_kernels): a
+    LLaMA-family model whose weights are bfloat16, on a CPU where the kernels run."""
+    from llmgen import kernels
+
+    return (on_cpu and own_kernels and model.config.arch == "llama" and model.norm.weight.dtype == torch.bfloat16
+            and kernels.library() is not None)
 
 
 def _meta_tokenizer_path(directory: Path) -> Path | None:
