@@ -326,3 +326,27 @@ def test_parts_in_two_formats_run_side_by_side_in_one_call(level):
     silu = F.silu(gate_up[:, :256]) * gate_up[:, 256:]
     expected = torch.cat((kernels.Int4Matmul(packed4)(silu), kernels.QuantMatmul([(packed8, None)])(silu)), dim=1)
     torch.testing.assert_close(gated(gate_up), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])
+@pytest.mark.parametrize("in_features", [32, 96, 512, 544, 576])
+def test_q4_blocks_repack_into_the_same_layout_as_their_levels(kind, in_features):
+    """kernels.pack_q4_blocks (repack.cpp: straight from the file's bytes) gives byte for byte what
+    pack_int4 makes of the same blocks' levels, scales and minimums: whole chunks of 16 groups, pairs,
+    and an odd group count's empty group."""
+    import gguf
+    import numpy as np
+
+    from llmgen.weights.gguf_blocks import matrix_rows
+
+    if kernels.library() is None:
+        pytest.skip(f"llmgen's kernels do not run here: {kernels.unavailable_reason()}")
+    weights = np.random.default_rng(in_features).standard_normal((7, in_features), dtype=np.float32)
+    blocks = torch.from_numpy(gguf.quants.quantize(weights, getattr(gguf.GGMLQuantizationType, kind)))
+    levels = matrix_rows(kind, blocks, in_features)
+    expected = kernels.pack_int4(levels.q, levels.scale, levels.minimum)
+    got = kernels.pack_q4_blocks(blocks, in_features, kind)
+    assert torch.equal(got.packed, expected.packed) and torch.equal(got.scales, expected.scales)
+    assert (got.minimums is None) == (kind == "Q4_0") == (expected.minimums is None)
+    if kind == "Q4_1":
+        assert torch.equal(got.minimums, expected.minimums)

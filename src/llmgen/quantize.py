@@ -212,8 +212,32 @@ class DeferredGroups:
     and drops what it read, and a large matrix (a 128k-row head) is read and packed ROW_CHUNK rows at a
     time, so a model's weights are never all unpacked at once."""
 
-    def __init__(self, shape: tuple[int, int], kind: type, read_rows: Callable[[int, int], Int4Groups | Int8Groups]):
+    def __init__(self, shape: tuple[int, int], kind: type, read_rows: Callable[[int, int], Int4Groups | Int8Groups],
+                 blocks: tuple[str, Callable[[int, int], torch.Tensor]] | None = None):
         self.shape, self.kind, self._read_rows = shape, kind, read_rows  # kind: Int4Groups, Int8Groups, Q6KBlocks
+        # GGUF Q4_0/Q4_1 rows as stored: (block type, read_bytes(first, stop) -> (n, row bytes) uint8), which
+        # the kernels' layout is made from in one pass (kernels.pack_q4_blocks); None for other types.
+        self.blocks = blocks
+
+    @classmethod
+    def cat(cls, parts: list[DeferredGroups]) -> DeferredGroups:
+        """Parts of one block type on one input, stacked along the output (a fused q/k/v or gate/up),
+        still unread."""
+        bounds, first = [], 0
+        for part in parts:
+            bounds.append((first, first + part.shape[0], part))
+            first += part.shape[0]
+
+        def pieces(start: int, stop: int):  # (part, its first row, its stop row) covering start..stop
+            return [(p, max(start, lo) - lo, min(stop, hi) - lo) for lo, hi, p in bounds if lo < stop and hi > start]
+
+        def read_rows(start: int, stop: int):
+            return parts[0].kind.cat([p.rows(a, b) for p, a, b in pieces(start, stop)])
+
+        blocks = None
+        if all(p.blocks is not None and p.blocks[0] == parts[0].blocks[0] for p in parts):
+            blocks = (parts[0].blocks[0], lambda start, stop: torch.cat([p.blocks[1](a, b) for p, a, b in pieces(start, stop)]))
+        return cls((first, parts[0].shape[1]), parts[0].kind, read_rows, blocks)
 
     def read(self) -> Int4Groups | Int8Groups:
         return self._read_rows(0, self.shape[0])
@@ -240,8 +264,10 @@ def _resolved(groups: StoredGroups) -> Int4Groups | Int8Groups:
     return groups.read() if isinstance(groups, DeferredGroups) else groups
 
 
-def _format(groups: Int4Groups | Int8Groups) -> tuple:
+def _format(groups: Int4Groups | Int8Groups | DeferredGroups) -> tuple:
     """What parts must share to be fused into one matrix."""
+    if isinstance(groups, DeferredGroups):  # Q4_0/Q4_1 as stored: one-level int4
+        return ("int4", False, groups.blocks[0])
     if isinstance(groups, Int4Groups):
         return ("int4", groups.levels is not None)
     if isinstance(groups, Q6KBlocks):
@@ -296,7 +322,12 @@ class Int4Linear(KernelLinear):
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.own_kernel = own_kernel and kernels.library() is not None
         if self.own_kernel:
-            tensors = packed_in_chunks(groups, lambda g: kernels.pack_int4(g.q, g.scale, g.minimum, g.levels))
+            if isinstance(groups, DeferredGroups) and groups.blocks is not None:  # Q4_0/Q4_1: from the bytes
+                kind, read_bytes = groups.blocks
+                tensors = packed_in_chunks(groups, packed_rows=lambda first, stop: kernels.pack_q4_blocks(
+                    read_bytes(first, stop), in_features, kind))
+            else:
+                tensors = packed_in_chunks(groups, lambda g: kernels.pack_int4(g.q, g.scale, g.minimum, g.levels))
             if tensors["super_scales"] is None and torch.equal(tensors["minimums"], tensors["scales"] * -8):
                 tensors["minimums"] = None  # Q4_0: minimums implicit
             for name, tensor in tensors.items():
@@ -418,15 +449,17 @@ class Q6KLinear(StoredRowsLinear):
         return Q6KBlocks(blocks, self.in_features).dequantize()
 
 
-def packed_in_chunks(groups: Int4Groups | Int8Groups | DeferredGroups, pack: Callable
-                     ) -> dict[str, torch.Tensor | None]:
+def packed_in_chunks(groups: Int4Groups | Int8Groups | DeferredGroups, pack: Callable | None = None,
+                     packed_rows: Callable[[int, int], kernels.Packed] | None = None) -> dict[str, torch.Tensor | None]:
     """The tensors of a whole packed matrix (kernels.PackedInt4/PackedInt8's TENSORS), packed ROW_CHUNK rows
-    at a time into tensors allocated once: a 128k-row head is never held twice, nor unpacked whole. For
-    the int4 layout a chunk without minimums (Q4_0 form) gets its implicit -8 * scale."""
+    at a time into tensors allocated once: a 128k-row head is never held twice, nor unpacked whole. Each
+    chunk is pack(its groups), or packed_rows(first, stop) made another way (from a file's bytes). For the
+    int4 layout a chunk without minimums (Q4_0 form) gets its implicit -8 * scale."""
     out_features = groups.shape[0]
     buffers = None
     for first in range(0, out_features, ROW_CHUNK):
-        part = pack(groups.rows(first, first + ROW_CHUNK))
+        stop = min(first + ROW_CHUNK, out_features)
+        part = packed_rows(first, stop) if packed_rows is not None else pack(groups.rows(first, stop))
         fields = {name: getattr(part, name) for name in part.TENSORS}
         if isinstance(part, kernels.PackedInt4) and fields["minimums"] is None:
             fields["minimums"] = part.scales * -8
@@ -673,7 +706,7 @@ def quantize_model(model: nn.Module, kind: str, stored: dict[str, StoredGroups |
                     if g is not None:
                         setattr(module, n, stored_linear(g, p.bias, own_kernel=own_kernels))
                 continue
-            setattr(module, fused_name, fused_linear([_resolved(g) for g in groups], own_kernels, bias))
+            setattr(module, fused_name, fused_linear([g if _q4_blocks(g) else _resolved(g) for g in groups], own_kernels, bias))
             for n in part_names:
                 setattr(module, n, None)
             return_freed_memory()
@@ -690,6 +723,11 @@ def quantize_model(model: nn.Module, kind: str, stored: dict[str, StoredGroups |
     if stored:
         raise ValueError(f"stored weights left without a linear layer: {sorted(stored)[:3]}")
     return model
+
+
+def _q4_blocks(groups: StoredGroups) -> bool:
+    """Q4_0/Q4_1 rows still in the file, which the kernels' layout is made from directly."""
+    return isinstance(groups, DeferredGroups) and groups.blocks is not None and kernels.library() is not None
 
 
 def stored_head(groups: StoredGroups, own_kernels: bool) -> nn.Module:
@@ -714,6 +752,7 @@ def fused_linear(groups: list[Int4Groups | Int8Groups], own_kernels: bool, bias:
     for run in runs:
         rows = sum(g.shape[0] for g in run)
         run_bias = None if bias is None else bias[first:first + rows]
-        layers.append(stored_linear(type(run[0]).cat(run) if len(run) > 1 else run[0], run_bias, own_kernels))
+        cat = DeferredGroups.cat if isinstance(run[0], DeferredGroups) else type(run[0]).cat
+        layers.append(stored_linear(cat(run) if len(run) > 1 else run[0], run_bias, own_kernels))
         first += rows
     return layers[0] if len(layers) == 1 else SideBySide(layers)

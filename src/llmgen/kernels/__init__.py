@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).parent
 SOURCES = (HERE / "int4_matmul.cpp", HERE / "int8_matmul.cpp", HERE / "bf16_matmul.cpp", HERE / "linear.cpp",
-           HERE / "attention.cpp", HERE / "llama_layers.cpp")
+           HERE / "attention.cpp", HERE / "llama_layers.cpp", HERE / "repack.cpp")
 HEADERS = (HERE / "kernels.h", HERE / "fast_exp.h", HERE / "simd.h")
 FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 
@@ -225,6 +225,26 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, level
     scales, minimums = (F.pad(t.float(), (0, groups - t.size(1))).half().contiguous() for t in (scale, minimum))
     symmetric = torch.equal(minimums, scales * -8)  # exact in float16: a power of two
     return PackedInt4(packed.contiguous(), scales, None if symmetric else minimums, in_features)
+
+
+Q4_BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20}
+
+
+def pack_q4_blocks(rows: torch.Tensor, in_features: int, kind: str) -> PackedInt4:
+    """Rows of GGUF Q4_0 or Q4_1 blocks (n, in / 32 * 18 or 20) uint8 -> int4_matmul.cpp's layout in one
+    pass (repack.cpp); the same as pack_int4 on the blocks' levels, scales and minimums."""
+    block_bytes = Q4_BLOCK_BYTES[kind]
+    n_rows = rows.shape[0]
+    if in_features % GROUP or rows.shape[1] != in_features // GROUP * block_bytes or rows.dtype != torch.uint8:
+        raise ValueError(f"{kind} rows of {in_features} weights are {in_features // GROUP * block_bytes} bytes")
+    rows = rows.contiguous()
+    groups = in_features // GROUP + in_features // GROUP % 2
+    packed = torch.empty(n_rows, groups * GROUP // 2, dtype=torch.uint8)
+    scales = torch.empty(n_rows, groups, dtype=torch.float16)
+    minimums = torch.empty_like(scales) if kind == "Q4_1" else None
+    library().pack_q4_rows(rows.data_ptr(), n_rows, in_features, block_bytes, packed.data_ptr(),
+                           scales.data_ptr(), _pointer(minimums), torch.get_num_threads())
+    return PackedInt4(packed, scales, minimums, in_features)
 
 
 # kernels.h's GATED_* codes: the activation of a gated layer's input.
@@ -572,6 +592,8 @@ def _load(path: Path) -> ctypes.CDLL:
                                        ctypes.c_float, pointer, flag]
     library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, size, size, size, size,
                                             pointer, pointer, flag]
+    library.pack_q4_rows.argtypes = [pointer, size, size, flag, pointer, pointer, pointer, flag]
+    library.pack_q4_rows.restype = None
     library.kernel_level.argtypes = []
     library.kernel_level.restype = ctypes.c_char_p
     library.quant_linear.restype = None
