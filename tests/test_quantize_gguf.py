@@ -148,8 +148,57 @@ def test_bad_requests_are_one_clear_line(meta_checkpoint, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_hugging_face_directory_is_refused_with_the_way_forward(tmp_path):
-    from checkpoints import save_hf
+def test_a_hugging_face_smollm2_becomes_a_gguf_that_says_paris(tmp_path):
+    """The real SmolLM2-135M-Instruct in Hugging Face layout (bf16 safetensors, its tokenizer.json with
+    digits split off: llama.cpp's "smollm") -> q8_0: the same prompt ids as the tokenizer.json (and
+    llama.cpp's, where installed), q/k rows back in Meta's order, and it still knows the capital of France."""
+    from checkpoints import smollm2_hf
 
-    directory = save_hf(hf_llama(), tmp_path / "hf")
-    assert_one_line_error(run_llmgen("quantize", directory, tmp_path / "m.gguf"), "convert_hf_to_gguf.py")
+    directory = smollm2_hf(tmp_path / "SmolLM2-135M-Instruct")
+    out = gguf_writer.write_gguf(gguf_writer.open_source(directory), tmp_path / "smollm2-q8_0.gguf", "q8_0")
+    assert GGUFFile(out).get("tokenizer.ggml.pre") == "smollm"
+    ours, reference = model_tokenizer(out), model_tokenizer(directory)
+    texts = (*PROMPTS, "  pi is 3.14159\n\n<|im_end|> done")
+    for text in texts:
+        assert ours.encode(text) == reference.encode(text)
+    prompt = ours.encode("The capital of France is")
+    assert ours.decode(greedy_ours(load_model(out).model, prompt, 3)).strip().startswith("Paris")
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, n_threads=2, verbose=False)
+    for text in texts:
+        assert llm.tokenize(text.encode(), add_bos=ours.bos_id is not None) == ours.encode(text)
+
+
+def test_a_hugging_face_llama3_keeps_its_tokenizer_and_logits(tmp_path):
+    """A LLaMA-3-shaped Hugging Face directory with LLaMA-3's tokenizer.json (llama.cpp's "llama-bpe")
+    -> f32: the directory's token ids, and llmgen on the file gives transformers' logits on the directory
+    (q and k rows put back in Meta's order as written)."""
+    import llama_cpp_vocab
+    from checkpoints import save_hf
+    from test_gguf_families import hf_tokenizer
+
+    llama_cpp_vocab.fetch()
+    tokenizer = hf_tokenizer("llama-bpe")
+    reference = hf_llama(vocab_size=128256, hidden_size=64, intermediate_size=192)
+    directory = save_hf(reference, tmp_path / "hf")
+    tokenizer.save_pretrained(directory)
+    out = gguf_writer.write_gguf(gguf_writer.open_source(directory), tmp_path / "llama3-f32.gguf", "f32")
+    assert GGUFFile(out).get("tokenizer.ggml.pre") == "llama-bpe"
+    ours = load_model(out, quantize="none").model
+    for text in PROMPTS:
+        ids = model_tokenizer(out).encode(text)
+        assert ids == tokenizer.encode(text)
+        ours.setup_cache(1, 64)
+        with torch.inference_mode():
+            torch.testing.assert_close(ours(torch.tensor([ids]), 0)[0], reference(torch.tensor([ids])).logits[0],
+                                       atol=1e-4, rtol=0)
+
+
+def test_other_architectures_are_refused_with_the_way_forward(tmp_path):
+    from checkpoints import hf_family, save_hf
+
+    directory = save_hf(hf_family("qwen2"), tmp_path / "hf")
+    assert_one_line_error(run_llmgen("quantize", directory, tmp_path / "m.gguf"), "LLaMA-architecture")

@@ -12,7 +12,8 @@ from llmgen.cli import console
 
 def quantize(
     source: str = typer.Argument(..., metavar="SRC", help="A Meta-layout directory (params.json, "
-                                 "consolidated.*.pth, tokenizer.model), a LLaMA-architecture .gguf file, or an "
+                                 "consolidated.*.pth, tokenizer.model), a Hugging Face LLaMA/Mistral directory "
+                                 "with a byte-level BPE tokenizer.json, a LLaMA-architecture .gguf file, or an "
                                  "alias `llmgen download` fetched."),
     out: Path = typer.Argument(..., metavar="OUT.gguf", help="The GGUF file to write (replaced when complete)."),
     out_type: str = typer.Option("q4_0", "--type", "-t", help="Block type of the matrices: f32, f16, bf16, "

@@ -1,10 +1,12 @@
-"""`llmgen quantize`: a LLaMA-architecture checkpoint llmgen reads -> a standard GGUF file that llama.cpp
+"""`llmgen quantize`: a LLaMA-architecture checkpoint llmgen reads (Meta's layout, a Hugging Face LLaMA or
+Mistral directory with a byte-level BPE tokenizer.json, a GGUF file) -> a standard GGUF file that llama.cpp
 runs, written one tensor at a time.
 
 The file holds what llama.cpp's convert_hf_to_gguf.py writes for a "llama" model: its tensor names, the
 hyperparameters under `llama.*`, RoPE scaling as a `rope_freqs` tensor, and the tokenizer (LLaMA-3's
-tiktoken ranks as GPT-2-style tokens and merges with the "llama-bpe" pre-tokenizer; a GGUF source's own
-tokenizer metadata as it was). q and k rows stay in Meta's order: llama.cpp's "llama" architecture turns
+tiktoken ranks as GPT-2-style tokens and merges with the "llama-bpe" pre-tokenizer; a tokenizer.json's
+vocabulary and merges with its pre-tokenizer's llama.cpp name; a GGUF source's own tokenizer metadata as
+it was). q and k rows stay in Meta's order: llama.cpp's "llama" architecture turns
 interleaved pairs, as llmgen does.
 
 Blocks are made by the `gguf` package's quantizers (llama.cpp's reference rounding, so files match
@@ -75,8 +77,150 @@ def open_source(path: Path) -> Source:
         return _meta_source(layout.directory)
     if layout.kind == "gguf":
         return _gguf_source(layout.directory)
-    raise LLMGenError(f"{layout.directory}: llmgen quantize reads Meta's layout and GGUF files; for a Hugging Face "
-                      f"directory use llama.cpp's convert_hf_to_gguf.py")
+    return _hf_source(layout.directory)
+
+
+def writable(directory: Path) -> bool:
+    """Whether open_source reads this model directory: Meta's layout, or a Hugging Face LLaMA/Mistral with a
+    byte-level BPE tokenizer.json whose pre-tokenizer llama.cpp names (checked without reading weights)."""
+    import json
+
+    from llmgen.weights.loading import detect_layout
+
+    layout = detect_layout(Path(directory))
+    if layout.kind == "meta":
+        return True
+    if layout.kind != "hf":
+        return False
+    try:
+        config = json.loads((layout.directory / "config.json").read_text(encoding="utf-8"))
+        spec = json.loads((layout.directory / "tokenizer.json").read_text(encoding="utf-8"))
+        return (config.get("model_type") in ("llama", "mistral") and spec["model"].get("type") == "BPE"
+                and _pre_tokenizer_name(spec) is not None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+# A tokenizer.json's pre-tokenizer -> llama.cpp's name for it (tokenizer.ggml.pre), for the byte-level BPE
+# vocabularies of LLaMA-architecture models: LLaMA-3's regex, SmolLM2's digits-then-GPT-2, GPT-2's.
+def _pre_tokenizer_name(spec: dict) -> str | None:
+    from llmgen.tokenizers import LLAMA3_PATTERN
+
+    pre = spec.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [p.get("type") for p in parts if isinstance(p, dict)]
+    regexes = [p.get("pattern", {}).get("Regex") for p in parts if isinstance(p, dict) and p.get("type") == "Split"]
+    if kinds == ["Split", "ByteLevel"] and regexes == [LLAMA3_PATTERN]:
+        return "llama-bpe"
+    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):
+        return "smollm"
+    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
+        return "gpt-2"
+    return None
+
+
+def _hf_source(directory: Path) -> Source:
+    """A Hugging Face LLaMA or Mistral directory: safetensors read one tensor at a time (q and k rows put
+    back in Meta's order), the byte-level BPE tokenizer.json written as llama.cpp's "gpt2" vocabulary."""
+    import json
+
+    from llmgen.weights import maps
+    from llmgen.weights.loading import _hf_weight_files, _unpermute_rope
+    from llmgen.weights.readers import read_json, read_torch
+
+    hf_config = read_json(directory / "config.json")
+    if hf_config.get("model_type") not in ("llama", "mistral"):
+        raise LLMGenError(f"{directory}: llmgen quantize writes LLaMA-architecture models (model_type llama, mistral), "
+                          f"not {hf_config.get('model_type')!r:.30}")
+    config = LlamaConfig.from_hf(hf_config)
+    tokenizer_json = directory / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        raise LLMGenError(f"{directory} has no tokenizer.json to write into the GGUF file")
+    try:
+        spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+        model = spec["model"]
+        vocab, merges = model["vocab"], model["merges"]
+        assert model.get("type") == "BPE" and isinstance(vocab, dict) and isinstance(merges, list)
+    except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+        raise LLMGenError(f"{tokenizer_json}: not a BPE tokenizer.json llmgen can write to GGUF") from None
+    pre = _pre_tokenizer_name(spec)
+    if pre is None:
+        raise LLMGenError(f"{tokenizer_json}: its pre-tokenizer is not one llmgen can name for llama.cpp "
+                          f"(LLaMA-3's, SmolLM2's or GPT-2's byte-level BPE)")
+    from llmgen.weights.loading import model_tokenizer
+
+    tokenizer = model_tokenizer(directory)
+    fields = _bpe_fields(vocab, merges, spec.get("added_tokens") or [], pre, tokenizer, config.vocab_size)
+
+    heads = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "one_head": 1}
+    tensors = []
+    for path in _hf_weight_files(directory):
+        names_shapes, read_one = _lazy_tensors(path, read_torch)
+        for name, shape in names_shapes:
+            if name == "lm_head.weight" and config.tie_embeddings:
+                continue
+            template = re.sub(r"\.\d+\.", ".{}.", name, count=1)
+            if template not in maps.HF_LLAMA:
+                if any(name.endswith(ignored) for ignored in maps.HF_LLAMA_IGNORED):
+                    continue
+                raise LLMGenError(f"{path.name}: unexpected tensor {name!r:.80}")
+            layer = re.search(r"\.(\d+)\.", name)
+            ours = maps.HF_LLAMA[template].format(layer.group(1) if layer else "")
+            permute = next((heads[count] for suffix, count in maps.HF_LLAMA_ROPE_PERMUTED.items()
+                            if name.endswith(suffix)), None)
+
+            def read(name=name, read_one=read_one, permute=permute):
+                tensor = read_one(name)
+                return tensor if permute is None else _unpermute_rope(tensor, permute)
+
+            tensors.append(SourceTensor(ours, shape, read))
+    return Source(config, tokenizer, tensors, tokenizer_fields=fields, name=directory.name)
+
+
+def _lazy_tensors(path: Path, read_torch) -> tuple[list[tuple[str, tuple[int, ...]]], Callable[[str], torch.Tensor]]:
+    """A weight file's tensor names and shapes, and a reader of one tensor: safetensors through
+    safe_open (only that tensor's bytes are read), torch files memory-mapped."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            handle = safe_open(str(path), framework="pt")
+            names = [(name, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()]
+        except (SafetensorError, OSError, ValueError) as e:
+            raise LLMGenError(f"{path.name} is not a readable safetensors file: {str(e)[:200]}") from None
+        return names, handle.get_tensor
+    state = read_torch(path)
+    return [(name, tuple(t.shape)) for name, t in state.items()], state.__getitem__
+
+
+def _bpe_fields(vocab: dict, merges: list, added: list, pre: str, tokenizer: Tokenizer, vocab_size: int
+                ) -> dict[str, object]:
+    """A byte-level BPE tokenizer.json as llama.cpp's "gpt2" vocabulary metadata: tokens by id (unused
+    padding up to the embedding's rows), added special tokens as CONTROL, the merges as "a b"."""
+    import gguf
+
+    size = max([vocab_size, *(i + 1 for i in vocab.values() if isinstance(i, int))])
+    tokens, types = [f"[PAD{i}]" for i in range(size)], [int(gguf.TokenType.UNUSED)] * size
+    for token, i in vocab.items():
+        if isinstance(i, int) and 0 <= i < size:
+            tokens[i], types[i] = token, int(gguf.TokenType.NORMAL)
+    for entry in added:
+        i = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(i, int) and 0 <= i < size and isinstance(entry.get("content"), str):
+            tokens[i] = entry["content"]
+            types[i] = int(gguf.TokenType.CONTROL if entry.get("special") else gguf.TokenType.USER_DEFINED)
+    pairs = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    fields = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
+              "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": pairs,
+              "tokenizer.ggml.add_bos_token": tokenizer.bos_id is not None}
+    bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.declared_bos_id
+    if bos is not None:
+        fields["tokenizer.ggml.bos_token_id"] = bos
+    if tokenizer.eos_id is not None:
+        fields["tokenizer.ggml.eos_token_id"] = tokenizer.eos_id
+    if tokenizer.chat_template:
+        fields["tokenizer.chat_template"] = tokenizer.chat_template
+    return fields
 
 
 def _meta_source(directory: Path) -> Source:

@@ -43,7 +43,7 @@ class LoadedModel:
     layout: str  # "meta", "hf" or "gguf"
     path: Path
     load_seconds: float
-    # --quantize int4/int8 on a Meta-layout checkpoint: the cached GGUF it ran from (quantized_cache.py),
+    # --quantize int4/int8 on a float checkpoint: the source it was quantized from (quantized_cache.py),
     # and whether this run wrote it.
     quantized_from: Path | None = None
     cache_written: bool = False
@@ -114,8 +114,9 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
     quantize "auto" keeps a GGUF file's quantized weights as stored on a CPU (on llmgen's kernels), and
     everything else as stored; "int4" also quantizes float matrices to 4 bits.
     own_kernels=False: PyTorch's int4 kernel instead of llmgen's (for torch.compile; see quantize_model).
-    cache_quantized: int4/int8 on a Meta-layout checkpoint quantize it once into a cached GGUF file and run
-    that (quantized_cache.py), instead of quantizing in memory at every load.
+    cache_quantized: int4/int8 on a Meta-layout checkpoint (or a Hugging Face LLaMA gguf_writer writes)
+    quantize it once into a cached GGUF file and run that (quantized_cache.py), instead of quantizing in
+    memory at every load.
     """
     if quantize not in QUANTIZATIONS:
         raise UsageError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
@@ -124,12 +125,14 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
         raise LLMGenError(f"--quantize {quantize} uses PyTorch's CPU kernels; use it with --device cpu")
     started = time.perf_counter()
     source, cache_written = None, False
+    from llmgen.weights.gguf_writer import writable
+
     if cache_quantized and quantize in ("int4", "int8") and on_cpu and own_kernels \
-            and detect_layout(Path(path)).kind == "meta":
+            and detect_layout(Path(path)).kind in ("meta", "hf") and writable(detect_layout(Path(path)).directory):
         from llmgen.weights.quantized_cache import quantized_copy
 
         source = detect_layout(Path(path)).directory
-        tokenizer_path = tokenizer_path or _meta_tokenizer_path(source)
+        tokenizer_path = tokenizer_path or _meta_tokenizer_path(source) or source  # the source's own tokenizer
         path, cache_written = quantized_copy(source, quantize)
         quantize = "auto"  # the cached file's blocks, kept as stored
     model, layout, stored = _load_weights(path, device, dtype, keep_quantized=on_cpu and quantize in ("auto", "int4"))

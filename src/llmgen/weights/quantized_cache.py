@@ -1,4 +1,5 @@
-"""`--quantize int4|int8` on a float checkpoint in Meta's layout: quantized once to a GGUF file under llmgen's
+"""`--quantize int4|int8` on a float checkpoint (Meta's layout, or a Hugging Face LLaMA that `llmgen quantize`
+writes): quantized once to a GGUF file under llmgen's
 data directory (weights/gguf_writer.py, streamed), then loaded from there like any GGUF, its blocks kept as
 stored on llmgen's kernels. The second run loads in seconds instead of quantizing the model again.
 
@@ -29,7 +30,8 @@ def cache_directory() -> Path:
 
 def cached_path(directory: Path, quantize: str) -> Path:
     directory = Path(directory).resolve()
-    files = sorted(p for p in directory.iterdir() if p.is_file() and (p.suffix in (".pth", ".json", ".model")))
+    files = sorted(p for p in directory.iterdir()
+                   if p.is_file() and p.suffix in (".pth", ".json", ".model", ".safetensors", ".bin"))
     identity = {"source": str(directory), "type": GGUF_TYPE[quantize], "writer": WRITER_VERSION,
                 "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
