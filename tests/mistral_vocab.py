@@ -4,11 +4,10 @@ llmgen's data directory."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
+
+from llama_cpp_vocab import pinned_download
 
 from llmgen import assets
 
@@ -22,13 +21,6 @@ def tokenizer_model() -> Path:
     target = assets.data_dir() / "test-data" / WHEEL.replace("==", "-") / "tokenizer.model.v3"
     if target.is_file():
         return target
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:", WHEEL,
-               "-d", tmp]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        (archive,) = Path(tmp).iterdir()
-        if assets.sha256_file(archive) != WHEEL_SHA256:
-            raise SystemExit(f"{archive.name} does not match its pinned sha256")
-        with zipfile.ZipFile(archive) as wheel:
-            assets.write_atomically(target, wheel.read(MEMBER))
+    with pinned_download(WHEEL, WHEEL_SHA256, "--only-binary") as archive, zipfile.ZipFile(archive) as wheel:
+        assets.write_atomically(target, wheel.read(MEMBER))
     return target

@@ -548,6 +548,13 @@ class Bf16Embedding(nn.Module):
         return F.embedding(ids, self.weight).float()
 
 
+def fused_bias(parts: list[nn.Linear]) -> torch.Tensor | None:
+    """Parts' biases (Qwen2's q, k, v) side by side, zeros for a part without one; None when none has one."""
+    if all(p.bias is None for p in parts):
+        return None
+    return torch.cat([p.bias.detach().float() if p.bias is not None else torch.zeros(p.out_features) for p in parts])
+
+
 def bf16_on_kernels(model: nn.Module, own_kernels: bool = True) -> nn.Module:
     """A LLaMA-family model whose matrices are bfloat16 (a bf16 checkpoint, memory-mapped) made to decode on
     llmgen's bf16 kernel: every linear layer a Bf16Linear over its own weights (q/k/v and gate/up fused as
@@ -559,8 +566,7 @@ def bf16_on_kernels(model: nn.Module, own_kernels: bool = True) -> nn.Module:
             parts = [getattr(module, n) for n in part_names]
             if any(not isinstance(p, nn.Linear) for p in parts):
                 continue
-            bias = None if all(p.bias is None for p in parts) else torch.cat(
-                [p.bias.detach().float() if p.bias is not None else torch.zeros(p.out_features) for p in parts])
+            bias = fused_bias(parts)
             setattr(module, fused_name, Bf16Linear([p.weight for p in parts], bias, own_kernels))
             for n in part_names:
                 setattr(module, n, None)
@@ -697,9 +703,7 @@ def quantize_model(model: nn.Module, kind: str, stored: dict[str, StoredGroups |
             parts = [getattr(module, n) for n in part_names]
             if any(p is None for p in parts) or kind != "int4":
                 continue
-            # Parts' biases (Qwen2's q, k, v) side by side; zeros for a part without one.
-            bias = None if all(p.bias is None for p in parts) else torch.cat(
-                [p.bias.detach().float() if p.bias is not None else torch.zeros(p.out_features) for p in parts])
+            bias = fused_bias(parts)
             groups = [stored_or_int4(f"{prefix}{n}", p) for n, p in zip(part_names, parts)]
             if any(g is None for g in groups):  # a part that is neither stored nor int4-shaped: no fusion
                 for n, g, p in zip(part_names, groups, parts):

@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from llmgen.cli import console
-from llmgen.cli.model_path import resolve_model
+from llmgen.cli.model_path import report_quantized_once, resolve_model
 from llmgen.cli.sampling_options import check_seed, sampling_settings, seeded_generator
 from llmgen.cli.text_input import check_utf8
 from llmgen.errors import LLMGenError
@@ -51,9 +51,7 @@ def chat(
     path, _ = resolve_model(model)
     with console.status(f"loading {model or path.name}"):
         loaded = load_model(path, dtype=dtype, quantize=quantize, cache_quantized=True)
-    if loaded.cache_written:
-        console.print_info(f"quantized {loaded.quantized_from} to --quantize {quantize} once, in "
-                           f"{loaded.load_seconds:.1f} s; later runs load {loaded.path}")
+    report_quantized_once(loaded, quantize)
     conversation = Conversation(loaded.model, loaded.tokenizer, system, on_drop=console.print_warning)
     session = _Session(conversation, settings, seeded_generator(seed), choose_decoder(loaded.model), stats)
     if sys.stdin is not None and sys.stdin.isatty():

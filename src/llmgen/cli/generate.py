@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from llmgen.cli import console
-from llmgen.cli.model_path import DEFAULT_MODEL_NAME, resolve_model
+from llmgen.cli.model_path import DEFAULT_MODEL_NAME, report_quantized_once, resolve_model
 from llmgen.cli.sampling_options import check_seed, sampling_settings, seeded_generator
 from llmgen.cli.text_input import check_utf8, read_text_argument
 from llmgen.errors import LLMGenError, UsageError
@@ -114,9 +114,7 @@ def generate(
         console.print_warning(f"--dtype {dtype}: this file's 4-bit weights stay 4-bit (their matmuls take int8 or "
                               "bfloat16 activations); add --quantize none to compute every matmul in "
                               f"{dtype}")
-    if loaded.cache_written:
-        console.print_info(f"quantized {loaded.quantized_from} to --quantize {quantize} once, in "
-                           f"{loaded.load_seconds:.1f} s; later runs load {loaded.path}")
+    report_quantized_once(loaded, quantize)
     tokenizer = loaded.tokenizer
     model_name = DEFAULT_MODEL_NAME if is_default else str(model or model_path)
     from llmgen.decode import choose_decoder

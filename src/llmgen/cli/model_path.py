@@ -59,3 +59,12 @@ def downloaded(entry) -> Path:
     if len(files) != 1:  # a split GGUF (-00001-of-0000N) or a pattern that matched nothing
         raise LLMGenError(f"{entry.alias}: expected one .gguf file in {snapshot}, found {len(files)}")
     return files[0]
+
+
+def report_quantized_once(loaded, quantize: str) -> None:
+    """Say on stderr, the first time only, that --quantize wrote a cached GGUF (weights/quantized_cache.py)."""
+    if loaded.cache_written:
+        from llmgen.cli import console
+
+        console.print_info(f"quantized {loaded.quantized_from} to --quantize {quantize} once, in "
+                           f"{loaded.load_seconds:.1f} s; later runs load {loaded.path}")

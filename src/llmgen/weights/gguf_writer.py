@@ -225,7 +225,7 @@ def _bpe_fields(vocab: dict, merges: list, added: list, pre: str, tokenizer: Tok
 
 def _meta_source(directory: Path) -> Source:
     from llmgen.weights import maps
-    from llmgen.weights.loading import _merge_model_parallel, _strip_layer
+    from llmgen.weights.loading import _merge_model_parallel, _meta_tokenizer_path, _strip_layer
     from llmgen.weights.readers import read_json, read_torch
 
     params = read_json(directory / "params.json")
@@ -236,8 +236,7 @@ def _meta_source(directory: Path) -> Source:
     for shard in shards:
         shard.pop("rope.freqs", None)
     config = LlamaConfig.from_meta(params, tie_embeddings="output.weight" not in shards[0])
-    tokenizer_path = next((p for p in (directory / "tokenizer.model", directory.parent / "tokenizer.model")
-                           if p.is_file()), None)
+    tokenizer_path = _meta_tokenizer_path(directory)
     if tokenizer_path is None:
         raise LLMGenError(f"{directory} has no tokenizer.model to write into the GGUF file")
     from llmgen.tokenizers import load_llama3

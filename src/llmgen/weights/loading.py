@@ -125,13 +125,14 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
         raise LLMGenError(f"--quantize {quantize} uses PyTorch's CPU kernels; use it with --device cpu")
     started = time.perf_counter()
     source, cache_written = None, False
-    from llmgen.weights.gguf_writer import writable
-
     if cache_quantized and quantize in ("int4", "int8") and on_cpu and own_kernels \
-            and detect_layout(Path(path)).kind in ("meta", "hf") and writable(detect_layout(Path(path)).directory):
+            and (layout := detect_layout(Path(path))).kind in ("meta", "hf"):
+        from llmgen.weights.gguf_writer import writable
+
+        source = layout.directory if writable(layout.directory) else None
+    if source is not None:
         from llmgen.weights.quantized_cache import quantized_copy
 
-        source = detect_layout(Path(path)).directory
         tokenizer_path = tokenizer_path or _meta_tokenizer_path(source) or source  # the source's own tokenizer
         path, cache_written = quantized_copy(source, quantize)
         quantize = "auto"  # the cached file's blocks, kept as stored
