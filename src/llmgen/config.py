@@ -40,16 +40,20 @@ class GPT2Config:
     n_layers: int = 12
     n_heads: int = 12
     norm_eps: float = 1e-5
+    # GPT-2's are dim // n_heads and 4 dim; a tensor-parallel shard (parallel/) has fewer heads and a
+    # narrower MLP of the same dim.
+    head_dim: int = 0
+    ffn_dim: int = 0
 
     arch = "gpt2"
 
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
     def __post_init__(self):
+        if self.ffn_dim == 0 and isinstance(self.dim, int):
+            object.__setattr__(self, "ffn_dim", 4 * self.dim)
         check_fields(self)
-        _require(self.dim % self.n_heads == 0, f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.head_dim == 0:
+            _require(self.dim % self.n_heads == 0, f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> GPT2Config:

@@ -9,6 +9,7 @@ class LLMGenError(Exception):
     """
 
     exit_code = 1
+    consequence = False  # tensor parallelism: caused by another rank's failure (parallel/group.py)
 
     def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)

@@ -46,6 +46,7 @@ def generate_ids(
     decoder: Decoder | None = None,
     on_logits: Callable[[torch.Tensor], None] | None = None,
     cached: int | None = None,
+    agree: Callable[[int], int] | None = None,
 ) -> Iterator[int]:
     """Yield sampled ids, ending after a stop id or max_new_tokens.
 
@@ -58,6 +59,8 @@ def generate_ids(
     shift, so each further step re-prefills the last `window` tokens (what crop-every-step sampling
     computes, at the cost of a prefill per token); `on_crop` is called once when cropping first happens.
     Decode steps go through `decoder`, by default the one decode.choose_decoder picks for the model.
+    agree: each sampled id passes through it before it is used; tensor parallelism gives rank 0's, so that
+    every rank goes on with the same tokens and stops at the same step (parallel/group.py).
     """
     if not prompt_ids:
         raise ValueError("the prompt has no tokens")
@@ -98,6 +101,8 @@ def generate_ids(
         if on_logits is not None:
             on_logits(logits[0])
         next_id = int(sample(logits, settings.temperature, settings.top_k, settings.top_p, generator))
+        if agree is not None:
+            next_id = agree(next_id)
         yield next_id
         tokens.append(next_id)
         if next_id in stop_ids or step == settings.max_new_tokens - 1:

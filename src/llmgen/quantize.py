@@ -213,11 +213,15 @@ class DeferredGroups:
     time, so a model's weights are never all unpacked at once."""
 
     def __init__(self, shape: tuple[int, int], kind: type, read_rows: Callable[[int, int], Int4Groups | Int8Groups],
-                 blocks: tuple[str, Callable[[int, int], torch.Tensor]] | None = None):
+                 blocks: tuple[str, Callable[[int, int], torch.Tensor]] | None = None,
+                 source: tuple[str, Callable[[int, int], torch.Tensor]] | None = None):
         self.shape, self.kind, self._read_rows = shape, kind, read_rows  # kind: Int4Groups, Int8Groups, Q6KBlocks
         # GGUF Q4_0/Q4_1 rows as stored: (block type, read_bytes(first, stop) -> (n, row bytes) uint8), which
         # the kernels' layout is made from in one pass (kernels.pack_q4_blocks); None for other types.
         self.blocks = blocks
+        # Any GGUF block type's rows as stored, the same pair: what a tensor-parallel shard of columns is cut
+        # from (parallel/shard.py); None for rows made some other way.
+        self.source = source
 
     @classmethod
     def cat(cls, parts: list[DeferredGroups]) -> DeferredGroups:

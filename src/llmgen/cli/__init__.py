@@ -13,10 +13,17 @@ from llmgen.errors import LLMGenError
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
+# The command line being run (for `generate --tp N`, which starts it again as N ranks: cli/launch.py).
+current_args: list[str] = []
+# A tensor-parallel rank's: (message, exit code, consequence) -> whether to print the line here too
+# (parallel/group.py records it for the launcher).
+error_reporter = None
+
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure becomes one line on stderr and a non-zero exit code."""
-    args = sys.argv[1:] if argv is None else list(argv)
+    global current_args
+    args = current_args = sys.argv[1:] if argv is None else list(argv)
     try:
         code = None
         if args[:1] == ["tokenize"]:
@@ -27,16 +34,20 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except LLMGenError as e:
-        _print_error(str(e))
-        sys.exit(e.exit_code)
+        _report(str(e), e.exit_code, e.consequence)
     except MemoryError:
-        _print_error("out of memory; close other programs or use a smaller or more quantized model")
-        sys.exit(1)
+        _report("out of memory; close other programs or use a smaller or more quantized model")
     except RuntimeError as e:  # torch's allocator reports a failed allocation as a RuntimeError
         if "can't allocate memory" not in str(e) and "not enough memory" not in str(e):
             raise
-        _print_error(f"out of memory ({str(e).splitlines()[0][:160]}); use a smaller or more quantized model")
-        sys.exit(1)
+        _report(f"out of memory ({str(e).splitlines()[0][:160]}); use a smaller or more quantized model")
+
+
+def _report(message: str, exit_code: int = 1, consequence: bool = False) -> None:
+    """The error line on stderr (or where a tensor-parallel rank's launcher collects it), and exit."""
+    if error_reporter is None or error_reporter(message, exit_code, consequence):
+        _print_error(message)
+    sys.exit(exit_code)
 
 
 def _run_typer(args: list[str]) -> int:

@@ -61,6 +61,9 @@ def generate(
     voice: Optional[str] = typer.Option(None, "--voice", help="Voice id, name or language code (llmgen voices)."),
     rate: Optional[int] = typer.Option(None, "--rate", help="Words per minute (default: the engine's minus 50)."),
     volume: float = typer.Option(1.0, "--volume", help="Speech volume, 0.0 to 1.0."),
+    tp: Optional[int] = typer.Option(
+        None, "--tp", help="Tensor parallelism: split the model over N processes on this machine (torch.distributed; "
+                           "gloo on CPU, nccl on CUDA), each holding 1/N of the weights. Under torchrun: its processes."),
 ) -> None:
     """Generate text from a prompt, streaming tokens as they are produced."""
     from llmgen.speech import check_target, check_volume
@@ -80,16 +83,43 @@ def generate(
             check_utf8(text, what)
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}; choose cpu, cuda or auto")
-    if batch is not None:
-        from llmgen.cli.batch import read_batch
+    from llmgen.cli.launch import launch, ranks_to_start
 
-        items, prompt_text = read_batch(batch), ""
-    else:
-        prompt_text = read_text_argument(prompt, combine_with_stdin=True)
-        if not prompt_text:
-            raise UsageError("no prompt: give PROMPT, or pipe text into stdin")
+    n_ranks, start_ranks = ranks_to_start(tp)
+    if n_ranks > 1 and compile_decode:
+        raise UsageError("--compile does not run with --tp: its graph has no place for the ranks' all-reduces")
+    if start_ranks:  # this command again, as n_ranks processes; they read stdin and write stdout
+        import llmgen.cli
+
+        raise typer.Exit(launch(n_ranks, llmgen.cli.current_args))
 
     import torch  # heavy: only once we know there is work to do
+
+    tensor_parallel = None
+    if n_ranks > 1:  # a rank of a tensor-parallel run (parallel/group.py)
+        import llmgen.cli
+        from llmgen.parallel import group
+
+        tensor_parallel = group.start("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
+                                      else "cpu")
+        llmgen.cli.error_reporter = tensor_parallel.report_error
+    if tensor_parallel is None or tensor_parallel.rank == 0:  # only rank 0 reads stdin and files
+        if batch is not None:
+            from llmgen.cli.batch import read_batch
+
+            items, prompt_text = read_batch(batch), ""
+        else:
+            prompt_text = read_text_argument(prompt, combine_with_stdin=True)
+            if not prompt_text:
+                raise UsageError("no prompt: give PROMPT, or pipe text into stdin")
+    if tensor_parallel is not None:
+        from llmgen.cli.batch import BatchItem
+
+        shared = tensor_parallel.share_json({"prompt": prompt_text if tensor_parallel.rank == 0 else None,
+                                            "items": [vars(i) for i in items] if tensor_parallel.rank == 0
+                                            and batch is not None else None})
+        prompt_text = shared["prompt"]
+        items = [BatchItem(**i) for i in shared["items"]] if batch is not None else []
 
     from llmgen.generation import TextStream, generate_ids
     from llmgen.sampling import log_probs
@@ -104,12 +134,15 @@ def generate(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise LLMGenError("--device cuda, but torch sees no CUDA device")
+    if tensor_parallel is not None:
+        device = tensor_parallel.device  # cuda:K, the rank's own GPU
 
     model_path, is_default = resolve_model(model)
     # torch.compile cannot trace into llmgen's own kernels (ctypes calls): --compile keeps PyTorch's.
     with console.status(f"loading {model or model_path.name}"):  # on a terminal only: a transient line on stderr
         loaded = load_model(model_path, device=device, dtype=dtype, quantize=quantize,
-                            tokenizer_path=tokenizer_path, own_kernels=not compile_decode, cache_quantized=True)
+                            tokenizer_path=tokenizer_path, own_kernels=not compile_decode, cache_quantized=True,
+                            tensor_parallel=tensor_parallel)
     if dtype != "auto" and quantize == "auto" and _has_int4_layers(loaded.model):
         console.print_warning(f"--dtype {dtype}: this file's 4-bit weights stay 4-bit (their matmuls take int8 or "
                               "bfloat16 activations); add --quantize none to compute every matmul in "
@@ -141,7 +174,8 @@ def generate(
     def text_stream(ids: list[int], sampling, stops, sample_generator, on_logits=None) -> TextStream:
         return TextStream(generate_ids(loaded.model, ids, sampling, stop_ids=tokenizer.stop_ids,
                                        n_valid=tokenizer.n_vocab, generator=sample_generator,
-                                       on_crop=console.print_warning, decoder=decoder, on_logits=on_logits),
+                                       on_crop=console.print_warning, decoder=decoder, on_logits=on_logits,
+                                       agree=tensor_parallel and tensor_parallel.first_rank_token),
                           tokenizer, stops)
 
     def complete(text: str, ids: list[int], sampling, stops, sample_generator) -> tuple[TextStream, dict]:
@@ -187,7 +221,9 @@ def generate(
             )
         texts.append(stream.text)
 
-    if speak or speak_to is not None:
+    if tensor_parallel is not None:
+        tensor_parallel.close()
+    if (speak or speak_to is not None) and (tensor_parallel is None or tensor_parallel.rank == 0):
         _speak("\n".join(texts), play=speak, to_file=speak_to, voice=voice, rate=rate, volume=volume)
 
 

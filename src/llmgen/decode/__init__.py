@@ -18,7 +18,7 @@ from types import ModuleType
 
 import torch
 
-from llmgen import kernels
+from llmgen import kernels, parallel
 from llmgen.models.kv_cache import DecodeWindow
 
 
@@ -75,6 +75,10 @@ def choose_decoder(model: torch.nn.Module, *, compile: bool = False) -> Decoder:
     device = next(model.parameters()).device
     if device.type != "cpu":
         return Decoder(model, "pytorch", f"the model is on {device.type}; llmgen's kernels are for CPUs")
+    if (sharded := parallel.of(model)) is not None and model.config.arch == "llama":
+        return Decoder(model, "pytorch", f"a tensor-parallel shard of {sharded.world}: llmgen's kernels run a "
+                                         "LLaMA's blocks in one call, with no place for the all-reduces between "
+                                         "them (quantized matmuls still run on them, one at a time)")
     if kernels.library() is None:
         return Decoder(model, "pytorch", kernels.unavailable_reason() or "llmgen's kernels do not run here")
     if blocker := family(model).kernel_blocker(model):

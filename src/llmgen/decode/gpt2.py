@@ -86,7 +86,7 @@ def head(model: GPT2, x: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_step(model: GPT2, plan: Plan, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    x = F.embedding(token, model.wte.weight) + F.embedding(pos, model.wpe.weight)  # (1, dim)
+    x = model.wte(token) + F.embedding(pos, model.wpe.weight)  # (1, dim); wte a module: it may be a shard (parallel/)
     for block, attention in zip(plan.blocks, plan.kernel_attention):
         y = attention(block.qkv(block.ln_1(x)), pos)  # (1, dim)
         x = x + block.attention_proj(y)
@@ -96,7 +96,7 @@ def kernel_step(model: GPT2, plan: Plan, token: torch.Tensor, pos: torch.Tensor)
 
 def pytorch_step(model: GPT2, plan: Plan, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     n_heads, head_dim = model.config.n_heads, model.config.head_dim
-    x = F.embedding(token, model.wte.weight) + F.embedding(pos, model.wpe.weight)  # (1, dim)
+    x = model.wte(token) + F.embedding(pos, model.wpe.weight)  # (1, dim); wte a module: it may be a shard (parallel/)
     for block, (keys_t, values) in zip(plan.blocks, plan.window.views):
         qkv = block.qkv(block.ln_1(x)).to(block.v_cache.dtype)  # (1, 3 dim)
         q, k, v = qkv.view(3, n_heads, head_dim)

@@ -13,26 +13,28 @@ from llmgen.models.kv_cache import KVCache, causal_attention, same_cache
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.n_heads = config.n_heads
-        self.c_attn = nn.Linear(config.dim, 3 * config.dim)  # q, k, v for all heads at once
-        self.c_proj = nn.Linear(config.dim, config.dim)
+        self.n_heads, self.head_dim = config.n_heads, config.head_dim
+        width = config.n_heads * config.head_dim  # dim, but for a tensor-parallel shard's heads
+        self.c_attn = nn.Linear(config.dim, 3 * width)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(width, config.dim)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        width = self.n_heads * self.head_dim
+        q, k, v = self.c_attn(x).split(width, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         # (B, n_heads, T, head_dim)
         k, v = self.kv_cache.update(start_pos, k, v)
         y = causal_attention(q, k, v, start_pos)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, width))
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.c_fc = nn.Linear(config.dim, 4 * config.dim)
-        self.c_proj = nn.Linear(4 * config.dim, config.dim)
+        self.c_fc = nn.Linear(config.dim, config.ffn_dim)
+        self.c_proj = nn.Linear(config.ffn_dim, config.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"

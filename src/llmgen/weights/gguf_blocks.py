@@ -196,7 +196,7 @@ def deferred_matrix(kind: str, shape: tuple[int, int], read_rows):
 
     return DeferredGroups(shape, Int4Groups if kind in FOUR_BIT else Q6KBlocks if kind == "Q6_K" else Int8Groups,
                           lambda first, stop: matrix_rows(kind, read_rows(first, stop), shape[1]),
-                          blocks=(kind, read_rows) if kind in ("Q4_0", "Q4_1") else None)
+                          blocks=(kind, read_rows) if kind in ("Q4_0", "Q4_1") else None, source=(kind, read_rows))
 
 
 class BlockEmbedding(torch.nn.Module):

@@ -21,9 +21,7 @@ an interrupted or failed run leaves nothing at the output path.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import mmap
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -36,6 +34,7 @@ import torch
 from llmgen.config import LlamaConfig
 from llmgen.errors import LLMGenError
 from llmgen.tokenizers import Tokenizer, bytes_to_unicode
+from llmgen.weights.memory import release_file_pages
 
 # --type -> the block type of the matrices; general.file_type (llama.cpp's LLAMA_FTYPE_MOSTLY_*).
 OUT_TYPES = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2),
@@ -252,7 +251,7 @@ def _meta_source(directory: Path) -> Source:
         dim = maps.META_SHARD_DIM.get(_strip_layer(name))
         return tuple(size * len(shards) if i == dim else size for i, size in enumerate(shape))
 
-    tensors = [SourceTensor(name, merged_shape(name, tensor.shape), reader(name), release=_release_mapped)
+    tensors = [SourceTensor(name, merged_shape(name, tensor.shape), reader(name), release=release_file_pages)
                for name, tensor in shards[0].items()]
     return Source(config, tokenizer, tensors, name=directory.name)
 
@@ -282,31 +281,6 @@ def _gguf_source(path: Path) -> Source:
     fields = {k: v for k, v in gguf_file.fields.items() if k.startswith("tokenizer.")}
     return Source(config, gguf_tokenizer(gguf_file), tensors, tokenizer_fields=fields,
                   name=str(gguf_file.get("general.name", path.stem)))
-
-
-def _release_mapped(tensor: torch.Tensor) -> None:
-    """Hand a memory-mapped tensor's pages back to the kernel (they are read again from the file if
-    touched): without it a streamed 16 GB checkpoint would stay resident page by page. Only for tensors
-    whose storage is a read-only file mapping (torch.load(mmap=True)), where this loses nothing."""
-    if tensor.numel() == 0 or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    page = mmap.PAGESIZE
-    start = tensor.untyped_storage().data_ptr()
-    end = start + tensor.untyped_storage().nbytes()
-    first, last = start // page * page, -(-end // page) * page
-    # Pages shared with a neighbouring tensor are file-backed too: dropping them only costs a re-read.
-    _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
-
-
-_LIBC = None
-
-
-def _libc():
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return _LIBC
 
 
 # --- what is written ------------------------------------------------------------------------------

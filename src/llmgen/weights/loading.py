@@ -18,6 +18,7 @@ import torch
 from llmgen.config import HF_LLAMA_FAMILIES, GPT2Config, LlamaConfig, ModelConfig
 from llmgen.errors import LLMGenError, UsageError
 from llmgen.models import build_model
+from llmgen.parallel.shard import Shard, build_config, local_config, shard_state
 from llmgen.quantize import QUANTIZATIONS, bf16_on_kernels, quantize_model
 from llmgen.tokenizers import MODEL_VOCABULARIES, Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
 from llmgen.weights import maps
@@ -81,10 +82,12 @@ def load_weights(path: Path, *, device: str = "cpu", dtype: str = "auto") -> tup
     return model, layout
 
 
-def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool
+def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool, shard: Shard | None = None
                   ) -> tuple[torch.nn.Module, Layout, dict[str, object]]:
     """With keep_quantized, a GGUF file's quantized matrices (and embedding) come back as stored, by
-    parameter name, and their modules stay empty (on the meta device) for quantize_model to fill."""
+    parameter name, and their modules stay empty (on the meta device) for quantize_model to fill.
+    shard: only a tensor-parallel rank's part of each weight is read (parallel/shard.py); the model's config
+    then has the rank's heads and MLP width."""
     layout = detect_layout(Path(path))
     if layout.kind == "meta":
         config, state = _read_meta(layout.directory)
@@ -93,13 +96,18 @@ def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool
         state = _rename(state, GGUF_LLAMA)
     else:
         config, state = _read_hf(layout.directory)
+    if shard is not None:
+        local = local_config(config, shard)  # refuses a split that does not come out even
+        state, config = shard_state(config, state, shard), local
+    state = {name: t.contiguous() if isinstance(t, torch.Tensor) else t for name, t in state.items()}
     stored = {name: value for name, value in state.items() if not isinstance(value, torch.Tensor)}
     tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
     target = _resolve_dtype(dtype, _stored_dtype(tensors), device)
     if layout.kind != "gguf":  # GGUF files were checked as they were read
         # Memory-mapped tensors cost nothing until converted.
         check_memory(sum(t.numel() * target.itemsize for t in tensors if t.dtype != target), layout.directory.name)
-    model = _assign(config, state)
+    model = _assign(build_config(config, state) if shard is not None else config, state)
+    model.config = config  # a rank's: its heads and MLP width, the whole vocabulary (parallel/layers.py)
     model.to(dtype=target)
     if not stored:
         model.to(device=device)
@@ -108,7 +116,7 @@ def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool
 
 def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize: str = "auto",
                tokenizer_path: Path | None = None, own_kernels: bool = True,
-               cache_quantized: bool = False) -> LoadedModel:
+               cache_quantized: bool = False, tensor_parallel=None) -> LoadedModel:
     """Weights (quantized as asked, see quantize.py) and the tokenizer that goes with them.
 
     quantize "auto" keeps a GGUF file's quantized weights as stored on a CPU (on llmgen's kernels), and
@@ -117,6 +125,8 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
     cache_quantized: int4/int8 on a Meta-layout checkpoint (or a Hugging Face LLaMA gguf_writer writes)
     quantize it once into a cached GGUF file and run that (quantized_cache.py), instead of quantizing in
     memory at every load.
+    tensor_parallel: a parallel.group.TensorParallel: load this rank's shard only, joined to the other
+    ranks' by all-reduces (parallel/); each rank quantizes its own shard in memory (no cache).
     """
     if quantize not in QUANTIZATIONS:
         raise UsageError(f"unknown quantization {quantize!r}; choose one of: {', '.join(QUANTIZATIONS)}")
@@ -125,7 +135,7 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
         raise LLMGenError(f"--quantize {quantize} uses PyTorch's CPU kernels; use it with --device cpu")
     started = time.perf_counter()
     source, cache_written = None, False
-    if cache_quantized and quantize in ("int4", "int8") and on_cpu and own_kernels \
+    if cache_quantized and quantize in ("int4", "int8") and on_cpu and own_kernels and tensor_parallel is None \
             and (layout := detect_layout(Path(path))).kind in ("meta", "hf"):
         from llmgen.weights.gguf_writer import writable
 
@@ -136,13 +146,21 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
         tokenizer_path = tokenizer_path or _meta_tokenizer_path(source) or source  # the source's own tokenizer
         path, cache_written = quantized_copy(source, quantize)
         quantize = "auto"  # the cached file's blocks, kept as stored
-    model, layout, stored = _load_weights(path, device, dtype, keep_quantized=on_cpu and quantize in ("auto", "int4"))
+    shard = None if tensor_parallel is None else tensor_parallel.shard
+    model, layout, stored = _load_weights(path, device, dtype, keep_quantized=on_cpu and quantize in ("auto", "int4"),
+                                          shard=shard)
     if quantize == "auto":
         quantize = "int4" if stored else "bf16" if _bf16_on_kernels(model, on_cpu, own_kernels) else "none"
     if quantize == "bf16":
         bf16_on_kernels(model, own_kernels)
     elif quantize != "none":
         quantize_model(model, quantize, stored, own_kernels)
+    if tensor_parallel is not None:
+        from llmgen import parallel
+        from llmgen.parallel.layers import parallelize
+
+        parallelize(model, *shard.vocab_rows(model.config.vocab_size), tensor_parallel.all_reduce)
+        parallel.mark(model, tensor_parallel)
     config = model.config
     tokenizer = tokenizer_from_path(tokenizer_path) if tokenizer_path else _tokenizer_for(layout, config)
     if tokenizer.n_vocab > config.vocab_size:
@@ -292,7 +310,7 @@ def _rename(state: dict[str, torch.Tensor], table: dict[str, str], *, transposed
             continue
         if any(name.endswith(s) for s in transposed):
             _require_matrix(name, tensor, 1)
-            tensor = tensor.t().contiguous()
+            tensor = tensor.t()  # a view: made contiguous once sharded (_load_weights), copying only a shard
         for s, n_heads in (permuted or {}).items():
             if name.endswith(s):
                 _require_rows(name, tensor, 2 * n_heads)

@@ -54,3 +54,47 @@ def return_freed_memory() -> None:
 
 
 _malloc_trim = None
+
+
+def release_file_pages(tensor) -> None:
+    """Hand the pages under a tensor that lies in a file mapping back to the kernel (a memory-mapped
+    checkpoint: they are read again from the file if touched), so that they leave this process's resident
+    set once what was needed is copied out of them. A tensor in any other memory is left alone: dropping
+    anonymous pages would lose their data."""
+    import mmap
+
+    length = tensor.numel() * tensor.element_size()
+    if length == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = tensor.data_ptr()
+    if not _in_file_mapping(start, start + length):
+        return
+    page = mmap.PAGESIZE
+    first, end = start // page * page, -(-(start + length) // page) * page
+    # Pages shared with a neighbouring tensor are in the file too: dropping them only costs a re-read.
+    _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(end - first), mmap.MADV_DONTNEED)
+
+
+def _in_file_mapping(start: int, end: int) -> bool:
+    """Whether start..end lies inside one mapping of a file (Linux's /proc/self/maps: an inode, a path)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                if low <= start and end <= high:
+                    return len(fields) >= 6 and fields[4] != "0" and fields[5].startswith("/")
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return _LIBC

@@ -1,0 +1,141 @@
+"""The ranks of a tensor-parallel run, on torch.distributed's process group.
+
+torchrun (or `llmgen generate --tp N`, which starts torchrun's own launcher: cli/launch.py) starts one
+process per rank and describes the run in its environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT. Each rank joins the default process group (gloo on CPUs, nccl on CUDA), loads its shard and
+runs the same generation loop; what must agree between ranks goes through rank 0:
+- the prompt: only rank 0 reads stdin and files (share_json);
+- each sampled token: rank 0's, broadcast (first_rank_token), so every rank takes the same path to the end;
+- output: only rank 0 writes stdout and stderr; the others' go to /dev/null.
+A rank that fails writes its one-line error where torchrun's launcher collects it (TORCHELASTIC_ERROR_FILE,
+in its JSON format), so that one line reports the run's failure (cli/launch.py, or torchrun's summary).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from llmgen.errors import LLMGenError
+from llmgen.parallel import LAUNCHED_BY_LLMGEN
+from llmgen.parallel.shard import Shard
+
+BACKEND = "LLMGEN_TP_BACKEND"  # gloo or nccl, instead of the device's default
+TIMEOUT = timedelta(minutes=30)  # a rank waits this long for the others (loading a large shard takes a while)
+
+
+class PeerLost(LLMGenError):
+    """A collective failed: another rank is gone. A consequence, not a cause: the launcher reports the
+    rank that failed first instead, when it knows."""
+
+    consequence = True
+
+
+@dataclass
+class TensorParallel:
+    shard: Shard
+    device: str  # this rank's: "cpu" or "cuda:K"
+    backend: str
+    launched_by_llmgen: bool
+
+    @property
+    def rank(self) -> int:
+        return self.shard.rank
+
+    @property
+    def world(self) -> int:
+        return self.shard.world
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over the ranks, in place; the tensor, for chaining."""
+        try:
+            dist.all_reduce(tensor)
+        except RuntimeError as e:
+            raise PeerLost(self._lost(e)) from None
+        return tensor
+
+    def first_rank_token(self, token: int) -> int:
+        """Rank 0's token, on every rank."""
+        value = torch.tensor([token], dtype=torch.int64, device=self._comm_device)
+        try:
+            dist.broadcast(value, src=0)
+        except RuntimeError as e:
+            raise PeerLost(self._lost(e)) from None
+        return int(value.item())
+
+    def share_json(self, value):
+        """Rank 0's value (anything JSON holds), on every rank: sent as UTF-8 text, not pickled."""
+        data = json.dumps(value, ensure_ascii=False).encode() if self.rank == 0 else b""
+        try:
+            size = torch.tensor([len(data)], dtype=torch.int64, device=self._comm_device)
+            dist.broadcast(size, src=0)
+            buffer = torch.zeros(int(size.item()), dtype=torch.uint8, device=self._comm_device)
+            if self.rank == 0:
+                buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            dist.broadcast(buffer, src=0)
+        except RuntimeError as e:
+            raise PeerLost(self._lost(e)) from None
+        return json.loads(bytes(buffer.cpu().numpy()).decode())
+
+    def report_error(self, message: str, exit_code: int, consequence: bool) -> bool:
+        """Record this rank's error line for the launcher; whether to print it too (rank 0 under torchrun)."""
+        path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+        if path:
+            record = {"message": message, "timestamp": int(time.time()),
+                      "llmgen": {"exit_code": exit_code, "consequence": consequence, "time": time.time()}}
+            try:
+                with open(path, "w") as f:
+                    json.dump(record, f)
+            except OSError:
+                pass
+        return self.rank == 0 and not self.launched_by_llmgen
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    @property
+    def _comm_device(self) -> str:
+        return self.device if self.backend == "nccl" else "cpu"
+
+    def _lost(self, error: RuntimeError) -> str:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return f"tensor-parallel rank {self.rank} of {self.world} lost contact with another rank ({reason[:160]})"
+
+
+def start(device: str) -> TensorParallel:
+    """Join the process group this process's environment describes (WORLD_SIZE > 1) on `device`
+    ("cpu" or "cuda"). Ranks other than 0 stop writing to stdout and stderr."""
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except (KeyError, ValueError):
+        raise LLMGenError("tensor parallelism needs RANK and WORLD_SIZE in the environment: start llmgen with "
+                          "--tp N, or under torchrun") from None
+    if not 0 <= rank < world:
+        raise LLMGenError(f"RANK {rank} is outside WORLD_SIZE {world}")
+    if device == "cuda":
+        # One GPU a rank where there are enough; ranks share a GPU otherwise (gloo only: nccl refuses).
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        device = f"cuda:{index}"
+    backend = os.environ.get(BACKEND) or ("nccl" if device.startswith("cuda") else "gloo")
+    if backend not in ("gloo", "nccl"):
+        raise LLMGenError(f"{BACKEND}={backend!r:.20}: choose gloo or nccl")
+    if rank != 0:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    try:
+        options = {"device_id": torch.device(device)} if backend == "nccl" else {}
+        dist.init_process_group(backend, timeout=TIMEOUT, **options)
+    except (RuntimeError, ValueError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise LLMGenError(f"could not join the tensor-parallel process group ({backend}): {reason[:200]}") from None
+    return TensorParallel(Shard(rank, world), device, backend, os.environ.get(LAUNCHED_BY_LLMGEN) == "1")
