@@ -100,9 +100,9 @@ def generate(
         import llmgen.cli
         from llmgen.parallel import group
 
-        tensor_parallel = group.start("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
-                                      else "cpu")
-        llmgen.cli.error_reporter = tensor_parallel.report_error
+        llmgen.cli.error_reporter = group.report_error  # from here on, errors go to the launcher
+        tensor_parallel = group.join(group.from_environment(
+            "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"))
     if tensor_parallel is None or tensor_parallel.rank == 0:  # only rank 0 reads stdin and files
         if batch is not None:
             from llmgen.cli.batch import read_batch

@@ -3,16 +3,18 @@
 torchrun (or `llmgen generate --tp N`, which starts torchrun's own launcher: cli/launch.py) starts one
 process per rank and describes the run in its environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
 MASTER_PORT. Each rank joins the default process group (gloo on CPUs, nccl on CUDA), loads its shard and
-runs the same generation loop; what must agree between ranks goes through rank 0:
+runs the same generation loop (from_environment, then join); what must agree goes through rank 0:
 - the prompt: only rank 0 reads stdin and files (share_json);
 - each sampled token: rank 0's, broadcast (first_rank_token), so every rank takes the same path to the end;
 - output: only rank 0 writes stdout and stderr; the others' go to /dev/null.
-A rank that fails writes its one-line error where torchrun's launcher collects it (TORCHELASTIC_ERROR_FILE,
-in its JSON format), so that one line reports the run's failure (cli/launch.py, or torchrun's summary).
+A rank that fails writes its one-line error where torchrun's launcher collects it (report_error:
+TORCHELASTIC_ERROR_FILE, in its JSON format), so that one line reports the run's failure (cli/launch.py,
+or torchrun's own summary).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import time
@@ -42,7 +44,6 @@ class TensorParallel:
     shard: Shard
     device: str  # this rank's: "cpu" or "cuda:K"
     backend: str
-    launched_by_llmgen: bool
 
     @property
     def rank(self) -> int:
@@ -83,22 +84,12 @@ class TensorParallel:
             raise PeerLost(self._lost(e)) from None
         return json.loads(bytes(buffer.cpu().numpy()).decode())
 
-    def report_error(self, message: str, exit_code: int, consequence: bool) -> bool:
-        """Record this rank's error line for the launcher; whether to print it too (rank 0 under torchrun)."""
-        path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-        if path:
-            record = {"message": message, "timestamp": int(time.time()),
-                      "llmgen": {"exit_code": exit_code, "consequence": consequence, "time": time.time()}}
-            try:
-                with open(path, "w") as f:
-                    json.dump(record, f)
-            except OSError:
-                pass
-        return self.rank == 0 and not self.launched_by_llmgen
-
     def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except RuntimeError:
+            pass
 
     @property
     def _comm_device(self) -> str:
@@ -109,33 +100,69 @@ class TensorParallel:
         return f"tensor-parallel rank {self.rank} of {self.world} lost contact with another rank ({reason[:160]})"
 
 
-def start(device: str) -> TensorParallel:
-    """Join the process group this process's environment describes (WORLD_SIZE > 1) on `device`
-    ("cpu" or "cuda"). Ranks other than 0 stop writing to stdout and stderr."""
+def report_error(message: str, exit_code: int, consequence: bool) -> bool:
+    """Record a rank's error line where torchrun's launcher collects it (its JSON error file), so that the
+    launcher can print the run's first cause; whether to print it here too (rank 0 under a plain torchrun).
+    Reads only the environment: it works before the rank has joined, or when joining failed."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        record = {"message": message, "timestamp": int(time.time()),
+                  "llmgen": {"exit_code": exit_code, "consequence": consequence, "time": time.time()}}
+        try:
+            with open(path, "w") as f:
+                json.dump(record, f)
+        except OSError:
+            pass
+    return os.environ.get("RANK", "0") == "0" and os.environ.get(LAUNCHED_BY_LLMGEN) != "1"
+
+
+def from_environment(device: str) -> TensorParallel:
+    """This process's rank, as the environment describes it (WORLD_SIZE > 1), on `device` ("cpu" or
+    "cuda"), before it joins the others (join). Ranks other than 0 stop writing to stdout and stderr."""
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     except (KeyError, ValueError):
         raise LLMGenError("tensor parallelism needs RANK and WORLD_SIZE in the environment: start llmgen with "
                           "--tp N, or under torchrun") from None
     if not 0 <= rank < world:
         raise LLMGenError(f"RANK {rank} is outside WORLD_SIZE {world}")
-    if device == "cuda":
-        # One GPU a rank where there are enough; ranks share a GPU otherwise (gloo only: nccl refuses).
-        index = local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        device = f"cuda:{index}"
-    backend = os.environ.get(BACKEND) or ("nccl" if device.startswith("cuda") else "gloo")
-    if backend not in ("gloo", "nccl"):
-        raise LLMGenError(f"{BACKEND}={backend!r:.20}: choose gloo or nccl")
     if rank != 0:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
+    backend = os.environ.get(BACKEND) or ("nccl" if device == "cuda" else "gloo")
+    tensor_parallel = TensorParallel(Shard(rank, world), device, backend)
+    if backend not in ("gloo", "nccl"):
+        raise LLMGenError(f"{BACKEND}={backend!r:.20}: choose gloo or nccl")
+    if device == "cuda":
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise LLMGenError("--device cuda, but torch sees no CUDA device")
+        if backend == "nccl" and local_world > gpus:
+            raise LLMGenError(f"{local_world} ranks on this machine need {local_world} GPUs for nccl (one each), "
+                              f"but it has {gpus}; use fewer ranks, or {BACKEND}=gloo to share them")
+        tensor_parallel.device = f"cuda:{local_rank % gpus}"  # with gloo, ranks may share a GPU
+        torch.cuda.set_device(tensor_parallel.device)
+    return tensor_parallel
+
+
+def join(tensor_parallel: TensorParallel) -> TensorParallel:
+    """Join the default process group with the other ranks (torchrun's MASTER_ADDR and MASTER_PORT)."""
     try:
-        options = {"device_id": torch.device(device)} if backend == "nccl" else {}
-        dist.init_process_group(backend, timeout=TIMEOUT, **options)
+        options = {"device_id": torch.device(tensor_parallel.device)} if tensor_parallel.backend == "nccl" else {}
+        dist.init_process_group(tensor_parallel.backend, timeout=TIMEOUT, **options)
     except (RuntimeError, ValueError) as e:
+        tensor_parallel.close()
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise LLMGenError(f"could not join the tensor-parallel process group ({backend}): {reason[:200]}") from None
-    return TensorParallel(Shard(rank, world), device, backend, os.environ.get(LAUNCHED_BY_LLMGEN) == "1")
+        raise LLMGenError(f"could not join the tensor-parallel process group ({tensor_parallel.backend}): "
+                          f"{reason[:200]}") from None
+    if tensor_parallel.backend == "gloo":  # local to each rank, so safe on the way out of any failure
+        atexit.register(tensor_parallel.close)
+    return tensor_parallel
+
+
+def start(device: str) -> TensorParallel:
+    """from_environment and join, for callers with no error routing of their own (tests/tp_worker.py)."""
+    return join(from_environment(device))
