@@ -164,17 +164,20 @@ def test_llama_like_families_quantized_decode_equals_their_forward(tmp_path, fam
                 assert (part.norm(dim=-1) - expected.norm(dim=-1)).abs().max() < 0.15 * expected.norm(dim=-1).min()
 
 
-def test_phi3_longrope_matches_reference_within_its_original_window(tmp_path):
+@pytest.mark.parametrize("partial", [1.0, 0.5])
+def test_phi3_longrope_matches_reference_within_its_original_window(tmp_path, partial):
     """Phi-3.5's long-context RoPE: frequencies divided by short_factor, rotations scaled by its attention
-    factor; the context stops at the original window, beyond which the long factors would apply."""
-    head_pairs = 8  # head_dim 16 / 2
+    factor; the context stops at the original window, beyond which the long factors would apply. With
+    Phi-4-mini's partial RoPE the factors cover the pairs that turn, and the scale only them."""
+    head_pairs = int(8 * partial)  # head_dim 16 / 2, of which this part turns
     rope = {"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(head_pairs)],
             "long_factor": [2.0 + i for i in range(head_pairs)], "original_max_position_embeddings": 64,
-            "rope_theta": 10000.0}
+            "rope_theta": 10000.0, "partial_rotary_factor": partial}
     reference = hf_family("phi3", max_position_embeddings=256, original_max_position_embeddings=64,
-                          rope_parameters=rope, rope_scaling=rope)
+                          rope_parameters=rope, rope_scaling=rope, partial_rotary_factor=partial)
     model, _ = load_weights(save_hf(reference, tmp_path))
     assert model.config.context_length == 64 and model.config.rope_attention_factor > 1
+    assert model.config.rotary_dim == 2 * head_pairs
     ids = tokens(reference.config.vocab_size, n=40)
     torch.testing.assert_close(our_logits(model, ids), reference_logits(reference, ids), atol=ATOL, rtol=0)
 

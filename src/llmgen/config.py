@@ -13,7 +13,7 @@ from llmgen.errors import LLMGenError
 # built or allocated from its numbers.
 INT_RANGES = {
     "vocab_size": (1, 1 << 22), "context_length": (1, 1 << 24), "dim": (1, 1 << 16), "n_layers": (1, 1024),
-    "n_heads": (1, 1024), "n_kv_heads": (1, 1024), "ffn_dim": (1, 1 << 20), "head_dim": (0, 4096),
+    "n_heads": (1, 1024), "n_kv_heads": (1, 1024), "ffn_dim": (1, 1 << 20), "head_dim": (0, 4096), "rotary_dim": (0, 4096),
     "original_context_length": (1, 1 << 24),
 }
 POSITIVE_FLOATS = {"norm_eps", "rope_theta", "factor", "low_freq_factor", "high_freq_factor"}
@@ -115,6 +115,9 @@ class LlamaConfig:
     sliding_window: int = 0  # 0: no local layers
     local_layers: tuple[bool, ...] = ()  # per layer, whether it is local (empty: none)
     local_rope_theta: float = 10000.0
+    # Phi-4-mini's partial RoPE: only each head's first rotary_dim dimensions turn, the rest pass through;
+    # 0: all of head_dim.
+    rotary_dim: int = 0
 
     arch = "llama"
 
@@ -126,6 +129,10 @@ class LlamaConfig:
         _require(self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0,
                  f"n_kv_heads {self.n_kv_heads} does not divide n_heads {self.n_heads}")
         _require(self.head_dim % 2 == 0, f"head_dim {self.head_dim} must be even for RoPE")
+        if self.rotary_dim == 0:
+            object.__setattr__(self, "rotary_dim", self.head_dim)
+        _require(self.rotary_dim % 2 == 0 and self.rotary_dim <= self.head_dim,
+                 f"rotary_dim {self.rotary_dim} must be even and at most head_dim {self.head_dim}")
         _require(self.activation in ("silu", "gelu_tanh"), f"activation {self.activation!r:.30} is not supported")
         _require(not self.local_layers or (len(self.local_layers) == self.n_layers and self.sliding_window > 0),
                  "local layers need a sliding window and one flag per layer")
@@ -135,8 +142,8 @@ class LlamaConfig:
                      f"config value {name} must be a finite number >= 0, got {value!r:.40}")
         if self.rope_freq_factors is not None:
             factors = self.rope_freq_factors
-            _require(len(factors) == self.head_dim // 2 and all(math.isfinite(f) and f > 0 for f in factors),
-                     f"rope frequency factors must be {self.head_dim // 2} positive numbers, got {len(factors)}")
+            _require(len(factors) == self.rotary_dim // 2 and all(math.isfinite(f) and f > 0 for f in factors),
+                     f"rope frequency factors must be {self.rotary_dim // 2} positive numbers, got {len(factors)}")
 
     @classmethod
     def from_meta(cls, params: dict[str, Any], *, tie_embeddings: bool) -> LlamaConfig:
@@ -181,8 +188,8 @@ class LlamaConfig:
         # transformers 5 moves rope_theta and rope_scaling into rope_parameters.
         rope = _object(config, "rope_parameters") or _object(config, "rope_scaling")
         partial = config.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
-        if partial != 1.0:
-            raise LLMGenError(f"config.json: partial_rotary_factor {partial!r:.20} is not supported (RoPE on whole heads)")
+        if not isinstance(partial, (int, float)) or isinstance(partial, bool) or not 0 < partial <= 1:
+            raise LLMGenError(f"config.json: partial_rotary_factor must be a number in (0, 1], got {partial!r:.20}")
         context = _positive_int(config, "max_position_embeddings", 8192)
         window = config.get("sliding_window")
         windowed = model_type in ("mistral", "phi3") or config.get("use_sliding_window") is True
@@ -215,6 +222,10 @@ class LlamaConfig:
         elif rope_type not in ("default", None):
             raise LLMGenError(f"config.json: rope type {rope_type!r} is not supported (default, llama3, longrope)")
         n_heads = _get(config, "num_attention_heads")
+        head_dim = _positive_int(config, "head_dim", _get(config, "hidden_size") // n_heads)
+        rotary_dim = int(head_dim * partial)  # as transformers computes it
+        if rotary_dim < 2:
+            raise LLMGenError(f"config.json: partial_rotary_factor {partial} leaves no pair of dimensions to turn")
         return cls(
             vocab_size=_get(config, "vocab_size"),
             dim=_get(config, "hidden_size"),
@@ -232,6 +243,7 @@ class LlamaConfig:
             qk_norm=model_type == "qwen3",
             rope_freq_factors=factors,
             rope_attention_factor=float(attention_factor),
+            rotary_dim=rotary_dim,
         )
 
 

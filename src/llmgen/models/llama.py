@@ -45,10 +45,20 @@ class RMSNorm(nn.Module):
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None,
-                     factors: tuple[float, ...] | None = None) -> torch.Tensor:
+                     factors: tuple[float, ...] | None = None, rotary_dim: int | None = None) -> torch.Tensor:
     """(head_dim / 2,) rotation frequencies, with Llama 3.1's scaling of the low frequencies: from its
-    parameters, or as precomputed divisors (a GGUF's rope_freqs, which llama.cpp divides by)."""
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    parameters, or as precomputed divisors (a GGUF's rope_freqs, which llama.cpp divides by).
+
+    Partial RoPE (rotary_dim < head_dim): the first rotary_dim / 2 pairs turn at rotary_dim's frequencies,
+    the rest at frequency 0, a rotation by nothing: they pass through."""
+    rotary_dim = rotary_dim or head_dim
+    freqs = _turning_frequencies(rotary_dim, theta, scaling, factors)
+    return torch.cat((freqs, freqs.new_zeros((head_dim - rotary_dim) // 2)))
+
+
+def _turning_frequencies(rotary_dim: int, theta: float, scaling: RopeScaling | None,
+                         factors: tuple[float, ...] | None) -> torch.Tensor:
+    freqs = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim))
     if factors is not None:
         return (freqs / torch.tensor(factors, dtype=torch.float64)).float()
     if scaling is None:
@@ -193,9 +203,10 @@ class Llama(nn.Module):
             layer.attention.kv_cache = KVCache(batch_size, self.config.n_kv_heads, max_len, self.config.head_dim,
                                                weight.dtype, weight.device)
         freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling,
-                                 self.config.rope_freq_factors)
+                                 self.config.rope_freq_factors, self.config.rotary_dim)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)  # (max_len, head_dim / 2)
-        magnitude = torch.full_like(angles, self.config.rope_attention_factor)  # 1 but for Phi-3's longrope
+        magnitude = torch.ones_like(angles)  # 1 but for Phi-3's longrope, on the pairs that turn
+        magnitude[:, :self.config.rotary_dim // 2] = self.config.rope_attention_factor
         rotations = torch.polar(magnitude, angles).to(weight.device)  # complex64
         self.register_buffer("rope_rotations", rotations, persistent=False)
         if self.config.local_layers:  # Gemma's local layers turn by their own base, unscaled

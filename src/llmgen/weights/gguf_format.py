@@ -393,7 +393,7 @@ def read_llama_gguf(path: Path, keep_quantized: bool = False
         for part_name, part in _unfused(name, tensor, config, arch):
             state[part_name] = part
             if arch in ROPE_ON_HALVES and (heads := _rotated_heads(part_name, config)) is not None:
-                state[part_name] = rows_in_interleaved_order(part, heads)
+                state[part_name] = rows_in_interleaved_order(part, heads, config.rotary_dim)
     return config, state, gguf_file
 
 
@@ -425,7 +425,8 @@ def gguf_llama_config(gguf_file: GGUFFile) -> LlamaConfig:
     scaling = gguf_file.typed(f"{arch}.rope.scaling.type", str, "none")
     if rope_factors is None and scaling == "linear":  # positions divided by the factor (Gemma 3: global layers)
         factor = gguf_file.require(f"{arch}.rope.scaling.factor", float)
-        rope_factors = (float(factor),) * ((head_dim or dim // max(n_heads, 1)) // 2)
+        turned = gguf_file.typed(f"{arch}.rope.dimension_count", int) or head_dim or dim // max(n_heads, 1)
+        rope_factors = (float(factor),) * (turned // 2)
     tokens = gguf_file.typed("tokenizer.ggml.tokens", list)
     family = _gemma3_fields(gguf_file, n_layers, dim, n_heads, head_dim, window) if arch == "gemma3" else {}
     config = LlamaConfig(  # LlamaConfig checks every value's range
@@ -444,6 +445,7 @@ def gguf_llama_config(gguf_file: GGUFFile) -> LlamaConfig:
         head_dim=head_dim,
         qkv_bias="blk.0.attn_q.bias" in names,
         qk_norm="blk.0.attn_q_norm.weight" in names,
+        rotary_dim=gguf_file.typed(f"{arch}.rope.dimension_count", int) or 0,  # Phi-4-mini: part of each head
         **family,
     )
     return config
@@ -512,16 +514,19 @@ def _rotated_heads(name: str, config: LlamaConfig) -> int | None:
     return None
 
 
-def rows_in_interleaved_order(tensor, n_heads: int):
+def rows_in_interleaved_order(tensor, n_heads: int, rotary_dim: int):
     """Rows of q or k (n_heads, 2, head_dim / 2) for RoPE on halves -> (n_heads, head_dim / 2, 2) for RoPE
     on interleaved pairs: a float tensor (weight or vector), or quantized rows as stored (DeferredGroups),
-    whose rows are reordered whole, blocks and all."""
+    whose rows are reordered whole, blocks and all. With partial RoPE, only each head's first rotary_dim
+    rows (rope.dimension_count)."""
     from llmgen.quantize import select_rows
 
     rows = tensor.shape[0]
-    if rows % (2 * n_heads):
+    if rows % (2 * n_heads) or rotary_dim > rows // n_heads:
         raise LLMGenError(f"a q/k tensor of {rows} rows does not split into {n_heads} heads of pairs")
-    order = torch.arange(rows).view(n_heads, 2, rows // n_heads // 2).transpose(1, 2).reshape(-1)
+    heads = torch.arange(rows).view(n_heads, rows // n_heads)
+    turned = heads[:, :rotary_dim].reshape(n_heads, 2, rotary_dim // 2).transpose(1, 2).reshape(n_heads, -1)
+    order = torch.cat((turned, heads[:, rotary_dim:]), dim=1).reshape(-1)
     if isinstance(tensor, torch.Tensor):
         return tensor[order].contiguous()
     whole = tensor  # DeferredGroups: q and k are small enough to read whole, then reorder

@@ -456,7 +456,7 @@ def _add_hyperparameters(writer, source: Source, out_type: str) -> None:
     writer.add_feed_forward_length(config.ffn_dim)
     writer.add_head_count(config.n_heads)
     writer.add_head_count_kv(config.n_kv_heads)
-    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_dimension_count(config.rotary_dim)
     if config.head_dim * config.n_heads != config.dim:
         writer.add_key_length(config.head_dim)
         writer.add_value_length(config.head_dim)

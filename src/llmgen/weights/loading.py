@@ -256,7 +256,7 @@ def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             # Gemma's RMSNorm scales by (1 + weight): stored here as the weight llmgen's RMSNorm multiplies by.
             state = {k: v.float() + 1 if "norm" in k.rsplit(".", 2)[-2] else v for k, v in state.items()}
             return config, _rename(state, maps.HF_GEMMA3, permuted=permuted, ignored=ignored)
-        return config, _rename(state, maps.HF_LLAMA, permuted=permuted, ignored=ignored)
+        return config, _rename(state, maps.HF_LLAMA, permuted=permuted, ignored=ignored, rotary_dim=config.rotary_dim)
     raise LLMGenError(f"{directory / 'config.json'}: model_type {model_type!r:.40} is not supported "
                       f"(gpt2, {', '.join(HF_LLAMA_FAMILIES)})")
 
@@ -297,7 +297,8 @@ def _hf_weight_files(directory: Path) -> list[Path]:
 
 
 def _rename(state: dict[str, torch.Tensor], table: dict[str, str], *, transposed=frozenset(),
-            permuted: dict[str, int] | None = None, ignored=frozenset()) -> dict[str, torch.Tensor]:
+            permuted: dict[str, int] | None = None, ignored=frozenset(), rotary_dim: int | None = None
+            ) -> dict[str, torch.Tensor]:
     """Checkpoint names -> ours through a template table; reshape what the maps say must be reshaped."""
     renamed, unexpected = {}, []
     for name, tensor in state.items():
@@ -314,7 +315,7 @@ def _rename(state: dict[str, torch.Tensor], table: dict[str, str], *, transposed
         for s, n_heads in (permuted or {}).items():
             if name.endswith(s):
                 _require_rows(name, tensor, 2 * n_heads)
-                tensor = _unpermute_rope(tensor, n_heads)
+                tensor = _unpermute_rope(tensor, n_heads, rotary_dim)
         renamed[table[template].format(layer.group(1) if layer else "")] = tensor
     if unexpected:
         raise LLMGenError(_names_error("has unexpected tensor", unexpected))
@@ -340,13 +341,20 @@ def _names_error(what: str, names: list[str]) -> str:
     return f"the checkpoint {what} {names[0]!r}{more}"
 
 
-def _unpermute_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+def _unpermute_rope(weight: torch.Tensor, n_heads: int, rotary_dim: int | None = None) -> torch.Tensor:
     """HF's q/k rows (n_heads, 2, head_dim/2, dim) -> Meta's interleaved (n_heads, head_dim/2, 2, dim);
-    a vector (bias, norm weight) as a matrix of one column."""
+    a vector (bias, norm weight) as a matrix of one column. With partial RoPE only each head's first
+    rotary_dim rows are in halves; the rows after them pass through, and stay."""
     if weight.dim() == 1:
-        return _unpermute_rope(weight[:, None], n_heads)[:, 0].contiguous()
+        return _unpermute_rope(weight[:, None], n_heads, rotary_dim)[:, 0].contiguous()
     rows, cols = weight.shape
-    return weight.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+    head_dim = rows // n_heads
+    rotary_dim = rotary_dim or head_dim
+    if rotary_dim == head_dim:
+        return weight.view(n_heads, 2, head_dim // 2, cols).transpose(1, 2).reshape(rows, cols)
+    heads = weight.view(n_heads, head_dim, cols)
+    turned = heads[:, :rotary_dim].reshape(n_heads, 2, rotary_dim // 2, cols).transpose(1, 2)
+    return torch.cat((turned.reshape(n_heads, rotary_dim, cols), heads[:, rotary_dim:]), dim=1).reshape(rows, cols)
 
 
 # --- into the module ---------------------------------------------------------------------------------
