@@ -60,6 +60,11 @@ HF_FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 24}),  # head_dim * heads != hidden_size
     # Phi-4-mini's partial RoPE: 3/4 of each head turns, the rest passes through.
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": None, "pad_token_id": 0, "partial_rotary_factor": 0.75}),
+    # Sliding windows of 8 (40-token prompts cross them): Mistral's on every layer, Qwen2's from
+    # max_window_layers on.
+    "mistral-swa": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 8}),
+    "qwen2-swa": ("Qwen2Config", "Qwen2ForCausalLM", {"use_sliding_window": True, "sliding_window": 8,
+                                                      "max_window_layers": 1}),
     # Local layers with a window of 8 (so prompts of 40 tokens cross it) around a global one.
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
         "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],

@@ -96,7 +96,8 @@ def test_llama_like_families_match_reference(tmp_path, family):
     layout: logits and greedy ids equal transformers' on the same weights."""
     reference = hf_family(family)
     model, found = load_weights(save_hf(reference, tmp_path))
-    assert found.kind == "hf" and model.config.qkv_bias == (family == "qwen2")
+    assert found.kind == "hf" and model.config.qkv_bias == family.startswith("qwen2")
+    assert bool(model.config.local_layers) == (family in ("mistral-swa", "qwen2-swa", "gemma3"))
     assert model.config.qk_norm == (family in ("qwen3", "gemma3"))
     ids = tokens(reference.config.vocab_size, n=40)
     torch.testing.assert_close(our_logits(model, ids), reference_logits(reference, ids), atol=ATOL, rtol=0)
@@ -182,10 +183,20 @@ def test_phi3_longrope_matches_reference_within_its_original_window(tmp_path, pa
     torch.testing.assert_close(our_logits(model, ids), reference_logits(reference, ids), atol=ATOL, rtol=0)
 
 
-def test_a_sliding_window_caps_the_context(tmp_path):
-    reference = hf_family("mistral", sliding_window=64)
-    model, _ = load_weights(save_hf(reference, tmp_path))
-    assert model.config.context_length == 64
+def test_sliding_windows_are_read_as_transformers_reads_them():
+    """(The -swa families above run windows against transformers.) Qwen2.5's config.json names a window
+    but turns it off; a window as long as the context is none; Mistral's covers every layer and leaves
+    the context whole."""
+    from llmgen.config import LlamaConfig
+
+    base = {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "max_position_embeddings": 4096}
+    qwen = LlamaConfig.from_hf({**base, "model_type": "qwen2", "sliding_window": 4096, "use_sliding_window": False})
+    assert (qwen.sliding_window, qwen.local_layers) == (0, ())
+    long = LlamaConfig.from_hf({**base, "model_type": "mistral", "sliding_window": 4096})
+    assert (long.sliding_window, long.local_layers) == (0, ())
+    mistral = LlamaConfig.from_hf({**base, "model_type": "mistral", "sliding_window": 1024})
+    assert (mistral.sliding_window, mistral.local_layers, mistral.context_length) == (1024, (True,) * 3, 4096)
 
 
 def test_rope_scaling_changes_the_output(tmp_path):

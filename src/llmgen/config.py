@@ -114,7 +114,7 @@ class LlamaConfig:
     attention_scale: float = 0.0  # 0: head_dim ** -0.5
     sliding_window: int = 0  # 0: no local layers
     local_layers: tuple[bool, ...] = ()  # per layer, whether it is local (empty: none)
-    local_rope_theta: float = 10000.0
+    local_rope_theta: float = 0.0  # Gemma's local layers' own base (unscaled); 0: they turn as global ones do
     # Phi-4-mini's partial RoPE: only each head's first rotary_dim dimensions turn, the rest pass through;
     # 0: all of head_dim.
     rotary_dim: int = 0
@@ -174,9 +174,10 @@ class LlamaConfig:
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> LlamaConfig:
         """config.json of LlamaForCausalLM and the families that are LLaMA with small differences:
-        MistralForCausalLM (LLaMA's math; a sliding window caps the context here), Qwen2ForCausalLM (q/k/v
-        bias), Qwen3ForCausalLM (q/k RMSNorm) and Phi3ForCausalLM (q/k/v and gate/up fused in the
-        checkpoint, split as read; longrope RoPE)."""
+        MistralForCausalLM (LLaMA's math; a sliding window on every layer), Qwen2ForCausalLM (q/k/v bias;
+        a window on the upper layers when use_sliding_window), Qwen3ForCausalLM (q/k RMSNorm) and
+        Phi3ForCausalLM (q/k/v and gate/up fused in the checkpoint, split as read; longrope and partial
+        RoPE; a sliding window)."""
         model_type = config.get("model_type", "llama")
         if model_type == "gemma3_text":
             return cls._from_gemma3(config)
@@ -191,10 +192,7 @@ class LlamaConfig:
         if not isinstance(partial, (int, float)) or isinstance(partial, bool) or not 0 < partial <= 1:
             raise LLMGenError(f"config.json: partial_rotary_factor must be a number in (0, 1], got {partial!r:.20}")
         context = _positive_int(config, "max_position_embeddings", 8192)
-        window = config.get("sliding_window")
-        windowed = model_type in ("mistral", "phi3") or config.get("use_sliding_window") is True
-        if windowed and window is not None:
-            context = min(context, _positive_int(config, "sliding_window", 0))  # attention within the window
+        window, local_layers = _sliding_window(config, model_type)
         rope_theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         scaling, factors, attention_factor = None, None, 1.0
@@ -244,6 +242,8 @@ class LlamaConfig:
             rope_freq_factors=factors,
             rope_attention_factor=float(attention_factor),
             rotary_dim=rotary_dim,
+            sliding_window=window if local_layers else 0,
+            local_layers=local_layers,
         )
 
 
@@ -289,6 +289,30 @@ class LlamaConfig:
             sliding_window=_get(config, "sliding_window"),
             local_layers=tuple(t == "sliding_attention" for t in layer_types), local_rope_theta=local_theta,
         )
+
+
+def _sliding_window(config: dict[str, Any], model_type: str) -> tuple[int, tuple[bool, ...]]:
+    """(window, which layers attend only to the last `window` positions) as transformers reads them:
+    Mistral's and Phi-3's sliding_window applies to every layer; Qwen2/3's only with use_sliding_window, to
+    the layers from max_window_layers on; a layer_types list, where config.json has one, says it per layer.
+    No window, or one as long as the context: (0, ())."""
+    if config.get("sliding_window") is None or not (
+            model_type in ("mistral", "phi3") or config.get("use_sliding_window") is True):
+        return 0, ()
+    window = _get(config, "sliding_window")
+    n_layers = _get(config, "num_hidden_layers")
+    layer_types = config.get("layer_types")
+    if isinstance(layer_types, list) and len(layer_types) == n_layers:
+        local = tuple(t == "sliding_attention" for t in layer_types)
+    elif model_type in ("qwen2", "qwen3"):
+        first = config.get("max_window_layers", 0)
+        first = first if isinstance(first, int) and not isinstance(first, bool) else 0
+        local = tuple(i >= first for i in range(n_layers))
+    else:
+        local = (True,) * n_layers
+    if window >= _positive_int(config, "max_position_embeddings", 8192) or not any(local):
+        return 0, ()
+    return window, local
 
 
 # Hugging Face model types that LlamaConfig.from_hf reads (model/llama.py runs them all).

@@ -209,11 +209,13 @@ class Llama(nn.Module):
         magnitude[:, :self.config.rotary_dim // 2] = self.config.rope_attention_factor
         rotations = torch.polar(magnitude, angles).to(weight.device)  # complex64
         self.register_buffer("rope_rotations", rotations, persistent=False)
-        if self.config.local_layers:  # Gemma's local layers turn by their own base, unscaled
+        if self.config.local_layers and self.config.local_rope_theta:  # Gemma's: their own base, unscaled
             local_freqs = rope_frequencies(self.config.head_dim, self.config.local_rope_theta, None)
             local_angles = torch.outer(torch.arange(max_len, dtype=torch.float32), local_freqs)
             self.register_buffer("local_rope_rotations", torch.polar(torch.ones_like(local_angles), local_angles)
                                  .to(weight.device), persistent=False)
+        elif self.config.local_layers:  # Mistral's, Phi-3's: the same turns as every layer's
+            self.register_buffer("local_rope_rotations", rotations, persistent=False)
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
         """tokens: (B, T) at positions start_pos.. -> logits (B, T, vocab), or (B, 1, vocab) with last_only."""

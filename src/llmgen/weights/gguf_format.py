@@ -416,7 +416,9 @@ def gguf_llama_config(gguf_file: GGUFFile) -> LlamaConfig:
     if ROPE_FACTORS_SHORT in names:  # Phi-3 longrope: see ROPE_FACTORS_SHORT
         context = min(context, gguf_file.require(f"{arch}.rope.scaling.original_context_length", int))
     window = gguf_file.typed(f"{arch}.attention.sliding_window", int) or 0
-    if window and arch != "gemma3":  # every layer attends within the window: the context stops there
+    if window and arch != "gemma3":
+        # Phi-3's: llama.cpp turns its sliding window off (its converters do not say which layers use it),
+        # transformers keeps it on every layer. Within the window both agree: the context stops there.
         context = min(context, window)
     n_heads = gguf_file.require(f"{arch}.attention.head_count", int)
     n_layers = gguf_file.require(f"{arch}.block_count", int)
