@@ -31,6 +31,11 @@ VOCABS = ("llama-bpe", "gpt-2", "qwen2", "qwen35", "starcoder", "refact", "phi-3
 # the SentencePiece model Gemma 3 ships (gemma_sentencepiece_model) it stands in for Gemma 3's.
 STAND_INS = ("gemma-4",)
 SEPARATOR = "\n__ggml_vocab_test__\n"
+# Real chat templates, as the models' tokenizer_config.json ship them (llama.cpp keeps copies in
+# models/templates/ for its own template tests): Llama 3.1's, Qwen2.5's, Qwen3's, Phi-3.5's, and Mistral
+# Nemo's (Mistral's [INST] format; v0.3's own is not offline).
+TEMPLATES = ("meta-llama-Llama-3.1-8B-Instruct", "Qwen-Qwen2.5-7B-Instruct", "Qwen-Qwen3-0.6B",
+             "microsoft-Phi-3.5-mini-instruct", "mistralai-Mistral-Nemo-Instruct-2407")
 
 
 def directory() -> Path:
@@ -38,7 +43,13 @@ def directory() -> Path:
 
 
 def members() -> list[str]:
-    return [f"ggml-vocab-{name}.gguf{suffix}" for name in VOCABS + STAND_INS for suffix in ("", ".inp", ".out")]
+    return [f"ggml-vocab-{name}.gguf{suffix}" for name in VOCABS + STAND_INS for suffix in ("", ".inp", ".out")] + [
+        f"templates/{name}.jinja" for name in TEMPLATES]
+
+
+def chat_template(name: str) -> str:
+    """A real chat template (TEMPLATES) as its model ships it."""
+    return (directory() / "templates" / f"{name}.jinja").read_text(encoding="utf-8")
 
 
 def vocab_path(name: str) -> Path:

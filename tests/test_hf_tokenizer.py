@@ -28,7 +28,14 @@ def hf_directory(name, tmp_path_factory):
 
         source = llama_cpp_vocab.vocab_path(name)
         directory = tmp_path_factory.mktemp(name)
-        if name == "gemma-4":  # transformers reads no gemma4 GGUF vocabulary: its SentencePiece rebuild
+        if name == "mistral-v3":  # Mistral's own SentencePiece model (mistral_vocab.py), as v0.3 ships it
+            import mistral_vocab
+            from transformers import LlamaTokenizer
+
+            model_directory = tmp_path_factory.mktemp("mistral-sentencepiece")
+            (model_directory / "tokenizer.model").write_bytes(mistral_vocab.tokenizer_model().read_bytes())
+            reference = LlamaTokenizer.from_pretrained(str(model_directory))
+        elif name == "gemma-4":  # transformers reads no gemma4 GGUF vocabulary: its SentencePiece rebuild
             from transformers import GemmaTokenizer
 
             from llmgen.weights.gguf_format import GGUFFile
@@ -122,6 +129,36 @@ def test_chat_prompt_ids_are_apply_chat_templates(tmp_path_factory, source, name
     expected = reference.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     expected = list(expected["input_ids"] if hasattr(expected, "keys") else expected)
     assert chat_prompt_ids(ours, prompt, system) == expected
+
+
+# Each family's real template (llama_cpp_vocab.TEMPLATES), over the family's vocabulary.
+REAL_TEMPLATES = [("meta-llama-Llama-3.1-8B-Instruct", "llama-bpe"), ("Qwen-Qwen2.5-7B-Instruct", "qwen2"),
+                  ("Qwen-Qwen3-0.6B", "qwen2"), ("microsoft-Phi-3.5-mini-instruct", "phi-3"),
+                  ("mistralai-Mistral-Nemo-Instruct-2407", "mistral-v3")]
+
+
+@pytest.mark.parametrize("template, name", REAL_TEMPLATES)
+def test_real_chat_templates_give_apply_chat_templates_ids(tmp_path_factory, template, name):
+    """A model directory with its family's real chat_template.jinja: --chat's ids (with and without a
+    system turn) equal transformers' apply_chat_template(..., add_generation_prompt=True)."""
+    from llmgen.chat import chat_prompt_ids
+
+    llama_cpp_vocab.fetch()
+    _, reference = hf_directory(name, tmp_path_factory)
+    own_template, reference.chat_template = reference.chat_template, llama_cpp_vocab.chat_template(template)
+    try:  # the reference is shared with the other tests: its own template goes back afterwards
+        directory = tmp_path_factory.mktemp(template)
+        reference.save_pretrained(directory)
+        ours = tokenizer_from_path(directory)
+        prompt = "Hello 武汉, what is 12 + 30?"
+        for system in (None, "You are terse."):
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}]
+            expected = reference.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            expected = list(expected["input_ids"] if hasattr(expected, "keys") else expected)
+            assert chat_prompt_ids(ours, prompt, system) == expected, system
+    finally:
+        reference.chat_template = own_template
 
 
 def test_a_message_cannot_forge_the_templates_markers(tmp_path_factory):
