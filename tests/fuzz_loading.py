@@ -117,13 +117,14 @@ def config_seeds(workdir: Path) -> list[tuple[Path, str, dict]]:
 
     hf = save_hf(hf_llama(), workdir / "hf-config")
     meta = save_meta(hf_llama(intermediate_size=192), workdir / "meta-config")
-    # The other families' config.json readers too: Phi-3's longrope and Gemma 3's layer types and RoPE.
-    longrope = {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
-                "original_max_position_embeddings": 64, "rope_theta": 10000.0}
+    # The other families' config.json readers too: Phi-3's longrope and partial RoPE (6 of each head's 8
+    # pairs), Gemma 3's layer types and RoPE, sliding windows.
+    longrope = {"rope_type": "longrope", "short_factor": [1.0] * 6, "long_factor": [2.0] * 6,
+                "original_max_position_embeddings": 64, "rope_theta": 10000.0, "partial_rotary_factor": 0.75}
     families = [save_hf(hf_family("phi3", max_position_embeddings=256, original_max_position_embeddings=64,
                                   rope_parameters=longrope, rope_scaling=longrope), workdir / "phi3-config"),
                 save_hf(hf_family("gemma3"), workdir / "gemma3-config"),
-                save_hf(hf_family("qwen2"), workdir / "qwen2-config")]
+                save_hf(hf_family("qwen2-swa"), workdir / "qwen2-config")]
     return [(d, "config.json", json.loads((d / "config.json").read_text())) for d in (hf, *families)] + [
         (meta, "params.json", json.loads((meta / "params.json").read_text()))]
 

@@ -256,6 +256,8 @@ class LlamaConfig:
         if config.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
             raise LLMGenError(f"config.json: hidden_activation {config.get('hidden_activation')!r:.30} is not supported")
         n_layers, dim = _get(config, "num_hidden_layers"), _get(config, "hidden_size")
+        _require(n_layers <= INT_RANGES["n_layers"][1],  # before a type a layer is made of a hostile count
+                 f"config value n_layers must be an integer from 1 to {INT_RANGES['n_layers'][1]}, got {n_layers}")
         layer_types = config.get("layer_types")
         if layer_types is None:  # every sliding_window_pattern-th layer global
             pattern = _positive_int(config, "sliding_window_pattern", _positive_int(config, "_sliding_window_pattern", 6))
@@ -301,6 +303,8 @@ def _sliding_window(config: dict[str, Any], model_type: str) -> tuple[int, tuple
         return 0, ()
     window = _get(config, "sliding_window")
     n_layers = _get(config, "num_hidden_layers")
+    _require(n_layers <= INT_RANGES["n_layers"][1],  # before a flag a layer is made of a hostile count
+             f"config value n_layers must be an integer from 1 to {INT_RANGES['n_layers'][1]}, got {n_layers}")
     layer_types = config.get("layer_types")
     if isinstance(layer_types, list) and len(layer_types) == n_layers:
         local = tuple(t == "sliding_attention" for t in layer_types)

@@ -350,6 +350,9 @@ def _unpermute_rope(weight: torch.Tensor, n_heads: int, rotary_dim: int | None =
     rows, cols = weight.shape
     head_dim = rows // n_heads
     rotary_dim = rotary_dim or head_dim
+    if rotary_dim > head_dim or rotary_dim % 2 or head_dim % 2:
+        raise LLMGenError(f"a q/k tensor of {rows} rows has heads of {head_dim}, which cannot turn "
+                          f"{rotary_dim} dimensions each (check the config's heads and partial_rotary_factor)")
     if rotary_dim == head_dim:
         return weight.view(n_heads, 2, head_dim // 2, cols).transpose(1, 2).reshape(rows, cols)
     heads = weight.view(n_heads, head_dim, cols)
