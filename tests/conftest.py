@@ -45,6 +45,15 @@ def assert_one_line_error(result, *fragments):
 
 
 @pytest.fixture(scope="session")
+def smollm2_hf_dir(tmp_path_factory):
+    """The real SmolLM2-135M-Instruct in Hugging Face layout (checkpoints.smollm2_hf: 18 s, made once).
+    Read-only for the tests that share it."""
+    from checkpoints import smollm2_hf
+
+    return smollm2_hf(tmp_path_factory.mktemp("smollm2-hf") / "SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="session")
 def llama3_tokenizer_file():
     path = assets.locate("llama3")
     assert path is not None, "run `python -m llmgen.assets fetch` (make test does)"

@@ -335,13 +335,11 @@ def test_generate_with_a_downloaded_alias(tmp_path):
     assert payload["model"] == "gpt2" and payload["generated_tokens"] == 5
 
 
-def test_smollm2_instruct_downloaded_in_hf_layout_says_paris(tmp_path):
+def test_smollm2_instruct_downloaded_in_hf_layout_says_paris(tmp_path, smollm2_hf_dir):
     """The registry's smollm2-135m-instruct: an HF-layout SmolLM2 (the real weights, written by transformers
     with SmolLM2's tokenizer.json) served by the local hub, downloaded by alias, then run with its own
     tokenizer.json."""
-    from checkpoints import smollm2_hf
-
-    directory = smollm2_hf(tmp_path / "SmolLM2-135M-Instruct")
+    directory = smollm2_hf_dir
     files = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
     with HubServer() as hub:
         hub.repos["HuggingFaceTB/SmolLM2-135M-Instruct"] = Repo(files)

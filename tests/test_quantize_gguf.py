@@ -148,13 +148,11 @@ def test_bad_requests_are_one_clear_line(meta_checkpoint, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_hugging_face_smollm2_becomes_a_gguf_that_says_paris(tmp_path):
+def test_a_hugging_face_smollm2_becomes_a_gguf_that_says_paris(tmp_path, smollm2_hf_dir):
     """The real SmolLM2-135M-Instruct in Hugging Face layout (bf16 safetensors, its tokenizer.json with
     digits split off: llama.cpp's "smollm") -> q8_0: the same prompt ids as the tokenizer.json (and
     llama.cpp's, where installed), q/k rows back in Meta's order, and it still knows the capital of France."""
-    from checkpoints import smollm2_hf
-
-    directory = smollm2_hf(tmp_path / "SmolLM2-135M-Instruct")
+    directory = smollm2_hf_dir
     out = gguf_writer.write_gguf(gguf_writer.open_source(directory), tmp_path / "smollm2-q8_0.gguf", "q8_0")
     assert GGUFFile(out).get("tokenizer.ggml.pre") == "smollm"
     ours, reference = model_tokenizer(out), model_tokenizer(directory)
