@@ -32,13 +32,18 @@ def checkpoints(tmp_path_factory, llama3_tokenizer_file):
     """A LLaMA-3-shaped Meta checkpoint (GQA: 4 query heads, 2 kv heads; LLaMA-3's real tokenizer), and a
     GPT-2-shaped Hugging Face one (GPT-2's vocabulary: its real tokenizer)."""
     root = tmp_path_factory.mktemp("tp")
-    llama = save_meta(hf_llama(vocab_size=128256, hidden_size=64, intermediate_size=192, num_attention_heads=4,
-                               num_key_value_heads=2), root / "llama3")
+    reference = hf_llama(vocab_size=128256, hidden_size=64, intermediate_size=192, num_attention_heads=4,
+                         num_key_value_heads=2)
+    llama = save_meta(reference, root / "llama3")
     shutil.copy(llama3_tokenizer_file, llama / "tokenizer.model")
+    # The same weights as Meta saves a large model: model-parallel parts in consolidated.00/01.pth, which
+    # each rank cuts from without joining them.
+    llama_parts = save_meta(reference, root / "llama3-2-files", shards=2)
+    shutil.copy(llama3_tokenizer_file, llama_parts / "tokenizer.model")
     gpt2 = save_hf(hf_gpt2(vocab_size=50257, n_positions=128), root / "gpt2")
     q4_0 = root / "llama3-q4_0.gguf"  # quantized shards: each rank's rows and columns cut from the blocks
     write_gguf(open_source(llama), q4_0, "q4_0")
-    return {"llama": llama, "gpt2": gpt2, "q4_0": q4_0}
+    return {"llama": llama, "llama-2-files": llama_parts, "gpt2": gpt2, "q4_0": q4_0}
 
 
 @pytest.fixture(scope="module")

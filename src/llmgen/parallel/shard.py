@@ -129,6 +129,7 @@ def take(name: str, value, dim: int, ranges: list[tuple[int, int]]):
     """Rows (dim 0) or columns (dim 1) first..stop of each range, side by side."""
     from llmgen.quantize import DeferredGroups
     from llmgen.weights.gguf_blocks import BlockEmbedding
+    from llmgen.weights.loading import ModelParallelParts
 
     if dim >= len(value.shape):
         raise LLMGenError(f"tensor {name!r} has shape {list(value.shape)}, not a matrix")
@@ -140,6 +141,13 @@ def take(name: str, value, dim: int, ranges: list[tuple[int, int]]):
             return value[ranges[0][0]:ranges[0][1]]  # a view: only these rows' pages are ever read
         part = torch.cat([value.narrow(dim, a, b - a) for a, b in ranges], dim=dim)
         release_file_pages(value)
+        return part
+    if isinstance(value, ModelParallelParts):  # Meta's model-parallel files: only the pieces this part covers
+        pieces = [value.narrow(dim, a, b - a) for a, b in ranges]  # a view of a file where one part covers it
+        part = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
+        for source in value.parts:
+            if part.untyped_storage().data_ptr() != source.untyped_storage().data_ptr():
+                release_file_pages(source)  # copied from it, or not needed: let its pages go
         return part
     if isinstance(value, BlockEmbedding):  # a GGUF's quantized embedding: a run of its rows
         (a, b), = ranges

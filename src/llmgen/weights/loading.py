@@ -90,7 +90,7 @@ def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool, sha
     then has the rank's heads and MLP width."""
     layout = detect_layout(Path(path))
     if layout.kind == "meta":
-        config, state = _read_meta(layout.directory)
+        config, state = _read_meta(layout.directory, keep_parts=shard is not None)
     elif layout.kind == "gguf":
         config, state, layout.gguf_file = read_llama_gguf(layout.directory, keep_quantized=keep_quantized)
         state = _rename(state, GGUF_LLAMA)
@@ -99,7 +99,8 @@ def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool, sha
     if shard is not None:
         local = local_config(config, shard)  # refuses a split that does not come out even
         state, config = shard_state(config, state, shard), local
-    state = {name: t.contiguous() if isinstance(t, torch.Tensor) else t for name, t in state.items()}
+    state = {name: t.contiguous() if isinstance(t, torch.Tensor) else torch.cat(t.parts, t.dim)
+             if isinstance(t, ModelParallelParts) else t for name, t in state.items()}
     stored = {name: value for name, value in state.items() if not isinstance(value, torch.Tensor)}
     tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
     target = _resolve_dtype(dtype, _stored_dtype(tensors), device)
@@ -205,28 +206,66 @@ def _resolve_dtype(requested: str, stored: torch.dtype, device: str) -> torch.dt
 
 # --- Meta layout -----------------------------------------------------------------------------------
 
-def _read_meta(directory: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+def _read_meta(directory: Path, keep_parts: bool = False) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+    """keep_parts: a checkpoint in model-parallel files keeps each split tensor's parts apart
+    (ModelParallelParts), for a tensor-parallel rank to cut its own part from."""
     params = read_json(directory / "params.json")
     shard_paths = sorted(directory.glob("consolidated.*.pth"))
     if not shard_paths:
         raise LLMGenError(f"{directory} has params.json but no consolidated.*.pth weights")
     shards = [read_shards([p]) for p in shard_paths]
-    state = shards[0] if len(shards) == 1 else _merge_model_parallel(shards)
+    state = shards[0] if len(shards) == 1 else _merge_model_parallel(shards, join=not keep_parts)
     state.pop("rope.freqs", None)  # Llama 2 era checkpoints carry precomputed RoPE frequencies
     config = LlamaConfig.from_meta(params, tie_embeddings="output.weight" not in state)
     return config, state
 
 
-def _merge_model_parallel(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate model-parallel shards along each tensor's split dimension (maps.META_SHARD_DIM)."""
+def _merge_model_parallel(shards: list[dict[str, torch.Tensor]], join: bool = True) -> dict[str, torch.Tensor]:
+    """Concatenate model-parallel shards along each tensor's split dimension (maps.META_SHARD_DIM); with
+    join False, leave them side by side, unread (ModelParallelParts)."""
     merged = {}
     for name in shards[0]:
         parts = [shard.get(name) for shard in shards]
         if any(p is None for p in parts):
             raise LLMGenError(f"tensor {name!r} is missing from some of the consolidated.*.pth shards")
         dim = maps.META_SHARD_DIM.get(_strip_layer(name))
-        merged[name] = parts[0] if dim is None else torch.cat(parts, dim=dim)
+        if dim is None:
+            merged[name] = parts[0]
+        elif any(p.dim() <= dim or p.shape[:dim] + p.shape[dim + 1:] != parts[0].shape[:dim] + parts[0].shape[dim + 1:]
+                 for p in parts):
+            raise LLMGenError(f"tensor {name!r} has parts of shapes that do not join along dimension {dim}")
+        else:
+            merged[name] = torch.cat(parts, dim=dim) if join else ModelParallelParts(parts, dim)
     return merged
+
+
+@dataclass
+class ModelParallelParts:
+    """One tensor of a checkpoint saved as model-parallel parts (Meta's consolidated.NN.pth), side by side
+    along `dim` and not joined: a tensor-parallel rank reads only the pieces its own part covers (Llama 3
+    70B's eight files are 140 GB; each of eight ranks then reads one)."""
+
+    parts: list[torch.Tensor]
+    dim: int
+
+    @property
+    def shape(self) -> torch.Size:
+        size = list(self.parts[0].shape)
+        size[self.dim] = sum(p.shape[self.dim] for p in self.parts)
+        return torch.Size(size)
+
+    def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
+        """As Tensor.narrow: a view of one part where the range lies within it, else the pieces joined."""
+        if dim != self.dim:
+            return torch.cat([p.narrow(dim, start, length) for p in self.parts], dim=self.dim)
+        pieces, first = [], 0
+        for part in self.parts:
+            size = part.shape[dim]
+            low, high = max(start, first), min(start + length, first + size)
+            if low < high:
+                pieces.append(part.narrow(dim, low - first, high - low))
+            first += size
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
 
 def _strip_layer(name: str) -> str:
