@@ -93,33 +93,10 @@ def generate(
 
         raise typer.Exit(launch(n_ranks, llmgen.cli.current_args))
 
-    import torch  # heavy: only once we know there is work to do
+    tensor_parallel = _join_ranks(device) if n_ranks > 1 else None
+    prompt_text, items = _read_inputs(prompt, batch, tensor_parallel)
 
-    tensor_parallel = None
-    if n_ranks > 1:  # a rank of a tensor-parallel run (parallel/group.py)
-        import llmgen.cli
-        from llmgen.parallel import group
-
-        llmgen.cli.error_reporter = group.report_error  # from here on, errors go to the launcher
-        tensor_parallel = group.join(group.from_environment(
-            "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"))
-    if tensor_parallel is None or tensor_parallel.rank == 0:  # only rank 0 reads stdin and files
-        if batch is not None:
-            from llmgen.cli.batch import read_batch
-
-            items, prompt_text = read_batch(batch), ""
-        else:
-            prompt_text = read_text_argument(prompt, combine_with_stdin=True)
-            if not prompt_text:
-                raise UsageError("no prompt: give PROMPT, or pipe text into stdin")
-    if tensor_parallel is not None:
-        from llmgen.cli.batch import BatchItem
-
-        shared = tensor_parallel.share_json({"prompt": prompt_text if tensor_parallel.rank == 0 else None,
-                                            "items": [vars(i) for i in items] if tensor_parallel.rank == 0
-                                            and batch is not None else None})
-        prompt_text = shared["prompt"]
-        items = [BatchItem(**i) for i in shared["items"]] if batch is not None else []
+    import torch  # heavy: only once we know there is work to do (a tensor-parallel rank has it already)
 
     from llmgen.generation import TextStream, generate_ids
     from llmgen.sampling import log_probs
@@ -225,6 +202,38 @@ def generate(
         tensor_parallel.close()
     if (speak or speak_to is not None) and (tensor_parallel is None or tensor_parallel.rank == 0):
         _speak("\n".join(texts), play=speak, to_file=speak_to, voice=voice, rate=rate, volume=volume)
+
+
+def _join_ranks(device: str):
+    """This process as a rank of a tensor-parallel run (parallel/group.py); from here on its errors go to
+    the launcher."""
+    import torch
+
+    import llmgen.cli
+    from llmgen.parallel import group
+
+    llmgen.cli.error_reporter = group.report_error
+    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return group.join(group.from_environment("cuda" if on_cuda else "cpu"))
+
+
+def _read_inputs(prompt: str | None, batch: str | None, tensor_parallel) -> tuple[str, list]:
+    """The prompt's text, or --batch's items: read by rank 0 alone (stdin, files), then shared with the
+    other ranks of a tensor-parallel run."""
+    from llmgen.cli.batch import BatchItem, read_batch
+
+    prompt_text, items = "", []
+    if tensor_parallel is None or tensor_parallel.rank == 0:
+        if batch is not None:
+            items = read_batch(batch)
+        else:
+            prompt_text = read_text_argument(prompt, combine_with_stdin=True)
+            if not prompt_text:
+                raise UsageError("no prompt: give PROMPT, or pipe text into stdin")
+    if tensor_parallel is not None:
+        shared = tensor_parallel.share_json({"prompt": prompt_text, "items": [vars(i) for i in items]})
+        prompt_text, items = shared["prompt"], [BatchItem(**i) for i in shared["items"]]
+    return prompt_text, items
 
 
 def _logprob_entries(tokenizer, ids: list[int], step_log_probs: list, k: int) -> list[dict]:
