@@ -110,6 +110,16 @@ def test_the_same_command_runs_under_torchrun(checkpoints):
     assert done.stdout == single.out and single.out.strip()
 
 
+def test_chat_tp_3_replies_as_one_process_does():
+    """The embedded SmolLM2 (9 heads, 3 kv heads) as 3 ranks: rank 0 reads each line and shares it, every
+    rank keeps the conversation's cache; the replies of one process (both in float32)."""
+    turns = "Hi\nWhat is 2+2?\n"
+    single = run_llmgen("chat", "-t", "0", "-n", "12", "--quantize", "none", input=turns)
+    sharded = run_llmgen("chat", "-t", "0", "-n", "12", "--quantize", "none", "--tp", "3", input=turns, timeout=180)
+    assert single.returncode == 0 and sharded.returncode == 0, sharded.err
+    assert sharded.out == single.out and len(single.out.splitlines()) == 2 and sharded.err == ""
+
+
 def _rank_pids(parent: int) -> dict[int, int]:
     """The tensor-parallel ranks under a launcher process, by RANK."""
     ranks = {}

@@ -132,7 +132,7 @@ class Conversation:
                     [i for i in turn.reply_ids if i not in self.tokenizer.stop_ids])})
         return out
 
-    def reply(self, text: str, settings, *, generator=None, decoder=None) -> Iterator[int]:
+    def reply(self, text: str, settings, *, generator=None, decoder=None, agree=None) -> Iterator[int]:
         from llmgen.generation import generate_ids
 
         self.turns.append(Turn(text))
@@ -157,7 +157,7 @@ class Conversation:
         self.cached_prompt, self.cached_turn = ids[:cached], None
         for token in generate_ids(self.model, ids, settings, stop_ids=self.tokenizer.stop_ids,
                                   n_valid=self.tokenizer.n_vocab, generator=generator, decoder=decoder,
-                                  cached=cached):
+                                  cached=cached, agree=agree):
             # Prefilled: the cache holds the prompt, and the reply but its newest token. The caller may stop
             # reading at any token (a stop string, Ctrl-C), so this is kept true at each one.
             self.cached_prompt, self.cached_turn = ids, turn

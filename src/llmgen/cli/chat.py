@@ -38,38 +38,62 @@ def chat(
     quantize: str = typer.Option("auto", "--quantize", "-q", help="auto, none, int8 or int4 (see generate)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     stats: bool = typer.Option(False, "--stats", help="Per turn on stderr: new and cached prompt tokens, speeds."),
+    tp: Optional[int] = typer.Option(
+        None, "--tp", help="Tensor parallelism on CPU: split the model over N processes (see generate --tp)."),
 ) -> None:
     """Chat with an instruct model; each turn prefills only its new tokens."""
     check_seed(seed)
     if system is not None:
         check_utf8(system, "--system")
+    from llmgen.cli.launch import join_ranks, launch, ranks_to_start
+
+    n_ranks, start_ranks = ranks_to_start(tp)
+    if start_ranks:  # this command again, as n_ranks processes: rank 0 reads and writes, the others follow
+        import llmgen.cli
+
+        raise typer.Exit(launch(n_ranks, llmgen.cli.current_args))
     from llmgen.chat import Conversation
     from llmgen.decode import choose_decoder
     from llmgen.weights.loading import load_model
 
     settings = sampling_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    tensor_parallel = join_ranks("cpu") if n_ranks > 1 else None
     path, _ = resolve_model(model)
     with console.status(f"loading {model or path.name}"):
-        loaded = load_model(path, dtype=dtype, quantize=quantize, cache_quantized=True)
+        loaded = load_model(path, dtype=dtype, quantize=quantize, cache_quantized=True, tensor_parallel=tensor_parallel)
     report_quantized_once(loaded, quantize)
     conversation = Conversation(loaded.model, loaded.tokenizer, system, on_drop=console.print_warning)
-    session = _Session(conversation, settings, seeded_generator(seed), choose_decoder(loaded.model), stats)
+    session = _Session(conversation, settings, seeded_generator(seed), choose_decoder(loaded.model), stats,
+                       tensor_parallel)
+    if tensor_parallel is not None and tensor_parallel.rank != 0:
+        _follow(session, tensor_parallel)
+        return
     if sys.stdin is not None and sys.stdin.isatty():
         _repl(session)
     else:
         _pipe(session)
+    if tensor_parallel is not None:
+        tensor_parallel.share_json(None)  # the end, for the other ranks
+        tensor_parallel.close()
 
 
 class _Session:
-    def __init__(self, conversation, settings, generator, decoder, stats: bool):
+    def __init__(self, conversation, settings, generator, decoder, stats: bool, tensor_parallel=None):
         self.conversation, self.settings, self.generator, self.decoder = conversation, settings, generator, decoder
-        self.stats = stats
+        self.stats, self.tensor_parallel = stats, tensor_parallel
+
+    def share(self, message: dict) -> None:
+        """Rank 0 of a tensor-parallel chat: what it is about to do, for the other ranks to do too (_follow)."""
+        if self.tensor_parallel is not None and self.tensor_parallel.rank == 0:
+            self.tensor_parallel.share_json(message)
 
     def turn(self, text: str, render) -> None:
         """One user turn: the reply's text chunks go to `render`; statistics to stderr."""
         from llmgen.generation import TextStream
 
-        ids = self.conversation.reply(text, self.settings, generator=self.generator, decoder=self.decoder)
+        self.share({"turn": text})
+        agree = self.tensor_parallel and self.tensor_parallel.first_rank_token
+        ids = self.conversation.reply(text, self.settings, generator=self.generator, decoder=self.decoder, agree=agree)
         stream = TextStream(ids, self.conversation.tokenizer)
         render(stream)
         if self.stats:
@@ -94,6 +118,20 @@ def _pipe(session: _Session) -> None:
             raise LLMGenError(f"line {number} of standard input is not valid UTF-8") from None
         if line.strip():
             session.turn(check_utf8(line, f"line {number}"), render)
+
+
+def _follow(session: _Session, tensor_parallel) -> None:
+    """A tensor-parallel rank other than 0: each turn and command rank 0 shares, until it says the end."""
+    def drain(stream) -> None:
+        for _ in stream:
+            pass
+
+    while (message := tensor_parallel.share_json(None)) is not None:
+        if "turn" in message:
+            session.turn(message["turn"], drain)
+        else:
+            _command(session, message["command"])
+    tensor_parallel.close()
 
 
 def _repl(session: _Session) -> None:
@@ -142,13 +180,15 @@ def _command(session: _Session, text: str) -> bool:
     conversation = session.conversation
     if name in ("/exit", "/quit"):
         return True
+    if name in ("/reset", "/system"):  # the conversation changes on every rank
+        session.share({"command": text})
     if name == "/reset":
         conversation.reset(conversation.system)
         console.print_info("the conversation starts again")
     elif name == "/system":
         conversation.reset(argument.strip() or None)
         console.print_info("new system message; the conversation starts again")
-    elif name == "/save" and argument.strip():
+    elif name == "/save" and argument.strip() and (session.tensor_parallel is None or session.tensor_parallel.rank == 0):
         target = Path(argument.strip()).expanduser()
         try:
             target.write_text(json.dumps(conversation.messages(), ensure_ascii=False, indent=2) + "\n")

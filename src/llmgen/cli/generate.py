@@ -83,7 +83,7 @@ def generate(
             check_utf8(text, what)
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}; choose cpu, cuda or auto")
-    from llmgen.cli.launch import launch, ranks_to_start
+    from llmgen.cli.launch import join_ranks, launch, ranks_to_start
 
     n_ranks, start_ranks = ranks_to_start(tp)
     if n_ranks > 1 and compile_decode:
@@ -93,7 +93,7 @@ def generate(
 
         raise typer.Exit(launch(n_ranks, llmgen.cli.current_args))
 
-    tensor_parallel = _join_ranks(device) if n_ranks > 1 else None
+    tensor_parallel = join_ranks(device) if n_ranks > 1 else None
     prompt_text, items = _read_inputs(prompt, batch, tensor_parallel)
 
     import torch  # heavy: only once we know there is work to do (a tensor-parallel rank has it already)
@@ -202,19 +202,6 @@ def generate(
         tensor_parallel.close()
     if (speak or speak_to is not None) and (tensor_parallel is None or tensor_parallel.rank == 0):
         _speak("\n".join(texts), play=speak, to_file=speak_to, voice=voice, rate=rate, volume=volume)
-
-
-def _join_ranks(device: str):
-    """This process as a rank of a tensor-parallel run (parallel/group.py); from here on its errors go to
-    the launcher."""
-    import torch
-
-    import llmgen.cli
-    from llmgen.parallel import group
-
-    llmgen.cli.error_reporter = group.report_error
-    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return group.join(group.from_environment("cuda" if on_cuda else "cpu"))
 
 
 def _read_inputs(prompt: str | None, batch: str | None, tensor_parallel) -> tuple[str, list]:

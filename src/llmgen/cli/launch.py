@@ -77,6 +77,19 @@ def _lost_contact(failure) -> bool:
     return bool((_ours(failure) or {}).get("consequence"))
 
 
+def join_ranks(device: str):
+    """This process as a rank of a tensor-parallel run (parallel/group.py): joined to the others on "cpu",
+    "cuda" or "auto"; from here on its errors go to the launcher."""
+    import torch
+
+    import llmgen.cli
+    from llmgen.parallel import group
+
+    llmgen.cli.error_reporter = group.report_error
+    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return group.join(group.from_environment("cuda" if on_cuda else "cpu"))
+
+
 def first_failure(failures: dict, n_ranks: int) -> tuple[str, int]:
     """The line and exit code that say why a run ended, from torch elastic's ProcessFailures by rank: the
     earliest error a rank recorded itself (parallel/group.py), else a rank that died (a signal, or an exit
