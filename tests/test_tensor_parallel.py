@@ -91,11 +91,13 @@ def test_two_ranks_match_one_process_with_half_the_weights_each(checkpoints, one
         assert "tensor-parallel shard of 2" in ranks[0][str(path)]["decoder"] or name == "gpt2"
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
-def test_generate_tp_2_prints_what_one_process_prints_once(checkpoints, name):
+@pytest.mark.parametrize("name, all_reduce", [("llama", "shared-memory"), ("gpt2", "gloo")])
+def test_generate_tp_2_prints_what_one_process_prints_once(checkpoints, name, all_reduce):
+    """Ranks on one machine add up through shared memory (parallel/shared_memory.py), or through gloo
+    where LLMGEN_TP_ALL_REDUCE=gloo says so (as across machines): both give one process's output."""
     args = ["generate", PROMPT, "--model", checkpoints[name], "--raw", "--temperature", "0", "-n", "32", "--json"]
     single = run_llmgen(*args)
-    sharded = run_llmgen(*args, "--tp", "2", timeout=180)
+    sharded = run_llmgen(*args, "--tp", "2", timeout=180, env={"LLMGEN_TP_ALL_REDUCE": all_reduce})
     assert single.returncode == 0 and sharded.returncode == 0, sharded.err
     assert sharded.err == "" and len(sharded.out.splitlines()) == 1
     one, two = json.loads(single.out), json.loads(sharded.out)

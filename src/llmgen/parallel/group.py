@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,10 +26,12 @@ import torch
 import torch.distributed as dist
 
 from llmgen.errors import LLMGenError
-from llmgen.parallel import LAUNCHED_BY_LLMGEN
+from llmgen.parallel import LAUNCHED_BY_LLMGEN, shared_memory
 from llmgen.parallel.shard import Shard
+from llmgen.parallel.shared_memory import SharedMemoryAllReduce
 
 BACKEND = "LLMGEN_TP_BACKEND"  # gloo or nccl, instead of the device's default
+ALL_REDUCE = "LLMGEN_TP_ALL_REDUCE"  # "gloo": CPU ranks on one machine all-reduce through gloo, not shared memory
 TIMEOUT = timedelta(minutes=30)  # a rank waits this long for the others (loading a large shard takes a while)
 
 
@@ -44,6 +47,8 @@ class TensorParallel:
     shard: Shard
     device: str  # this rank's: "cpu" or "cuda:K"
     backend: str
+    local: SharedMemoryAllReduce | None = None  # all ranks on this machine's CPUs: the fast path
+
 
     @property
     def rank(self) -> int:
@@ -54,8 +59,11 @@ class TensorParallel:
         return self.shard.world
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over the ranks, in place; the tensor, for chaining."""
+        """Sum over the ranks, in place; the tensor, for chaining. Through shared memory where the ranks
+        share a machine and it fits (shared_memory.py), else the backend's."""
         try:
+            if self.local is not None and self.local.fits(tensor) and tensor.is_contiguous():
+                return self.local(tensor)
             dist.all_reduce(tensor)
         except RuntimeError as e:
             raise PeerLost(self._lost(e)) from None
@@ -85,6 +93,9 @@ class TensorParallel:
         return json.loads(bytes(buffer.cpu().numpy()).decode())
 
     def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
+            self.local = None
         try:
             if dist.is_initialized():
                 dist.destroy_process_group()
@@ -160,6 +171,15 @@ def join(tensor_parallel: TensorParallel) -> TensorParallel:
                           f"{reason[:200]}") from None
     if tensor_parallel.backend == "gloo":  # local to each rank, so safe on the way out of any failure
         atexit.register(tensor_parallel.close)
+    local = os.environ.get("LOCAL_WORLD_SIZE") == str(tensor_parallel.world)
+    if local and tensor_parallel.device == "cpu" and os.environ.get(ALL_REDUCE, "shared-memory") != "gloo":
+        try:
+            tensor_parallel.local = shared_memory.create(tensor_parallel.rank, tensor_parallel.world,
+                                                         tensor_parallel.share_json, dist.barrier)
+        except OSError as e:  # no /dev/shm (some containers): gloo's all-reduce does it all
+            if tensor_parallel.rank == 0:
+                print(f"warning: no shared memory for the ranks' all-reduce ({e.strerror or e}); using gloo's",
+                      file=sys.stderr)
     return tensor_parallel
 
 
