@@ -92,8 +92,9 @@ def join_ranks(device: str):
 
 def first_failure(failures: dict, n_ranks: int) -> tuple[str, int]:
     """The line and exit code that say why a run ended, from torch elastic's ProcessFailures by rank: the
-    earliest error a rank recorded itself (parallel/group.py), else a rank that died (a signal, or an exit
-    without a record), else the earliest rank that only lost contact with another."""
+    earliest error a rank recorded itself (parallel/group.py), else a rank that died (a signal other than
+    the launcher's SIGTERM first, or an exit without a record), else the earliest rank that only lost
+    contact with another."""
     recorded, lost = [], []
     for rank, failure in failures.items():
         if (ours := _ours(failure)) is not None:
@@ -102,14 +103,17 @@ def first_failure(failures: dict, n_ranks: int) -> tuple[str, int]:
     if recorded:
         _, _, message, code = min(recorded)
         return message, code
-    for rank, failure in sorted(failures.items()):
-        if _ours(failure) is None:
-            if failure.exitcode < 0:
-                how = f"was killed by {failure.signal_name()}"
-            elif failure.exitcode == EXIT_INTERRUPTED:
-                how = "was interrupted"
-            else:
-                how = f"exited with status {failure.exitcode}"
-            return f"tensor-parallel rank {rank} of {n_ranks} {how}; the other ranks were stopped", 1
+    # SIGTERM is how the launcher stops the other ranks once one has failed: the cause is a rank that
+    # ended otherwise, where there is one.
+    unrecorded = sorted((failure.exitcode == -signal.SIGTERM, rank) for rank, failure in failures.items()
+                        if _ours(failure) is None)
+    if unrecorded:
+        rank = unrecorded[0][1]
+        exitcode = failures[rank].exitcode
+        if exitcode < 0:
+            how = f"was killed by {failures[rank].signal_name()}"
+        else:
+            how = "was interrupted" if exitcode == EXIT_INTERRUPTED else f"exited with status {exitcode}"
+        return f"tensor-parallel rank {rank} of {n_ranks} {how}; the other ranks were stopped", 1
     _, _, message, code = min(lost)
     return message, code

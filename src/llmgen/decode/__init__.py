@@ -75,15 +75,13 @@ def choose_decoder(model: torch.nn.Module, *, compile: bool = False) -> Decoder:
     device = next(model.parameters()).device
     if device.type != "cpu":
         return Decoder(model, "pytorch", f"the model is on {device.type}; llmgen's kernels are for CPUs")
-    if (sharded := parallel.of(model)) is not None and model.config.arch == "llama":
-        return Decoder(model, "pytorch", f"a tensor-parallel shard of {sharded.world}: llmgen's kernels run a "
-                                         "LLaMA's blocks in one call, with no place for the all-reduces between "
-                                         "them (quantized matmuls still run on them, one at a time)")
     if kernels.library() is None:
         return Decoder(model, "pytorch", kernels.unavailable_reason() or "llmgen's kernels do not run here")
     if blocker := family(model).kernel_blocker(model):
         return Decoder(model, "pytorch", f"llmgen's kernels cannot run it: {blocker}")
     what = "every block's matmuls are on them" if model.config.arch == "llama" else "attention on them"
+    if (sharded := parallel.of(model)) is not None:
+        what += f", a tensor-parallel shard of {sharded.world} (all-reduces between the kernel calls)"
     level = kernels.level()
     why = "the CPU's best level" if _level_is_auto() else f"LLMGEN_KERNELS={level}"
     return Decoder(model, f"llmgen kernels ({level})", f"{what}; {why}", use_kernels=True)

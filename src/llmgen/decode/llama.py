@@ -21,6 +21,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from llmgen import parallel
 from llmgen.kernels import BlockKernels, LlamaLayers
 from llmgen.models.kv_cache import DecodeWindow, KVCache, decode_attention
 from llmgen.models.llama import Llama, RMSNorm, TransformerBlock, rms_norm, rope_matrix
@@ -109,11 +110,18 @@ def norm_function(norm: RMSNorm) -> Callable[[torch.Tensor], torch.Tensor]:
     return norm.forward
 
 
+def _unwrapped(module):
+    """A tensor-parallel shard's wo or down (parallel/layers.RowParallelLinear): the layer inside; kernel_step
+    does the all-reduce between its kernel calls."""
+    return getattr(module, "inner", module)
+
+
 def kernel_blocker(model: Llama) -> str | None:
     """Why kernel_step cannot run this model (None when it can): it needs every block's matmuls fused
     quantized layers on llmgen's kernels (int4, or a GGUF's types as stored), and float32 caches."""
     for block in model.layers:
-        linears = (block.attention.wqkv, block.attention.wo, block.feed_forward.w13, block.feed_forward.w2)
+        linears = (block.attention.wqkv, _unwrapped(block.attention.wo), block.feed_forward.w13,
+                   _unwrapped(block.feed_forward.w2))
         if not all(isinstance(m, KernelLinear) for m in linears):
             return "its matmuls are not all quantized for them (int4, or a GGUF's quantized types)"
         if not all(m.own_kernel for m in linears):
@@ -130,15 +138,17 @@ def kernel_layers(model: Llama, rope_cos_sin: torch.Tensor, local_rope_cos_sin: 
         attention, feed_forward, cache = block.attention, block.feed_forward, block.attention.kv_cache
         norms = block.attention_norm, block.ffn_norm
         blocks.append(BlockKernels(
-            attention.wqkv.kernel_matmul(norms[0].weight, norms[0].eps), attention.wo.kernel_matmul(),
+            attention.wqkv.kernel_matmul(norms[0].weight, norms[0].eps), _unwrapped(attention.wo).kernel_matmul(),
             feed_forward.w13.kernel_matmul(norms[1].weight, norms[1].eps),
-            feed_forward.w2.kernel_matmul(gated=True, activation=config.activation), cache.k_t[0], cache.v[0],
+            _unwrapped(feed_forward.w2).kernel_matmul(gated=True, activation=config.activation), cache.k_t[0], cache.v[0],
             local_rope_cos_sin if block.local else rope_cos_sin,
             qk_norms=None if attention.q_norm is None else (attention.q_norm.weight, attention.k_norm.weight),
             post_norms=None if block.post_attention_norm is None else (block.post_attention_norm.weight,
                                                                        block.post_ffn_norm.weight),
             window=config.sliding_window if block.local else 0))
-    return LlamaLayers(blocks, config.n_heads, config.norm_eps, config.attention_scale or config.head_dim ** -0.5)
+    sharded = parallel.of(model)  # a tensor-parallel shard: its all-reduces between the kernel calls
+    return LlamaLayers(blocks, config.n_heads, config.norm_eps, config.attention_scale or config.head_dim ** -0.5,
+                       all_reduce=None if sharded is None else sharded.all_reduce)
 
 
 def head(model: Llama, x: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -426,12 +427,19 @@ class BlockKernels:
     window: int = 0
 
 
+# void (*)(float* data, int64_t n): a tensor-parallel all-reduce, called back from llama_layers.cpp.
+ALL_REDUCE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+
+
 class LlamaLayers:
     """x -> x after all of a LLaMA's transformer blocks, for one decode step, in place: one call into
     llama_layers.cpp, which runs each block as five kernel calls (described there). norm_eps: the q/k and
-    post-norms' epsilon; attention_scale: q.k's."""
+    post-norms' epsilon; attention_scale: q.k's. all_reduce: for a tensor-parallel shard's blocks, the
+    sum over ranks (in place, of a (dim,) float32 tensor) of wo's and down's outputs, called back between
+    the kernel calls."""
 
-    def __init__(self, blocks: list[BlockKernels], n_heads: int, norm_eps: float, attention_scale: float):
+    def __init__(self, blocks: list[BlockKernels], n_heads: int, norm_eps: float, attention_scale: float,
+                 all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
         n_kv_heads, head_dim, max_len = blocks[0].keys_t.shape
         dim = blocks[0].wo.out_features
 
@@ -457,14 +465,36 @@ class LlamaLayers:
                        attention_scale)
             for b, (qk_norms, post_norms, rope) in zip(blocks, self.kept)))
         self.arguments = (self.layers, len(blocks), n_heads, n_kv_heads, head_dim, max_len)
+        self.all_reduce = ALL_REDUCE() if all_reduce is None else ALL_REDUCE(_float_callback(all_reduce))
         self.run = library().llama_decode_layers
 
     def __call__(self, x: torch.Tensor, pos: torch.Tensor) -> None:
         """x: (1, dim) float32, updated in place; pos: (1,) int64, the new token's position."""
         if x.shape != (1, self.blocks[0].wo.out_features) or x.dtype != torch.float32 or not x.is_contiguous():
             raise ValueError(f"LlamaLayers updates a contiguous float32 (1, dim) x, got {tuple(x.shape)} {x.dtype}")
-        if self.run(*self.arguments, x.data_ptr(), _position(pos), torch.get_num_threads()):
+        outside = self.run(*self.arguments, x.data_ptr(), _position(pos), torch.get_num_threads(), self.all_reduce)
+        if _callback_errors:
+            error = _callback_errors[0]
+            _callback_errors.clear()
+            raise error
+        if outside:
             raise ValueError(f"position {int(pos)} is outside the KV cache's {self.arguments[-1]}")
+
+
+_callback_errors: list[BaseException] = []  # what a callback raised during the current call into C++
+
+
+def _float_callback(function: Callable[[torch.Tensor], torch.Tensor]):
+    """function(tensor) in place, called with (pointer, n floats) from C++. An exception cannot cross back
+    into C++: it is kept, the data left as they are, and raised once the call into C++ returns."""
+    def call(pointer: int, n: int) -> None:
+        if _callback_errors:
+            return  # the step is lost already: finish it quickly
+        try:
+            function(torch.frombuffer((ctypes.c_float * n).from_address(pointer), dtype=torch.float32))
+        except BaseException as e:  # noqa: BLE001 - re-raised by check_callback
+            _callback_errors.append(e)
+    return call
 
 
 def _pointers(tensors: tuple[torch.Tensor, ...] | None, count: int) -> tuple[int | None, ...]:
@@ -591,7 +621,7 @@ def _load(path: Path) -> ctypes.CDLL:
     library.attention_step.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, size, size, size,
                                        ctypes.c_float, pointer, flag]
     library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, size, size, size, size,
-                                            pointer, pointer, flag]
+                                            pointer, pointer, flag, ALL_REDUCE]
     library.pack_q4_rows.argtypes = [pointer, size, size, flag, pointer, pointer, pointer, flag]
     library.pack_q4_rows.restype = None
     library.kernel_level.argtypes = []

@@ -50,10 +50,26 @@ static void add_normalized(float* x, const float* h, int64_t n, const float* wei
   for (int64_t i = 0; i < n; i++) x[i] += h[i] * inverse_rms * weight[i];
 }
 
-// Returns 0, or -1 (with x unchanged) when the position is outside the caches.
+// A tensor-parallel rank's all-reduce: data (n floats) summed over the ranks, in place (parallel/).
+typedef void (*AllReduce)(float* data, int64_t n);
+
+// One sublayer's output h (wo's or down's, dim floats) into the residual x: through the all-reduce first
+// when the blocks are a tensor-parallel shard (h is then this rank's partial sum), normalised first
+// where the block has a post-norm (Gemma 3).
+static void add_sublayer(float* x, float* h, int64_t dim, const float* post_norm, float eps, AllReduce all_reduce) {
+  if (all_reduce) all_reduce(h, dim);
+  if (post_norm) {
+    add_normalized(x, h, dim, post_norm, eps);
+  } else {
+    for (int64_t i = 0; i < dim; i++) x[i] += h[i];
+  }
+}
+
+// Returns 0, or -1 (with x unchanged) when the position is outside the caches. all_reduce: null but for
+// a tensor-parallel shard's blocks.
 extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layers, int64_t n_heads, int64_t n_kv_heads,
                                        int64_t head_dim, int64_t max_len, float* x, const int64_t* position,
-                                       int32_t threads) {
+                                       int32_t threads, AllReduce all_reduce) {
   if (*position < 0 || *position >= max_len) return -1;
   static thread_local std::vector<float> heads, y, gate_up, block_out;
   heads.resize((n_heads + 2 * n_kv_heads) * head_dim);
@@ -72,16 +88,16 @@ extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layer
     attention_step(heads.data(), layer.rope, layer.keys_t, layer.values, position, n_heads, n_kv_heads, head_dim,
                    max_len, layer.window, layer.attention_scale, y.data(), threads);
     const int64_t dim = layer.wo.out_features;
-    if (layer.post_attention_norm) {
+    if (layer.post_attention_norm || all_reduce) {
       quant_linear(&layer.wo, y.data(), 1, block_out.data(), 0, threads);
-      add_normalized(x, block_out.data(), dim, layer.post_attention_norm, layer.norm_eps);
+      add_sublayer(x, block_out.data(), dim, layer.post_attention_norm, layer.norm_eps, all_reduce);
     } else {
-      quant_linear(&layer.wo, y.data(), 1, x, 1, threads);
+      quant_linear(&layer.wo, y.data(), 1, x, 1, threads);  // accumulated into x
     }
     quant_linear(&layer.gate_up, x, 1, gate_up.data(), 0, threads);
-    if (layer.post_ffn_norm) {
+    if (layer.post_ffn_norm || all_reduce) {
       quant_linear(&layer.down, gate_up.data(), 1, block_out.data(), 0, threads);
-      add_normalized(x, block_out.data(), dim, layer.post_ffn_norm, layer.norm_eps);
+      add_sublayer(x, block_out.data(), dim, layer.post_ffn_norm, layer.norm_eps, all_reduce);
     } else {
       quant_linear(&layer.down, gate_up.data(), 1, x, 1, threads);
     }
