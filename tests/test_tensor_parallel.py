@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import hf_gpt2, hf_llama, save_hf, save_meta
+from checkpoints import hf_family, hf_gpt2, hf_llama, save_hf, save_meta
 from conftest import LLMGEN, assert_one_line_error, run_llmgen
 
 from llmgen.errors import LLMGenError
@@ -29,8 +29,9 @@ PROMPT = "The year 2024 in 北京 had 366 days, and"
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, llama3_tokenizer_file):
-    """A LLaMA-3-shaped Meta checkpoint (GQA: 4 query heads, 2 kv heads; LLaMA-3's real tokenizer), and a
-    GPT-2-shaped Hugging Face one (GPT-2's vocabulary: its real tokenizer)."""
+    """A LLaMA-3-shaped Meta checkpoint (GQA: 4 query heads, 2 kv heads; LLaMA-3's real tokenizer), a
+    GPT-2-shaped Hugging Face one (GPT-2's vocabulary: its real tokenizer), a Hugging Face Qwen2 and a Q4_0
+    GGUF of the LLaMA."""
     root = tmp_path_factory.mktemp("tp")
     reference = hf_llama(vocab_size=128256, hidden_size=64, intermediate_size=192, num_attention_heads=4,
                          num_key_value_heads=2)
@@ -41,9 +42,11 @@ def checkpoints(tmp_path_factory, llama3_tokenizer_file):
     llama_parts = save_meta(reference, root / "llama3-2-files", shards=2)
     shutil.copy(llama3_tokenizer_file, llama_parts / "tokenizer.model")
     gpt2 = save_hf(hf_gpt2(vocab_size=50257, n_positions=128), root / "gpt2")
+    # Hugging Face layout with q/k rows to reorder and q/k/v biases to split (LLaMA-3's tokenizer, by size)
+    qwen2 = save_hf(hf_family("qwen2", vocab_size=128256), root / "qwen2")
     q4_0 = root / "llama3-q4_0.gguf"  # quantized shards: each rank's rows and columns cut from the blocks
     write_gguf(open_source(llama), q4_0, "q4_0")
-    return {"llama": llama, "llama-2-files": llama_parts, "gpt2": gpt2, "q4_0": q4_0}
+    return {"llama": llama, "llama-2-files": llama_parts, "gpt2": gpt2, "qwen2": qwen2, "q4_0": q4_0}
 
 
 @pytest.fixture(scope="module")
