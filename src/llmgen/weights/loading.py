@@ -94,11 +94,13 @@ def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool, sha
     elif layout.kind == "gguf":
         config, state, layout.gguf_file = read_llama_gguf(layout.directory, keep_quantized=keep_quantized)
         state = _rename(state, GGUF_LLAMA)
-    else:
-        config, state = _read_hf(layout.directory)
+    else:  # a tensor-parallel rank reorders only its own q/k rows, once cut
+        config, state = _read_hf(layout.directory, reorder_rope_rows=shard is None)
     if shard is not None:
         local = local_config(config, shard)  # refuses a split that does not come out even
         state, config = shard_state(config, state, shard), local
+        if layout.kind == "hf" and config.arch == "llama":
+            state = reorder_rope_rows(state, config)
     state = {name: t.contiguous() if isinstance(t, torch.Tensor) else torch.cat(t.parts, t.dim)
              if isinstance(t, ModelParallelParts) else t for name, t in state.items()}
     stored = {name: value for name, value in state.items() if not isinstance(value, torch.Tensor)}
@@ -274,7 +276,8 @@ def _strip_layer(name: str) -> str:
 
 # --- Hugging Face layout ---------------------------------------------------------------------------
 
-def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def _read_hf(directory: Path, reorder_rope_rows: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """reorder_rope_rows False: q/k rows stay in Hugging Face's order, for reorder_rope_rows after sharding."""
     hf_config = read_json(directory / "config.json")
     model_type = hf_config.get("model_type")
     state = read_shards(_hf_weight_files(directory))
@@ -289,7 +292,8 @@ def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         if model_type == "phi3":
             state = _split_phi3(state, config)
         heads = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "one_head": 1}
-        permuted = {suffix: heads[count] for suffix, count in maps.HF_LLAMA_ROPE_PERMUTED.items()}
+        permuted = {suffix: heads[count] for suffix, count in maps.HF_LLAMA_ROPE_PERMUTED.items()
+                    } if reorder_rope_rows else {}
         ignored = set(maps.HF_LLAMA_IGNORED) | ({"lm_head.weight"} if config.tie_embeddings else set())
         if model_type == "gemma3_text":
             # Gemma's RMSNorm scales by (1 + weight): stored here as the weight llmgen's RMSNorm multiplies by.
@@ -298,6 +302,20 @@ def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         return config, _rename(state, maps.HF_LLAMA, permuted=permuted, ignored=ignored, rotary_dim=config.rotary_dim)
     raise LLMGenError(f"{directory / 'config.json'}: model_type {model_type!r:.40} is not supported "
                       f"(gpt2, {', '.join(HF_LLAMA_FAMILIES)})")
+
+
+def reorder_rope_rows(state: dict[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:
+    """_read_hf's reordering of q/k rows into RoPE's interleaved pairs, by llmgen's names, for the heads
+    config has (a tensor-parallel rank's)."""
+    heads = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "one_head": 1}
+    reordered = {}
+    for name, tensor in state.items():
+        count = maps.LLAMA_ROPE_PERMUTED.get(_strip_layer(name))
+        if count is not None:
+            _require_rows(name, tensor, 2 * heads[count])
+            tensor = _unpermute_rope(tensor, heads[count], config.rotary_dim)
+        reordered[name] = tensor
+    return reordered
 
 
 def _split_phi3(state: dict[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:

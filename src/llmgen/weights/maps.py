@@ -61,6 +61,11 @@ HF_GEMMA3 = {
 HF_LLAMA_ROPE_PERMUTED = {"self_attn.q_proj.weight": "n_heads", "self_attn.k_proj.weight": "n_kv_heads",
                           "self_attn.q_proj.bias": "n_heads", "self_attn.k_proj.bias": "n_kv_heads",
                           "self_attn.q_norm.weight": "one_head", "self_attn.k_norm.weight": "one_head"}
+# The same tensors by llmgen's names: a tensor-parallel rank reorders only its own heads' rows, after it
+# has cut them (weights/loading.py): the reordering stays within each head.
+LLAMA_ROPE_PERMUTED = {"attention.wq.weight": "n_heads", "attention.wk.weight": "n_kv_heads",
+                       "attention.wq.bias": "n_heads", "attention.wk.bias": "n_kv_heads",
+                       "attention.q_norm.weight": "one_head", "attention.k_norm.weight": "one_head"}
 HF_LLAMA_IGNORED = {"self_attn.rotary_emb.inv_freq"}
 
 # Meta checkpoints split across model-parallel shards: the dimension each tensor is split along
