@@ -17,6 +17,40 @@ METRICS = [("load_s", "load s"), ("prefill_tok_s", "prompt tok/s"), ("ttft_s", "
            ("decode_tok_s", "decode tok/s"), ("peak_rss_mb", "peak RSS MB")]
 
 
+def meta_shapes(params: dict, ffn_dim: int, tied: bool = False) -> dict[str, tuple[int, ...]]:
+    """The tensors of a Meta-layout LLaMA checkpoint with these params.json values, by name and shape."""
+    dim, kv = params["dim"], params["n_kv_heads"] * params["dim"] // params["n_heads"]
+    shapes = {"tok_embeddings.weight": (params["vocab_size"], dim), "norm.weight": (dim,)}
+    if not tied:
+        shapes["output.weight"] = (params["vocab_size"], dim)
+    for i in range(params["n_layers"]):
+        p = f"layers.{i}."
+        shapes |= {p + "attention.wq.weight": (dim, dim), p + "attention.wk.weight": (kv, dim),
+                   p + "attention.wv.weight": (kv, dim), p + "attention.wo.weight": (dim, dim),
+                   p + "feed_forward.w1.weight": (ffn_dim, dim), p + "feed_forward.w2.weight": (dim, ffn_dim),
+                   p + "feed_forward.w3.weight": (ffn_dim, dim),
+                   p + "attention_norm.weight": (dim,), p + "ffn_norm.weight": (dim,)}
+    return shapes
+
+
+def save_meta_checkpoint(directory: Path, state: dict, params: dict) -> Path:
+    """consolidated.00.pth (written under a temporary name, then renamed: a killed run leaves no half
+    file that looks done), params.json and the real LLaMA-3 tokenizer.model."""
+    import shutil
+
+    import torch
+
+    from llmgen import assets
+
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / "consolidated.00.pth.partial"
+    torch.save(state, partial)
+    partial.rename(directory / "consolidated.00.pth")
+    (directory / "params.json").write_text(json.dumps(params))
+    shutil.copy(assets.locate("llama3"), directory / "tokenizer.model")
+    return directory
+
+
 def llmgen_greedy(model, prompt: list[int], new_tokens: int, decoder=None) -> list[float]:
     """Greedy generation with llmgen; the start time, then the time each token arrived."""
     from llmgen.generation import SamplingSettings, generate_ids

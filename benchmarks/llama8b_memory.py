@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,32 +27,16 @@ FFN_DIM = 14336  # what multiple_of and ffn_dim_multiplier give for dim 4096
 PROMPT, NEW_TOKENS = "武", 5
 
 
-def meta_shapes() -> dict[str, tuple[int, ...]]:
-    dim, kv = PARAMS["dim"], PARAMS["n_kv_heads"] * PARAMS["dim"] // PARAMS["n_heads"]
-    shapes = {"tok_embeddings.weight": (PARAMS["vocab_size"], dim), "norm.weight": (dim,),
-              "output.weight": (PARAMS["vocab_size"], dim)}
-    for i in range(PARAMS["n_layers"]):
-        p = f"layers.{i}."
-        shapes |= {p + "attention.wq.weight": (dim, dim), p + "attention.wk.weight": (kv, dim),
-                   p + "attention.wv.weight": (kv, dim), p + "attention.wo.weight": (dim, dim),
-                   p + "feed_forward.w1.weight": (FFN_DIM, dim), p + "feed_forward.w2.weight": (dim, FFN_DIM),
-                   p + "feed_forward.w3.weight": (FFN_DIM, dim),
-                   p + "attention_norm.weight": (dim,), p + "ffn_norm.weight": (dim,)}
-    return shapes
-
-
 def write_checkpoint(directory: Path) -> Path:
     """Meta layout, bfloat16; each tensor its own storage (as in a real checkpoint), values cheap to make."""
     if (directory / "consolidated.00.pth").is_file():
         return directory
     import torch
+    from common import meta_shapes, save_meta_checkpoint
 
-    from llmgen import assets
-
-    directory.mkdir(parents=True, exist_ok=True)
     pattern = (torch.randn(1 << 20, generator=torch.Generator().manual_seed(0)) * 0.02).bfloat16()
     state = {}
-    for name, shape in meta_shapes().items():
+    for name, shape in meta_shapes(PARAMS, FFN_DIM).items():
         if len(shape) == 1:
             state[name] = torch.ones(shape, dtype=torch.bfloat16)
             continue
@@ -64,13 +46,7 @@ def write_checkpoint(directory: Path) -> Path:
             chunk = flat[start:start + pattern.numel()]
             chunk.copy_(pattern[:chunk.numel()])
         state[name] = tensor
-    partial = directory / "consolidated.00.pth.partial"
-    torch.save(state, partial)
-    del state
-    partial.rename(directory / "consolidated.00.pth")
-    (directory / "params.json").write_text(json.dumps(PARAMS))
-    shutil.copy(assets.locate("llama3"), directory / "tokenizer.model")
-    return directory
+    return save_meta_checkpoint(directory, state, PARAMS)
 
 
 def run_measured(command: list[str]) -> dict:

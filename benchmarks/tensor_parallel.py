@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -32,29 +31,12 @@ def write_checkpoint(directory: Path) -> Path:
     if (directory / "consolidated.00.pth").is_file():
         return directory
     import torch
+    from common import meta_shapes, save_meta_checkpoint
 
-    from llmgen import assets
-
-    dim, kv = PARAMS["dim"], PARAMS["n_kv_heads"] * PARAMS["dim"] // PARAMS["n_heads"]
-    shapes = {"tok_embeddings.weight": (PARAMS["vocab_size"], dim), "norm.weight": (dim,)}
-    for i in range(PARAMS["n_layers"]):
-        p = f"layers.{i}."
-        shapes |= {p + "attention.wq.weight": (dim, dim), p + "attention.wk.weight": (kv, dim),
-                   p + "attention.wv.weight": (kv, dim), p + "attention.wo.weight": (dim, dim),
-                   p + "feed_forward.w1.weight": (FFN_DIM, dim), p + "feed_forward.w2.weight": (dim, FFN_DIM),
-                   p + "feed_forward.w3.weight": (FFN_DIM, dim),
-                   p + "attention_norm.weight": (dim,), p + "ffn_norm.weight": (dim,)}
     generator = torch.Generator().manual_seed(0)
     state = {name: torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=generator) * 0.02
-             for name, shape in shapes.items()}
-    directory.mkdir(parents=True, exist_ok=True)
-    partial = directory / "consolidated.00.pth.partial"
-    torch.save(state, partial)
-    del state
-    partial.rename(directory / "consolidated.00.pth")
-    (directory / "params.json").write_text(json.dumps(PARAMS))
-    shutil.copy(assets.locate("llama3"), directory / "tokenizer.model")
-    return directory
+             for name, shape in meta_shapes(PARAMS, FFN_DIM, tied=True).items()}
+    return save_meta_checkpoint(directory, state, PARAMS)
 
 
 def _children(parent: int) -> list[int]:

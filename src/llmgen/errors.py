@@ -22,3 +22,8 @@ class UsageError(LLMGenError):
     prompt): exit code 2, as for the options Typer itself rejects."""
 
     exit_code = 2
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message, first line only (torch and C++ libraries write pages), or its type's name."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -18,7 +18,7 @@ import warnings
 import torch
 
 from llmgen.decode import Decoder
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, first_line
 
 CACHE_STEP = 256  # KV caches are sized in steps of this, so that runs of similar length share one graph
 
@@ -55,5 +55,4 @@ class CompiledDecoder(Decoder):
                 warnings.simplefilter("ignore")
                 return self._compiled(token, pos, mask)
         except Exception as e:  # the compiler's own failures (no headers, a broken toolchain) are long
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LLMGenError(f"--compile failed: {first_line[:300]}") from None
+            raise LLMGenError(f"--compile failed: {first_line(e)[:300]}") from None

@@ -25,7 +25,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, first_line
 from llmgen.parallel import LAUNCHED_BY_LLMGEN, shared_memory
 from llmgen.parallel.shard import Shard
 from llmgen.parallel.shared_memory import SharedMemoryAllReduce
@@ -48,7 +48,6 @@ class TensorParallel:
     device: str  # this rank's: "cpu" or "cuda:K"
     backend: str
     local: SharedMemoryAllReduce | None = None  # all ranks on this machine's CPUs: the fast path
-
 
     @property
     def rank(self) -> int:
@@ -107,7 +106,7 @@ class TensorParallel:
         return self.device if self.backend == "nccl" else "cpu"
 
     def _lost(self, error: RuntimeError) -> str:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         return f"tensor-parallel rank {self.rank} of {self.world} lost contact with another rank ({reason[:160]})"
 
 
@@ -166,7 +165,7 @@ def join(tensor_parallel: TensorParallel) -> TensorParallel:
         dist.init_process_group(tensor_parallel.backend, timeout=TIMEOUT, **options)
     except (RuntimeError, ValueError) as e:
         tensor_parallel.close()
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise LLMGenError(f"could not join the tensor-parallel process group ({tensor_parallel.backend}): "
                           f"{reason[:200]}") from None
     if tensor_parallel.backend == "gloo":  # local to each rank, so safe on the way out of any failure

@@ -14,13 +14,13 @@ from are let go (weights/memory.py). A rank's memory is then about 1/N of the we
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
 import torch
 
 from llmgen.config import LlamaConfig, ModelConfig
 from llmgen.errors import LLMGenError
+from llmgen.weights import maps
 from llmgen.weights.memory import release_file_pages
 
 
@@ -115,7 +115,7 @@ def shard_state(config: ModelConfig, state: dict[str, object], shard: Shard) -> 
     }
     local = {}
     for name, value in state.items():
-        kind = splits.get(re.sub(r"^(?:layers|h)\.\d+\.", "", name))
+        kind = splits.get(maps.strip_layer(name))
         if kind is None:
             local[name] = value
         elif kind == "first_rank":

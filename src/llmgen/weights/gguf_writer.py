@@ -165,8 +165,7 @@ def _hf_source(directory: Path) -> Source:
                 raise LLMGenError(f"{path.name}: unexpected tensor {name!r:.80}")
             layer = re.search(r"\.(\d+)\.", name)
             ours = maps.HF_LLAMA[template].format(layer.group(1) if layer else "")
-            permute = next((heads[count] for suffix, count in maps.HF_LLAMA_ROPE_PERMUTED.items()
-                            if name.endswith(suffix)), None)
+            permute = heads.get(maps.LLAMA_ROPE_PERMUTED.get(maps.strip_layer(ours)))
 
             def read(name=name, read_one=read_one, permute=permute):
                 tensor = read_one(name)
@@ -224,7 +223,7 @@ def _bpe_fields(vocab: dict, merges: list, added: list, pre: str, tokenizer: Tok
 
 def _meta_source(directory: Path) -> Source:
     from llmgen.weights import maps
-    from llmgen.weights.loading import _merge_model_parallel, _meta_tokenizer_path, _strip_layer
+    from llmgen.weights.loading import _merge_model_parallel, _meta_tokenizer_path
     from llmgen.weights.readers import read_json, read_torch
 
     params = read_json(directory / "params.json")
@@ -248,7 +247,7 @@ def _meta_source(directory: Path) -> Source:
         return lambda: _merge_model_parallel([{name: shard[name]} for shard in shards])[name]
 
     def merged_shape(name: str, shape: torch.Size) -> tuple[int, ...]:  # model-parallel parts side by side
-        dim = maps.META_SHARD_DIM.get(_strip_layer(name))
+        dim = maps.META_SHARD_DIM.get(maps.strip_layer(name))
         return tuple(size * len(shards) if i == dim else size for i, size in enumerate(shape))
 
     tensors = [SourceTensor(name, merged_shape(name, tensor.shape), reader(name), release=release_file_pages)

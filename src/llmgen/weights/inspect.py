@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, first_line
 from llmgen.weights.readers import read_json, read_torch, shards_from_index
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin", ".pt", ".gguf")
@@ -136,7 +136,7 @@ def _safetensors_tensors(path: Path) -> list[TensorInfo]:
                 tensors.append(TensorInfo(name, shape, torch_name, params, params * itemsize))
             return tensors
     except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeDecodeError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise LLMGenError(f"{path.name} is not a readable safetensors file: {reason[:200]}") from None
 
 

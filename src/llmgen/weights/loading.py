@@ -94,15 +94,14 @@ def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool, sha
     elif layout.kind == "gguf":
         config, state, layout.gguf_file = read_llama_gguf(layout.directory, keep_quantized=keep_quantized)
         state = _rename(state, GGUF_LLAMA)
-    else:  # a tensor-parallel rank reorders only its own q/k rows, once cut
-        config, state = _read_hf(layout.directory, reorder_rope_rows=shard is None)
+    else:
+        config, state = _read_hf(layout.directory)
     if shard is not None:
         local = local_config(config, shard)  # refuses a split that does not come out even
         state, config = shard_state(config, state, shard), local
-        if layout.kind == "hf" and config.arch == "llama":
-            state = reorder_rope_rows(state, config)
-    state = {name: t.contiguous() if isinstance(t, torch.Tensor) else torch.cat(t.parts, t.dim)
-             if isinstance(t, ModelParallelParts) else t for name, t in state.items()}
+    if layout.kind == "hf" and config.arch == "llama":  # after sharding: a rank reorders only its own heads
+        state = reorder_rope_rows(state, config)
+    state = {name: t.contiguous() if isinstance(t, torch.Tensor) else t for name, t in state.items()}
     stored = {name: value for name, value in state.items() if not isinstance(value, torch.Tensor)}
     tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
     target = _resolve_dtype(dtype, _stored_dtype(tensors), device)
@@ -230,7 +229,7 @@ def _merge_model_parallel(shards: list[dict[str, torch.Tensor]], join: bool = Tr
         parts = [shard.get(name) for shard in shards]
         if any(p is None for p in parts):
             raise LLMGenError(f"tensor {name!r} is missing from some of the consolidated.*.pth shards")
-        dim = maps.META_SHARD_DIM.get(_strip_layer(name))
+        dim = maps.META_SHARD_DIM.get(maps.strip_layer(name))
         if dim is None:
             merged[name] = parts[0]
         elif any(p.dim() <= dim or p.shape[:dim] + p.shape[dim + 1:] != parts[0].shape[:dim] + parts[0].shape[dim + 1:]
@@ -270,14 +269,10 @@ class ModelParallelParts:
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
 
-def _strip_layer(name: str) -> str:
-    return re.sub(r"^layers\.\d+\.", "", name)
-
-
 # --- Hugging Face layout ---------------------------------------------------------------------------
 
-def _read_hf(directory: Path, reorder_rope_rows: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """reorder_rope_rows False: q/k rows stay in Hugging Face's order, for reorder_rope_rows after sharding."""
+def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Config and tensors by llmgen's names; q/k rows still in Hugging Face's order (reorder_rope_rows)."""
     hf_config = read_json(directory / "config.json")
     model_type = hf_config.get("model_type")
     state = read_shards(_hf_weight_files(directory))
@@ -291,26 +286,23 @@ def _read_hf(directory: Path, reorder_rope_rows: bool = True) -> tuple[ModelConf
         config = LlamaConfig.from_hf(hf_config)
         if model_type == "phi3":
             state = _split_phi3(state, config)
-        heads = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "one_head": 1}
-        permuted = {suffix: heads[count] for suffix, count in maps.HF_LLAMA_ROPE_PERMUTED.items()
-                    } if reorder_rope_rows else {}
         ignored = set(maps.HF_LLAMA_IGNORED) | ({"lm_head.weight"} if config.tie_embeddings else set())
         if model_type == "gemma3_text":
             # Gemma's RMSNorm scales by (1 + weight): stored here as the weight llmgen's RMSNorm multiplies by.
             state = {k: v.float() + 1 if "norm" in k.rsplit(".", 2)[-2] else v for k, v in state.items()}
-            return config, _rename(state, maps.HF_GEMMA3, permuted=permuted, ignored=ignored)
-        return config, _rename(state, maps.HF_LLAMA, permuted=permuted, ignored=ignored, rotary_dim=config.rotary_dim)
+            return config, _rename(state, maps.HF_GEMMA3, ignored=ignored)
+        return config, _rename(state, maps.HF_LLAMA, ignored=ignored)
     raise LLMGenError(f"{directory / 'config.json'}: model_type {model_type!r:.40} is not supported "
                       f"(gpt2, {', '.join(HF_LLAMA_FAMILIES)})")
 
 
 def reorder_rope_rows(state: dict[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:
-    """_read_hf's reordering of q/k rows into RoPE's interleaved pairs, by llmgen's names, for the heads
-    config has (a tensor-parallel rank's)."""
+    """A Hugging Face LLaMA-family checkpoint's q/k rows (maps.LLAMA_ROPE_PERMUTED) into RoPE's interleaved
+    pairs, for the heads config has (a tensor-parallel rank's, once cut)."""
     heads = {"n_heads": config.n_heads, "n_kv_heads": config.n_kv_heads, "one_head": 1}
     reordered = {}
     for name, tensor in state.items():
-        count = maps.LLAMA_ROPE_PERMUTED.get(_strip_layer(name))
+        count = maps.LLAMA_ROPE_PERMUTED.get(maps.strip_layer(name))
         if count is not None:
             _require_rows(name, tensor, 2 * heads[count])
             tensor = _unpermute_rope(tensor, heads[count], config.rotary_dim)
@@ -354,8 +346,7 @@ def _hf_weight_files(directory: Path) -> list[Path]:
 
 
 def _rename(state: dict[str, torch.Tensor], table: dict[str, str], *, transposed=frozenset(),
-            permuted: dict[str, int] | None = None, ignored=frozenset(), rotary_dim: int | None = None
-            ) -> dict[str, torch.Tensor]:
+            ignored=frozenset()) -> dict[str, torch.Tensor]:
     """Checkpoint names -> ours through a template table; reshape what the maps say must be reshaped."""
     renamed, unexpected = {}, []
     for name, tensor in state.items():
@@ -369,10 +360,6 @@ def _rename(state: dict[str, torch.Tensor], table: dict[str, str], *, transposed
         if any(name.endswith(s) for s in transposed):
             _require_matrix(name, tensor, 1)
             tensor = tensor.t()  # a view: made contiguous once sharded (_load_weights), copying only a shard
-        for s, n_heads in (permuted or {}).items():
-            if name.endswith(s):
-                _require_rows(name, tensor, 2 * n_heads)
-                tensor = _unpermute_rope(tensor, n_heads, rotary_dim)
         renamed[table[template].format(layer.group(1) if layer else "")] = tensor
     if unexpected:
         raise LLMGenError(_names_error("has unexpected tensor", unexpected))

@@ -5,6 +5,8 @@ Templates use `{}` for the layer number. Our names are Meta's for LLaMA and nano
 
 from __future__ import annotations
 
+import re
+
 # Hugging Face GPT-2 (GPT2LMHeadModel or GPT2Model): our names minus the "transformer." prefix.
 HF_GPT2 = {
     "transformer.wte.weight": "wte.weight",
@@ -56,13 +58,9 @@ HF_GEMMA3 = {
 }
 
 # HF's conversion permuted q and k rows so RoPE rotates halves; undo it to rotate interleaved pairs: the
-# rows of q and k, their biases, and the per-head norm weights (one head_dim each).
+# rows of q and k, their biases, and the per-head norm weights (one head_dim each), by llmgen's names
+# (after renaming; a tensor-parallel rank's after cutting: the reordering stays within each head).
 # Value: which head count the rows are grouped by.
-HF_LLAMA_ROPE_PERMUTED = {"self_attn.q_proj.weight": "n_heads", "self_attn.k_proj.weight": "n_kv_heads",
-                          "self_attn.q_proj.bias": "n_heads", "self_attn.k_proj.bias": "n_kv_heads",
-                          "self_attn.q_norm.weight": "one_head", "self_attn.k_norm.weight": "one_head"}
-# The same tensors by llmgen's names: a tensor-parallel rank reorders only its own heads' rows, after it
-# has cut them (weights/loading.py): the reordering stays within each head.
 LLAMA_ROPE_PERMUTED = {"attention.wq.weight": "n_heads", "attention.wk.weight": "n_kv_heads",
                        "attention.wq.bias": "n_heads", "attention.wk.bias": "n_kv_heads",
                        "attention.q_norm.weight": "one_head", "attention.k_norm.weight": "one_head"}
@@ -81,3 +79,8 @@ META_SHARD_DIM = {
     "feed_forward.w3.weight": 0,
     "feed_forward.w2.weight": 1,
 }
+
+
+def strip_layer(name: str) -> str:
+    """A layer's tensor name without its layer (layers.N. for LLaMA, h.N. for GPT-2): the key of the tables."""
+    return re.sub(r"^(?:layers|h)\.\d+\.", "", name)

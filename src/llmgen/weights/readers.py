@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, first_line
 
 MAX_JSON_BYTES = 64 << 20  # configs and shard indexes are kilobytes; tokenizer.json files a few MB
 
@@ -45,11 +45,11 @@ def read_torch(path: Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise LLMGenError(f"{path.name} was refused by the weights-only loader (it holds more than tensors): "
                           f"{reason[:200]}") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise LLMGenError(f"{path.name} is not a readable PyTorch checkpoint (truncated or not a zip archive?): "
                           f"{reason[:200]}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -66,7 +66,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise LLMGenError(f"{path.name} is not a readable safetensors file: {reason[:200]}") from None
 
 
