@@ -21,6 +21,7 @@ an interrupted or failed run leaves nothing at the output path.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -65,6 +66,7 @@ class Source:
     tensors: list[SourceTensor]
     tokenizer_fields: dict[str, object] | None = None  # a GGUF source's tokenizer.* metadata, copied as is
     name: str = ""
+    files: tuple[Path, ...] = ()  # what it is read from: the output must be none of them
 
 
 def open_source(path: Path) -> Source:
@@ -96,7 +98,7 @@ def writable(directory: Path) -> bool:
         spec = json.loads((layout.directory / "tokenizer.json").read_text(encoding="utf-8"))
         return (config.get("model_type") in ("llama", "mistral") and spec["model"].get("type") == "BPE"
                 and _pre_tokenizer_name(spec) is not None)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return False
 
 
@@ -140,7 +142,7 @@ def _hf_source(directory: Path) -> Source:
         model = spec["model"]
         vocab, merges = model["vocab"], model["merges"]
         assert model.get("type") == "BPE" and isinstance(vocab, dict) and isinstance(merges, list)
-    except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError, RecursionError):
         raise LLMGenError(f"{tokenizer_json}: not a BPE tokenizer.json llmgen can write to GGUF") from None
     pre = _pre_tokenizer_name(spec)
     if pre is None:
@@ -172,7 +174,13 @@ def _hf_source(directory: Path) -> Source:
                 return tensor if permute is None else _unpermute_rope(tensor, permute)
 
             tensors.append(SourceTensor(ours, shape, read))
-    return Source(config, tokenizer, tensors, tokenizer_fields=fields, name=directory.name)
+    return Source(config, tokenizer, tensors, tokenizer_fields=fields, name=directory.name,
+                  files=_files_in(directory))
+
+
+def _files_in(*directories: Path) -> tuple[Path, ...]:
+    """Every file of a model directory (weights, configs, tokenizer), for the same-file check."""
+    return tuple(p for directory in directories for p in sorted(directory.iterdir()) if p.is_file())
 
 
 def _lazy_tensors(path: Path, read_torch) -> tuple[list[tuple[str, tuple[int, ...]]], Callable[[str], torch.Tensor]]:
@@ -252,7 +260,8 @@ def _meta_source(directory: Path) -> Source:
 
     tensors = [SourceTensor(name, merged_shape(name, tensor.shape), reader(name), release=release_file_pages)
                for name, tensor in shards[0].items()]
-    return Source(config, tokenizer, tensors, name=directory.name)
+    return Source(config, tokenizer, tensors, name=directory.name,
+                  files=_files_in(directory) + ((tokenizer_path,) if tokenizer_path.parent != directory else ()))
 
 
 def _gguf_source(path: Path) -> Source:
@@ -279,7 +288,7 @@ def _gguf_source(path: Path) -> Source:
                                     release=lambda tensor, t=t: gguf_file._release(t.offset, t.n_bytes)))
     fields = {k: v for k, v in gguf_file.fields.items() if k.startswith("tokenizer.")}
     return Source(config, gguf_tokenizer(gguf_file), tensors, tokenizer_fields=fields,
-                  name=str(gguf_file.get("general.name", path.stem)))
+                  name=str(gguf_file.get("general.name", path.stem)), files=(path,))
 
 
 # --- what is written ------------------------------------------------------------------------------
@@ -391,10 +400,18 @@ def _byte_shape(shape: tuple[int, ...], kind: str) -> tuple[tuple[int, ...], int
 
 # --- the file ---------------------------------------------------------------------------------------
 
+class OutputError(LLMGenError):
+    """The output could not be written (a full disk, a read-only directory): the source is not at fault."""
+
+
 def write_gguf(source: Source, out: Path, out_type: str,
                on_tensor: Callable[[str, int, int], None] | None = None) -> Path:
     """Write `source` as a GGUF file at `out` with matrices in `out_type` (OUT_TYPES). on_tensor(name,
-    bytes written so far, total bytes) is called after each tensor (progress)."""
+    bytes written so far, total bytes) is called after each tensor (progress).
+
+    The file is written beside `out` under a temporary name and renamed over it only once complete and
+    read back: a failure at any point leaves `out` as it was and no partial file. `out` may not be any
+    file the source is read from, by whatever name (a symlink, a hard link, `..`, a bind mount)."""
     import gguf
 
     if out_type not in OUT_TYPES:
@@ -402,8 +419,14 @@ def write_gguf(source: Source, out: Path, out_type: str,
     out = Path(out)
     if out.suffix != ".gguf":
         raise LLMGenError(f"{out.name}: the output file name must end in .gguf")
+    if out.is_dir():
+        raise LLMGenError(f"{out} is a directory; name the .gguf file to write")
     if not out.parent.is_dir():
         raise LLMGenError(f"{out.parent} is not a directory")
+    if (same := _source_file_at(source, out)) is not None:
+        raise LLMGenError(f"{out} names the input file {same}: writing it would destroy the input; "
+                          "choose another output file")
+    check_tensors(source)
     planned = plan(source, out_type)
     writer = gguf.GGUFWriter(None, "llama")
     _add_hyperparameters(writer, source, out_type)
@@ -417,33 +440,61 @@ def write_gguf(source: Source, out: Path, out_type: str,
         total += n_bytes
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
-        writer.write_header_to_file(partial)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        done = 0
-        for item in planned:
-            if item.source is None:
-                data = item.data
-            else:
-                tensor = item.source.read()
-                if tuple(tensor.shape) != item.shape:
-                    raise LLMGenError(f"tensor {item.source.name} has shape {list(tensor.shape)}, not {list(item.shape)}")
-                data = encoded(tensor, item.kind)
-                item.source.release(tensor)
-                del tensor
-            writer.write_tensor_data(data)
-            done += data.nbytes
-            del data
-            if on_tensor is not None:
-                on_tensor(item.gguf_name, done, total)
-        writer.close()
+        try:
+            writer.write_header_to_file(partial)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            _write_tensors(writer, planned, total, on_tensor)
+            writer.close()
+        except OSError as e:
+            raise OutputError(f"cannot write {out}: {e.strerror or e}") from None
         _check(partial, planned)
         os.replace(partial, out)
     except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            writer.close()  # its buffer may fail to flush to a full disk again
+        with contextlib.suppress(OSError):  # FileNotFoundError, or a read-only place where none was made
+            partial.unlink()
         raise
     return out
+
+
+def _write_tensors(writer, planned: list[Planned], total: int, on_tensor) -> None:
+    done = 0
+    for item in planned:
+        if item.source is None:
+            data = item.data
+        else:
+            tensor = item.source.read()
+            if tuple(tensor.shape) != item.shape:
+                raise LLMGenError(f"tensor {item.source.name} has shape {list(tensor.shape)}, not {list(item.shape)}")
+            data = encoded(tensor, item.kind)
+            item.source.release(tensor)
+            del tensor
+        writer.write_tensor_data(data)
+        done += data.nbytes
+        del data
+        if on_tensor is not None:
+            on_tensor(item.gguf_name, done, total)
+
+
+def _source_file_at(source: Source, out: Path) -> Path | None:
+    """The source's file that `out` names (same device and inode), or None."""
+    for path in source.files:
+        try:
+            if os.path.samefile(path, out):
+                return path
+        except OSError:  # out does not exist yet (or a source file went away): not the same file
+            continue
+    return None
+
+
+def check_tensors(source: Source) -> None:
+    """Every tensor the config implies, in its shape, and no other: checked before anything is written,
+    so a bad checkpoint names its tensor instead of making a file that fails later."""
+    from llmgen.weights.loading import check_shapes
+
+    check_shapes(source.config, {t.name: t.shape for t in source.tensors})
 
 
 def _add_hyperparameters(writer, source: Source, out_type: str) -> None:

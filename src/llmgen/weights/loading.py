@@ -409,31 +409,48 @@ def _unpermute_rope(weight: torch.Tensor, n_heads: int, rotary_dim: int | None =
 def _assign(config: ModelConfig, state: dict[str, object]) -> torch.nn.Module:
     """Check names and shapes against the config, then assign the tensors; weights kept as stored stay
     out (see _load_weights)."""
-    # First the layers the tensors hold against the config's count: a hostile n_layers of 10**9 must not
-    # build a model of that size before the names disagree.
-    layers = {int(m.group(1)) for name in state if (m := LAYER_INDEX.match(name))}
-    if layers != set(range(config.n_layers)):
-        raise LLMGenError(f"the config says {config.n_layers} layers, but the checkpoint holds tensors for "
-                          f"{len(layers)} (layer numbers {min(layers, default=0)}-{max(layers, default=0)})")
+    _check_layers(config, state)
     for name, tensor in state.items():
         if isinstance(tensor, torch.Tensor) and (not tensor.is_floating_point() or tensor.layout != torch.strided):
             raise LLMGenError(f"tensor {name!r} holds {tensor.dtype} ({tensor.layout}), not dense floating-point "
                               "weights")
+    model = _checked_meta_model(config, {name: tuple(tensor.shape) for name, tensor in state.items()})
+    tensors = {name: t for name, t in state.items() if isinstance(t, torch.Tensor)}
+    model.load_state_dict(tensors, strict=len(tensors) == len(state), assign=True)
+    return model
+
+
+def check_shapes(config: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The tensors a config implies, by llmgen's names, against a checkpoint's: each there, in its shape,
+    and no other (for a checkpoint read without building a model: `llmgen quantize`)."""
+    _check_layers(config, shapes)
+    _checked_meta_model(config, shapes)
+
+
+def _check_layers(config: ModelConfig, names) -> None:
+    """The layers the tensors hold against the config's count, first: a hostile n_layers of 10**9 must not
+    build a model of that size before the names disagree."""
+    layers = {int(m.group(1)) for name in names if (m := LAYER_INDEX.match(name))}
+    if layers != set(range(config.n_layers)):
+        raise LLMGenError(f"the config says {config.n_layers} layers, but the checkpoint holds tensors for "
+                          f"{len(layers)} (layer numbers {min(layers, default=0)}-{max(layers, default=0)})")
+
+
+def _checked_meta_model(config: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> torch.nn.Module:
+    """The model built on the meta device, once the checkpoint's names and shapes are its own."""
     with torch.device("meta"), _no_random_init():
         model = build_model(config)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
+    missing = [k for k in expected if k not in shapes]
     if missing:
         raise LLMGenError(_names_error("is missing tensor", missing))
-    unexpected = [k for k in state if k not in expected]
+    unexpected = [k for k in shapes if k not in expected]
     if unexpected:
         raise LLMGenError(_names_error("has unexpected tensor", unexpected))
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise LLMGenError(f"tensor {name!r} has shape {list(tensor.shape)}, but the config implies "
+    for name, shape in shapes.items():
+        if tuple(shape) != tuple(expected[name].shape):
+            raise LLMGenError(f"tensor {name!r} has shape {list(shape)}, but the config implies "
                               f"{list(expected[name].shape)}")
-    tensors = {name: t for name, t in state.items() if isinstance(t, torch.Tensor)}
-    model.load_state_dict(tensors, strict=len(tensors) == len(state), assign=True)
     return model
 
 
