@@ -1,8 +1,10 @@
 """A model's own chat template (Jinja2, as Hugging Face and GGUF files ship it), rendered in a sandbox.
 
-The template is code from the model's author, so it runs in Jinja2's ImmutableSandboxedEnvironment
-with the environment transformers gives it (trim_blocks, lstrip_blocks, loop controls, raise_exception,
-a tojson that keeps non-ASCII text, strftime_now), and a rendering that fails is one clear error.
+The template is code from the model's author (or whoever made the file), so it runs in Jinja2's
+ImmutableSandboxedEnvironment with the environment transformers gives it (trim_blocks, lstrip_blocks,
+loop controls, raise_exception, a tojson that keeps non-ASCII text, strftime_now), bounded in time,
+memory and steps (sandbox.py), and a rendering that fails is one clear error naming the template's file
+and line.
 
 The rendered text is tokenized whole with its special-token markers as special tokens, as transformers'
 apply_chat_template does, so the ids are the model's own. Only the template may produce markers: when a
@@ -12,13 +14,9 @@ plain text (a prompt cannot forge a turn).
 
 from __future__ import annotations
 
-import json
-from contextlib import contextmanager
-from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, first_line
 from llmgen.tokenizers import Tokenizer
 
 MAX_TEMPLATE_CHARS = 200_000  # real templates are under 20k characters
@@ -27,65 +25,35 @@ RENDER_SECONDS = 5.0  # real templates render in milliseconds
 SENTINEL = "\x00llmgen-message-{}\x00"  # stands in for a message's content when it must stay plain text
 
 
-@lru_cache(maxsize=8)
-def _compiled(template: str):
-    import jinja2
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    environment.filters["tojson"] = tojson
-    environment.globals["raise_exception"] = raise_exception
-    environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return environment.from_string(template)
-
-
 def render(template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
-           **variables: Any) -> str:
-    """The template's text for these messages (role/content dicts)."""
+           source: str = "the model's chat template", **variables: Any) -> str:
+    """The template's text for these messages (role/content dicts), rendered in sandbox.py's bounded
+    sandbox. Anything the template does wrong is one LLMGenError naming `source` and the template's line."""
     if len(template) > MAX_TEMPLATE_CHARS:
-        raise LLMGenError(f"the model's chat template is {len(template)} characters, more than any real one")
-    import jinja2
+        raise LLMGenError(f"{source}: the chat template is {len(template)} characters, more than any real one")
+    from llmgen import sandbox
 
     try:
-        with _time_limit(RENDER_SECONDS):
-            text = _compiled(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                              **variables)
-    except (jinja2.TemplateError, TypeError, ValueError, AttributeError, KeyError, IndexError,
-            RecursionError, MemoryError, TimeoutError) as e:
-        raise LLMGenError(f"the model's chat template failed to render: {type(e).__name__}: {e}") from None
-    if len(text) > MAX_RENDERED_CHARS:
-        raise LLMGenError(f"the model's chat template rendered {len(text)} characters for this conversation")
-    return text
+        return sandbox.render(template, {"messages": messages, "add_generation_prompt": add_generation_prompt,
+                                         **variables}, seconds=RENDER_SECONDS, max_chars=MAX_RENDERED_CHARS)
+    except Exception as e:  # noqa: BLE001 - whatever a template's code raises is the template's failure
+        raise LLMGenError(f"{source}: the chat template failed to render{_template_line(e)}: {_reason(e)}") from None
 
 
-@contextmanager
-def _time_limit(seconds: float):
-    """A template is code: the sandbox stops it from touching anything, not from looping. On the main
-    thread (the CLI's), a SIGALRM timer bounds it; elsewhere it runs unbounded."""
-    import signal
-    import threading
+def _template_line(error: BaseException) -> str:
+    """" at line N" of the template where the error arose (Jinja maps its frames back to template lines)."""
+    import traceback
 
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
+    line = getattr(error, "lineno", None)  # a syntax error's
+    if line is None:
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == "<template>"]
+        line = frames[-1].lineno if frames else None
+    return f" at line {line}" if line else ""
 
-    def expire(signum, frame):
-        raise TimeoutError(f"it ran for more than {seconds:g} s")
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+def _reason(error: BaseException) -> str:
+    message = first_line(error) if str(error).strip() else ""
+    return f"{type(error).__name__}: {message[:200]}" if message else type(error).__name__
 
 
 def template_ids(tokenizer: Tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True
@@ -96,12 +64,14 @@ def template_ids(tokenizer: Tokenizer, messages: list[dict[str, str]], add_gener
                  "eos_token": _token_text(tokenizer, tokenizer.eos_id)}
     specials = _special_texts(tokenizer)
     if not any(s in m["content"] for m in messages for s in specials):
-        text = render(tokenizer.chat_template, messages, add_generation_prompt=add_generation_prompt, **variables)
+        text = render(tokenizer.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                      source=tokenizer.chat_template_source, **variables)
         return tokenizer.encode(text, bos=False, allow_special=True)
     # A message holds a marker's text: render with stand-ins for the contents, then encode the template's
     # parts with markers and the contents as plain text.
     stand_ins = [{**m, "content": SENTINEL.format(i)} for i, m in enumerate(messages)]
-    text = render(tokenizer.chat_template, stand_ins, add_generation_prompt=add_generation_prompt, **variables)
+    text = render(tokenizer.chat_template, stand_ins, add_generation_prompt=add_generation_prompt,
+                  source=tokenizer.chat_template_source, **variables)
     ids: list[int] = []
     for i, message in enumerate(messages):
         before, found, text = text.partition(SENTINEL.format(i))

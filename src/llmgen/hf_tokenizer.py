@@ -123,13 +123,15 @@ def load_tokenizer_json(directory: Path) -> Tokenizer | None:
         for token_id in eos if isinstance(eos, list) else [eos]:
             if isinstance(token_id, int) and not isinstance(token_id, bool) and 0 <= token_id < encoding.n_vocab:
                 stop.add(token_id)
-    template = settings.get("chat_template")
+    template, template_source = settings.get("chat_template"), str(directory / "tokenizer_config.json")
     if not isinstance(template, str):  # transformers 5 writes it to a file of its own
         jinja = directory / "chat_template.jinja"
         template = jinja.read_text(encoding="utf-8", errors="replace") if jinja.is_file() else ""
+        template_source = str(jinja)
     chat_format = "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
     return Tokenizer(name="tokenizer.json", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
                      chat_format=chat_format, chat_template=template or None, eos_id=declared_eos,
+                     chat_template_source=template_source,
                      declared_bos_id=_token_id(tokenizer, settings.get("bos_token")))
 
 
@@ -140,6 +142,8 @@ def _json_object(path: Path) -> dict:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise LLMGenError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise LLMGenError(f"{path} is not a readable JSON file: nested too deeply") from None
     return value if isinstance(value, dict) else {}
 
 

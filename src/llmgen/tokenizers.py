@@ -78,6 +78,7 @@ class Tokenizer(NamedTuple):
     stop_ids: tuple[int, ...] = ()  # a generation ends at any of these
     chat_format: str | None = None  # "chatml" or "llama3": how chat.py wraps a prompt without a template
     chat_template: str | None = None  # the model's own Jinja2 chat template (chat_template.py renders it)
+    chat_template_source: str = "the model's chat template"  # where it came from, for its errors
     eos_id: int | None = None  # the model's declared end-of-sequence token (a template's eos_token)
     # Its declared beginning-of-sequence token (a template's bos_token), whether or not prompts start with
     # it: a template may write it itself (Gemma's do); None: bos_id.
@@ -399,8 +400,8 @@ def _gpt2_from_dir(directory: Path) -> Tokenizer | None:
 
     try:
         vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LLMGenError(f"{vocab_path} is not a JSON vocabulary: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise LLMGenError(f"{vocab_path} is not a JSON vocabulary: {str(e)[:200]}") from None
     if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
         raise LLMGenError(f"{vocab_path} must map token strings to integer ids")
     encoding = encoding_from_vocab(f"gpt2:{directory.name}", vocab, GPT2_PATTERN)

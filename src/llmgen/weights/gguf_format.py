@@ -568,6 +568,7 @@ def gguf_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
     return Tokenizer(name=f"gguf:{pre}", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
                      chat_format=_chat_format(gguf_file), missing_bytes=missing,
                      chat_template=gguf_file.typed("tokenizer.chat_template", str), eos_id=eos,
+                     chat_template_source=f"{gguf_file.path} (tokenizer.chat_template)",
                      declared_bos_id=declared_bos)
 
 
@@ -605,4 +606,5 @@ def _sentencepiece_tokenizer(gguf_file: GGUFFile) -> Tokenizer:
     return Tokenizer(name="gguf:llama", encoding=encoding, bos_id=ids["bos"] if add_bos else None,
                      stop_ids=tuple(sorted(stop)), chat_format=_chat_format(gguf_file),
                      chat_template=gguf_file.typed("tokenizer.chat_template", str), eos_id=ids["eos"],
+                     chat_template_source=f"{gguf_file.path} (tokenizer.chat_template)",
                      declared_bos_id=ids["bos"])
