@@ -150,7 +150,8 @@ def _extract(archive: Path, member: str) -> bytes:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same directory, then rename: readers never see a partial file."""
+    """Write to a temporary name in the same directory, then rename: readers never see a partial file, and
+    a failure (a full disk) leaves the file that was there as it was. The file is the user's alone (0600)."""
     import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +159,8 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the data on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -11,7 +11,7 @@ assistant's header) after the ones already cached, then decodes the reply.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from llmgen.errors import LLMGenError
 from llmgen.tokenizers import Tokenizer
@@ -65,6 +65,10 @@ def end_of_reply_ids(tokenizer: Tokenizer, reply: list[int]) -> list[int]:
     end = tokenizer.encoding.encode_single_token("<|im_end|>" if tokenizer.chat_format == "chatml" else "<|eot_id|>")
     ids = [] if reply and reply[-1] == end else [end]
     return ids + (tokenizer.encode("\n", bos=False) if tokenizer.chat_format == "chatml" else [])
+
+
+class MessageTooLong(LLMGenError):
+    """A chat message that does not fit in the model's window by itself."""
 
 
 @dataclass
@@ -133,10 +137,16 @@ class Conversation:
         return out
 
     def reply(self, text: str, settings, *, generator=None, decoder=None, agree=None) -> Iterator[int]:
-        from llmgen.generation import generate_ids
-
-        self.turns.append(Turn(text))
+        """The reply's ids as they are generated. A message that does not fit in the model's window even
+        alone raises MessageTooLong at once and leaves the conversation as it was; one that fits with
+        fewer earlier turns drops the oldest (on_drop is told); a reply gets at most the room left."""
         window = self.model.config.context_length
+        turn = Turn(text)
+        alone = self.ids([turn])
+        if len(alone) >= window:
+            raise MessageTooLong(f"the message is {len(alone)} tokens in the chat's format, more than the model's "
+                                 f"window of {window}; it was not sent, and the conversation is kept")
+        self.turns.append(turn)
         ids = self.ids(self.turns)
         while len(ids) + settings.max_new_tokens > window and len(self.turns) > 1:
             self.turns.pop(0)
@@ -144,7 +154,14 @@ class Conversation:
             if self.on_drop is not None:
                 self.on_drop(f"the conversation is longer than the model's window of {window} tokens; "
                              "the oldest turn was dropped")
-        turn = self.turns[-1]
+        if len(ids) + settings.max_new_tokens > window:
+            settings = replace(settings, max_new_tokens=window - len(ids))
+        return self._generate(ids, turn, settings, generator, decoder, agree)
+
+    def _generate(self, ids: list[int], turn: Turn, settings, generator, decoder, agree) -> Iterator[int]:
+        from llmgen.generation import generate_ids
+
+        window = self.model.config.context_length
         needed = min(window, len(ids) + settings.max_new_tokens)
         cached = _common_prefix(self.cached_ids, ids)
         if cached == len(ids):  # the whole prompt is cached: prefill its last token again for its logits

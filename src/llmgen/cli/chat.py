@@ -22,7 +22,7 @@ from llmgen.cli.text_input import check_utf8
 from llmgen.errors import LLMGenError
 
 PROMPT, CONTINUATION = "> ", ". "
-COMMANDS = "/exit, /reset, /system TEXT, /save FILE"
+COMMANDS = "/exit, /reset, /system TEXT, /save FILE (/save! FILE replaces any file)"
 
 
 def chat(
@@ -68,32 +68,43 @@ def chat(
     if tensor_parallel is not None and tensor_parallel.rank != 0:
         _follow(session, tensor_parallel)
         return
+    skipped = 0
     if sys.stdin is not None and sys.stdin.isatty():
         _repl(session)
     else:
-        _pipe(session)
+        skipped = _pipe(session)
     if tensor_parallel is not None:
         tensor_parallel.share_json(None)  # the end, for the other ranks
         tensor_parallel.close()
+    if skipped:
+        raise typer.Exit(1)
 
 
 class _Session:
     def __init__(self, conversation, settings, generator, decoder, stats: bool, tensor_parallel=None):
         self.conversation, self.settings, self.generator, self.decoder = conversation, settings, generator, decoder
         self.stats, self.tensor_parallel = stats, tensor_parallel
+        self.saved: set[tuple[int, int]] = set()  # (device, inode) of the files /save wrote
 
     def share(self, message: dict) -> None:
         """Rank 0 of a tensor-parallel chat: what it is about to do, for the other ranks to do too (_follow)."""
         if self.tensor_parallel is not None and self.tensor_parallel.rank == 0:
             self.tensor_parallel.share_json(message)
 
-    def turn(self, text: str, render) -> None:
-        """One user turn: the reply's text chunks go to `render`; statistics to stderr."""
+    def turn(self, text: str, render) -> bool:
+        """One user turn: the reply's text chunks go to `render`; statistics to stderr. False: the message
+        did not fit in the model's window (said on stderr; the chat goes on as it was)."""
+        from llmgen.chat import MessageTooLong
         from llmgen.generation import TextStream
 
         self.share({"turn": text})
         agree = self.tensor_parallel and self.tensor_parallel.first_rank_token
-        ids = self.conversation.reply(text, self.settings, generator=self.generator, decoder=self.decoder, agree=agree)
+        try:
+            ids = self.conversation.reply(text, self.settings, generator=self.generator, decoder=self.decoder,
+                                          agree=agree)
+        except MessageTooLong as e:
+            console.print_warning(str(e))
+            return False
         stream = TextStream(ids, self.conversation.tokenizer)
         render(stream)
         if self.stats:
@@ -102,22 +113,26 @@ class _Session:
                 f"prompt: {turn.new_tokens} new tokens ({turn.cached_tokens} cached) at "
                 f"{turn.new_tokens / max(stream.prefill_seconds, 1e-9):.1f} tok/s; generated {len(stream.ids)} "
                 f"tokens at {stream.decode_tokens_per_second:.1f} tok/s ({stream.finish_reason})")
+        return True
 
 
-def _pipe(session: _Session) -> None:
-    """Each line of stdin is a user turn; each reply is written to stdout, then a newline."""
+def _pipe(session: _Session) -> int:
+    """Each line of stdin is a user turn; each reply is written to stdout, then a newline. A message too long
+    for the model's window gets no reply (a warning on stderr); the others go on, and the exit status is 1."""
     def render(stream) -> None:
         for chunk in stream:
             console.write(chunk)
         console.write("\n")
 
+    skipped = 0
     for number, raw in enumerate(sys.stdin.buffer, start=1):
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             raise LLMGenError(f"line {number} of standard input is not valid UTF-8") from None
         if line.strip():
-            session.turn(check_utf8(line, f"line {number}"), render)
+            skipped += not session.turn(check_utf8(line, f"line {number}"), render)
+    return skipped
 
 
 def _follow(session: _Session, tensor_parallel) -> None:
@@ -188,17 +203,37 @@ def _command(session: _Session, text: str) -> bool:
     elif name == "/system":
         conversation.reset(argument.strip() or None)
         console.print_info("new system message; the conversation starts again")
-    elif name == "/save" and argument.strip() and (session.tensor_parallel is None or session.tensor_parallel.rank == 0):
-        target = Path(argument.strip()).expanduser()
-        try:
-            target.write_text(json.dumps(conversation.messages(), ensure_ascii=False, indent=2) + "\n")
-        except OSError as e:
-            console.print_warning(f"could not save to {target}: {e.strerror or e}")
-        else:
-            console.print_info(f"saved {len(conversation.messages())} messages to {target}")
+    elif name in ("/save", "/save!") and argument.strip():
+        if session.tensor_parallel is None or session.tensor_parallel.rank == 0:
+            _save(session, Path(argument.strip()).expanduser(), replace=name == "/save!")
     else:
         console.print_warning(f"unknown command {text!r}; commands: {COMMANDS}")
     return False
+
+
+def _save(session: _Session, target: Path, replace: bool) -> None:
+    """The messages as JSON, written atomically (a full disk leaves an earlier save whole) and readable by
+    the user alone. An existing file is replaced only when this chat wrote it, or with /save!."""
+    from llmgen.assets import write_atomically
+
+    messages = session.conversation.messages()
+    try:
+        if target.is_dir():
+            raise IsADirectoryError(21, "it is a directory")
+        if target.exists() and not replace and _identity(target) not in session.saved:
+            console.print_warning(f"{target} exists and is not a save of this chat; /save! {target} replaces it")
+            return
+        write_atomically(target, (json.dumps(messages, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+        session.saved.add(_identity(target))
+    except OSError as e:
+        console.print_warning(f"could not save to {target}: {e.strerror or e}")
+    else:
+        console.print_info(f"saved {len(messages)} messages to {target}")
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_dev, status.st_ino
 
 
 def _render_markdown(stream) -> None:
