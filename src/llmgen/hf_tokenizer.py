@@ -99,18 +99,24 @@ def load_tokenizer_json(directory: Path) -> Tokenizer | None:
         raise LLMGenError(f"{path} is larger than any real tokenizer.json ({path.stat().st_size} bytes)")
     from tokenizers import Tokenizer as HFTokenizer
 
+    settings = _json_object(directory / "tokenizer_config.json")
+    generation = _json_object(directory / "generation_config.json")
+    template, template_source = settings.get("chat_template"), str(directory / "tokenizer_config.json")
+    if not isinstance(template, str):  # transformers 5 writes it to a file of its own
+        jinja = directory / "chat_template.jinja"
+        template = jinja.read_text(encoding="utf-8", errors="replace") if jinja.is_file() else ""
+        template_source = str(jinja)
     try:
         text = path.read_text(encoding="utf-8")
         spec = json.loads(text)
-        tokenizer = HFTokenizer.from_str(text)
+        if not isinstance(spec, dict):
+            raise ValueError("not a JSON object")
+        marked = _markers_special(spec, template)
+        tokenizer = HFTokenizer.from_str(text if marked is spec else json.dumps(marked))
     except Exception as e:  # json's ValueError, UnicodeDecodeError; tokenizers raises plain Exceptions
         reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise LLMGenError(f"{path} is not a tokenizer.json: {reason}") from None
-    if not isinstance(spec, dict):
-        raise LLMGenError(f"{path} is not a tokenizer.json (not a JSON object)")
     encoding = TokenizersEncoding(f"tokenizer.json:{directory.name}", tokenizer, spec)
-    settings = _json_object(directory / "tokenizer_config.json")
-    generation = _json_object(directory / "generation_config.json")
 
     # BOS: what the tokenizer's own post-processor puts in front of a text.
     with_specials = tokenizer.encode("a", add_special_tokens=True).ids
@@ -123,16 +129,32 @@ def load_tokenizer_json(directory: Path) -> Tokenizer | None:
         for token_id in eos if isinstance(eos, list) else [eos]:
             if isinstance(token_id, int) and not isinstance(token_id, bool) and 0 <= token_id < encoding.n_vocab:
                 stop.add(token_id)
-    template, template_source = settings.get("chat_template"), str(directory / "tokenizer_config.json")
-    if not isinstance(template, str):  # transformers 5 writes it to a file of its own
-        jinja = directory / "chat_template.jinja"
-        template = jinja.read_text(encoding="utf-8", errors="replace") if jinja.is_file() else ""
-        template_source = str(jinja)
     chat_format = "chatml" if "<|im_start|>" in template else "llama3" if "<|start_header_id|>" in template else None
     return Tokenizer(name="tokenizer.json", encoding=encoding, bos_id=bos, stop_ids=tuple(sorted(stop)),
                      chat_format=chat_format, chat_template=template or None, eos_id=declared_eos,
                      chat_template_source=template_source,
                      declared_bos_id=_token_id(tokenizer, settings.get("bos_token")))
+
+
+def _markers_special(spec: dict, template: str) -> dict:
+    """The spec with every added token that is a marker marked special, whatever the file says: one the chat
+    template writes, or one that looks like a control token by llama.cpp's rule (`<|...|>`, `<｜...｜>`,
+    `<unused...>`, `<pad>`, `<mask>`). Special tokens are never made from text a user typed, so a file that
+    calls `<|im_start|>` "special": false cannot let a message open a turn."""
+    def is_marker(content: str) -> bool:
+        bracketed = len(content) >= 3 and content[0] in "<[" and content[-1] in ">]" and content.strip() == content
+        return (content.startswith("<|") and content.endswith("|>") or content.startswith("<｜") and content.endswith("｜>")
+                or content.startswith("<unused") and content.endswith(">") or content in ("<pad>", "<mask>")
+                or bracketed and content in template)
+
+    added = spec.get("added_tokens")
+    if not isinstance(added, list):
+        return spec
+    forged = [i for i, token in enumerate(added) if isinstance(token, dict) and not token.get("special")
+              and isinstance(token.get("content"), str) and is_marker(token["content"])]
+    if not forged:
+        return spec
+    return {**spec, "added_tokens": [{**t, "special": True} if i in forged else t for i, t in enumerate(added)]}
 
 
 def _json_object(path: Path) -> dict:

@@ -63,8 +63,11 @@ def downloaded(entry) -> Path:
 
 def report_quantized_once(loaded, quantize: str) -> None:
     """Say on stderr, the first time only, that --quantize wrote a cached GGUF (weights/quantized_cache.py)."""
-    if loaded.cache_written:
-        from llmgen.cli import console
+    from llmgen.cli import console
 
+    if loaded.cache_problem:
+        console.print_warning(f"{loaded.cache_problem}; quantized in memory instead (set LLMGEN_QUANTIZED_DIR "
+                              "to a writable directory to keep the quantized file)")
+    if loaded.cache_written:
         console.print_info(f"quantized {loaded.quantized_from} to --quantize {quantize} once, in "
                            f"{loaded.load_seconds:.1f} s; later runs load {loaded.path}")

@@ -48,6 +48,7 @@ class LoadedModel:
     # and whether this run wrote it.
     quantized_from: Path | None = None
     cache_written: bool = False
+    cache_problem: str | None = None  # why the cache could not be used (then it was quantized in memory)
 
 
 @dataclass
@@ -142,12 +143,17 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
         from llmgen.weights.gguf_writer import writable
 
         source = layout.directory if writable(layout.directory) else None
+    cache_problem = None
     if source is not None:
-        from llmgen.weights.quantized_cache import quantized_copy
+        from llmgen.weights.quantized_cache import CacheUnwritable, quantized_copy
 
-        tokenizer_path = tokenizer_path or _meta_tokenizer_path(source) or source  # the source's own tokenizer
-        path, cache_written = quantized_copy(source, quantize)
-        quantize = "auto"  # the cached file's blocks, kept as stored
+        try:
+            cached, cache_written = quantized_copy(source, quantize)
+        except CacheUnwritable as e:
+            cache_problem, source = str(e), None
+        else:
+            tokenizer_path = tokenizer_path or _meta_tokenizer_path(source) or source  # the source's own tokenizer
+            path, quantize = cached, "auto"  # the cached file's blocks, kept as stored
     shard = None if tensor_parallel is None else tensor_parallel.shard
     model, layout, stored = _load_weights(path, device, dtype, keep_quantized=on_cpu and quantize in ("auto", "int4"),
                                           shard=shard)
@@ -169,7 +175,7 @@ def load_model(path: Path, *, device: str = "cpu", dtype: str = "auto", quantize
         raise LLMGenError(f"the tokenizer has {tokenizer.n_vocab} tokens but the model's vocabulary only "
                           f"{config.vocab_size}: they do not belong together")
     return LoadedModel(model, tokenizer, config, layout.kind, Path(path), time.perf_counter() - started,
-                       quantized_from=source, cache_written=cache_written)
+                       quantized_from=source, cache_written=cache_written, cache_problem=cache_problem)
 
 
 def _bf16_on_kernels(model: torch.nn.Module, on_cpu: bool, own_kernels: bool) -> bool:
