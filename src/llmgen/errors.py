@@ -24,6 +24,11 @@ class UsageError(LLMGenError):
     exit_code = 2
 
 
+class LLMGenWarning(UserWarning):
+    """Something the user should know that does not stop the command (a damaged cache rebuilt): the CLI
+    prints it as one `warning:` line."""
+
+
 def first_line(error: BaseException) -> str:
     """An exception's message, first line only (torch and C++ libraries write pages), or its type's name."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]

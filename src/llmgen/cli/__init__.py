@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure becomes one line on stderr and a non-zero exit code."""
     global current_args
     args = current_args = sys.argv[1:] if argv is None else list(argv)
+    _show_warnings_as_lines()
     try:
         code = None
         if args[:1] == ["tokenize"]:
@@ -41,6 +42,27 @@ def main(argv: list[str] | None = None) -> None:
         if "can't allocate memory" not in str(e) and "not enough memory" not in str(e):
             raise
         _report(f"out of memory ({str(e).splitlines()[0][:160]}); use a smaller or more quantized model")
+
+
+def _show_warnings_as_lines() -> None:
+    """The library's LLMGenWarnings (a damaged cache rebuilt) as one `warning:` line each on stderr."""
+    import warnings
+
+    from llmgen.errors import LLMGenWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "llmgen", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, LLMGenWarning):
+            return shown(message, category, filename, lineno, file, line)
+        from llmgen.cli.console import print_warning
+
+        print_warning(str(message))
+
+    show.llmgen = True
+    warnings.showwarning = show
 
 
 def _report(message: str, exit_code: int = 1, consequence: bool = False) -> None:

@@ -36,6 +36,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -43,6 +44,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from llmgen.errors import LLMGenWarning, first_line
 
 HERE = Path(__file__).parent
 SOURCES = (HERE / "int4_matmul.cpp", HERE / "int8_matmul.cpp", HERE / "bf16_matmul.cpp", HERE / "linear.cpp",
@@ -591,8 +594,12 @@ def _compiler() -> str | None:
 
 @cache
 def _build(chosen: Level) -> Path:
-    """Compile SOURCES for a level unless this machine already has it; -> the library's path."""
-    from llmgen.assets import data_dir
+    """Compile SOURCES for a level unless this machine already has it, intact; -> the library's path.
+
+    Beside each library is the sha256 it had when built: a library that no longer matches it (truncated by
+    a full disk, replaced by another file) is never loaded, since loading a damaged shared object can crash
+    the process (SIGBUS); it is built again, with one warning."""
+    from llmgen.assets import data_dir, sha256_file, write_atomically
 
     compiler = _compiler()
     flags = (*FLAGS, *chosen.compiler_flags)
@@ -601,21 +608,39 @@ def _build(chosen: Level) -> Path:
     key = hashlib.sha256("\n".join((*texts, compiler, version, " ".join(flags),
                                     " ".join(sorted(_cpu_flags())))).encode()).hexdigest()[:16]
     library = data_dir() / "kernels" / f"llmgen_kernels-{chosen.name}-{key}.so"
-    if library.exists():
-        return library
+    recorded = library.with_name(library.name + ".sha256")
+    if library.exists() and recorded.exists():  # (without a record: built by an older llmgen, so built again)
+        try:
+            if recorded.read_text(encoding="ascii").strip() == sha256_file(library):
+                return library
+        except (OSError, UnicodeDecodeError):
+            pass
+        warnings.warn(f"llmgen's kernel library {library} is damaged or not llmgen's; building it again",
+                      LLMGenWarning, stacklevel=2)
     library.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
         built = Path(scratch) / library.name
         result = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(built)], capture_output=True, text=True)
         if result.returncode != 0:
             raise OSError(f"{Path(compiler).name} failed: {(result.stderr.strip() or 'no output').splitlines()[0]}")
+        write_atomically(recorded, sha256_file(built).encode())
         os.replace(built, library)  # atomic: another process may be building the same file
     return library
 
 
 @cache
 def _load(path: Path) -> ctypes.CDLL:
-    library = ctypes.CDLL(str(path))
+    try:
+        return _declare(ctypes.CDLL(str(path)))
+    except (OSError, AttributeError) as e:  # AttributeError: a symbol these sources define is missing
+        reason = first_line(e)[:160]
+        warnings.warn(f"cannot load llmgen's kernel library {path.name} ({reason}); using PyTorch's kernels",
+                      LLMGenWarning, stacklevel=2)
+        raise OSError(reason) from None
+
+
+def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
+    """The argument and result types of the library's functions (kernels.h)."""
     pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     library.quant_linear.argtypes = [pointer, pointer, size, pointer, flag, flag]
     library.attention_step.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, size, size, size,
