@@ -24,18 +24,21 @@ def download(
     from llmgen.weights.download import download as fetch
 
     entry = resolve(name, tuple(include or ()))
+
+    def on_retry(file_name: str) -> None:
+        console.print_info(f"the connection dropped during {file_name}; resuming")
     if console.stderr.is_terminal:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
         with Progress(*columns, console=console.stderr, transient=False) as progress:
             result = fetch(entry, local_dir=local_dir, revision=revision, token=token,
-                           tqdm_class=_rich_tqdm(progress))
+                           tqdm_class=_rich_tqdm(progress), on_retry=on_retry)
     else:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()  # quiet on pipes and in logs
-        result = fetch(entry, local_dir=local_dir, revision=revision, token=token)
+        result = fetch(entry, local_dir=local_dir, revision=revision, token=token, on_retry=on_retry)
     console.print_info(f"{entry.repo_id}@{result.commit[:12]}: {len(result.files)} files")
     console.write(f"{result.path}\n")
 

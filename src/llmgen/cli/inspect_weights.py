@@ -23,7 +23,12 @@ def inspect_weights(
     from llmgen.weights.inspect import inspect_path
 
     path = resolve_model(name)[0]
-    inspection = inspect_path(path).filtered(filter_glob)
+    whole = inspect_path(path)
+    if unknown := whole.unknown_tensors():
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        console.print_warning(f"{path.name} holds a tensor no model llmgen loads has: {unknown[0]!r:.100}{more}; "
+                              "llmgen will refuse to load it")
+    inspection = whole.filtered(filter_glob)
     if as_json:
         console.write(json.dumps(inspection.to_json(with_tensors=not no_tensors), default=str) + "\n")
         return

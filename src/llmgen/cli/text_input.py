@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from llmgen.errors import LLMGenError
+from llmgen.errors import LLMGenError, UsageError
 
 
 def stdin_is_piped() -> bool:
@@ -23,11 +23,12 @@ def read_stdin() -> str:
 
 def check_utf8(text: str, what: str) -> str:
     """Arguments that were not valid UTF-8 reach Python with the bad bytes as lone surrogates
-    (surrogateescape): refuse them, as undecodable stdin is refused, before they reach a tokenizer or JSON."""
+    (surrogateescape), and JSON's \\ud800 escapes as lone surrogates: refuse them (a usage error, exit 2) before
+    they reach a tokenizer or JSON."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise LLMGenError(f"{what} is not valid UTF-8 (byte {e.start})") from None
+        raise UsageError(f"{what} is not valid UTF-8 (byte {e.start})") from None
     return text
 
 

@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
@@ -53,7 +54,9 @@ class Download:
 
 
 def download(entry: ModelEntry, *, local_dir: Path | None = None, revision: str | None = None,
-             token: str | None = None, tqdm_class=None) -> Download:
+             token: str | None = None, tqdm_class=None, on_retry=None) -> Download:
+    """on_retry(file name): called once per file whose connection dropped and is being resumed (the client's
+    own retry messages are kept off stderr)."""
     from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 
     revision = revision or entry.revision
@@ -61,11 +64,12 @@ def download(entry: ModelEntry, *, local_dir: Path | None = None, revision: str 
     if local_dir is not None and local_dir.exists() and not local_dir.is_dir():
         raise LLMGenError(f"--dir {local_dir} is an existing file, not a directory")
     guard_hub_session(constants.ENDPOINT)
-    with hub_errors(entry.repo_id, revision):
+    with hub_errors(entry.repo_id, revision), _retries_reported(on_retry):
         if constants.HF_HUB_OFFLINE:
-            path = snapshot_download(entry.repo_id, revision=revision, allow_patterns=list(entry.files),
-                                     local_dir=local_dir, local_files_only=True)
-            return Download(entry.repo_id, revision, Path(path), sorted(Path(path).rglob("*")))
+            path = Path(snapshot_download(entry.repo_id, revision=revision, allow_patterns=list(entry.files),
+                                          local_dir=local_dir, local_files_only=True))
+            check_complete(entry, path)
+            return Download(entry.repo_id, revision, path, sorted(p for p in path.rglob("*") if p.is_file()))
         info = HfApi().model_info(entry.repo_id, revision=revision, files_metadata=True, token=token)
         commit = info.sha or ""
         if not COMMIT_SHA.fullmatch(commit):
@@ -87,6 +91,57 @@ def download(entry: ModelEntry, *, local_dir: Path | None = None, revision: str 
             verify(path, sibling, root)
             files.append(path)
     return Download(entry.repo_id, commit, root, files)
+
+
+@contextmanager
+def _retries_reported(on_retry):
+    """huggingface_hub logs two lines each time it resumes a dropped connection (up to a dozen for one
+    file): they become one on_retry call per file."""
+    import logging
+
+    told: set[str] = set()
+
+    def quiet(record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Error while downloading from"):
+            return True
+        name = str(record.args[0] if record.args else "").rsplit("/", 1)[-1]
+        if on_retry is not None and name not in told:
+            told.add(name)
+            on_retry(name)
+        return False
+
+    logger = logging.getLogger("huggingface_hub.file_download")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def check_complete(entry: ModelEntry, root: Path) -> None:
+    """A snapshot found offline holds what the model needs to load (a download cut short leaves only some
+    of it): its layout's weights, config and tokenizer; for a repo id, every file its globs name."""
+    def present(pattern: str) -> bool:
+        return any(p.is_file() for p in root.glob(pattern))
+
+    if entry.layout == "meta":
+        needed = list(entry.files)
+    elif entry.layout == "gguf":
+        needed = [entry.files[0]]
+    elif entry.layout == "hf":
+        needed = ["config.json", "model.safetensors.index.json" if present("model.safetensors.index.json")
+                  else "model.safetensors"]
+        needed += [] if present("tokenizer.json") else ["vocab.json", "merges.txt"]
+    else:
+        needed = [p for p in entry.files if p != "*"]
+    missing = [p for p in needed if not present(p)]
+    if not missing and "model.safetensors.index.json" in needed:
+        from llmgen.weights.readers import shards_from_index
+
+        shards_from_index(root / "model.safetensors.index.json")  # every shard it names is there
+    if missing:
+        raise LLMGenError(f"offline (HF_HUB_OFFLINE=1) and the local copy of {entry.repo_id} is incomplete "
+                          f"(no {missing[0]}); unset HF_HUB_OFFLINE to finish the download")
 
 
 def check_revision(revision: str) -> None:
@@ -240,12 +295,21 @@ class hub_errors:
                        "nothing was saved")
         elif isinstance(error, ValueError) and "Invalid" in str(error):  # the client's own path checks
             message = f"the hub sent an unsafe name for {repo}: {str(error).splitlines()[0][:160]}"
+        elif _is_dropped_connection(error):
+            message = (f"the connection to the hub dropped again and again while downloading {repo} "
+                       f"({type(error).__name__}); run the download again to resume it")
         elif _is_connection_error(error):
             message = (f"cannot reach the hub at {constants.ENDPOINT} ({type(error).__name__}); check the network, "
                        "or set HF_HUB_OFFLINE=1 to use files already downloaded")
         else:
             return False
         raise LLMGenError(message) from None
+
+
+def _is_dropped_connection(error: BaseException) -> bool:
+    import httpx2
+
+    return isinstance(error, httpx2.RemoteProtocolError)
 
 
 def _is_connection_error(error: BaseException) -> bool:

@@ -30,30 +30,6 @@ from llmgen.tokenizers import GPT2_PATTERN, LLAMA3_PATTERN, Tokenizer, bytes_to_
 from llmgen.weights.gguf_blocks import FOUR_BIT, SPLITTERS, BlockEmbedding, deferred_matrix, split
 from llmgen.weights.memory import check_memory
 
-# GGUF tensor names -> ours (Meta's), `{}` for the layer number.
-GGUF_LLAMA = {
-    "token_embd.weight": "tok_embeddings.weight",
-    "output_norm.weight": "norm.weight",
-    "output.weight": "output.weight",
-    "blk.{}.attn_norm.weight": "layers.{}.attention_norm.weight",
-    "blk.{}.attn_q.weight": "layers.{}.attention.wq.weight",
-    "blk.{}.attn_k.weight": "layers.{}.attention.wk.weight",
-    "blk.{}.attn_v.weight": "layers.{}.attention.wv.weight",
-    "blk.{}.attn_output.weight": "layers.{}.attention.wo.weight",
-    "blk.{}.ffn_norm.weight": "layers.{}.ffn_norm.weight",
-    "blk.{}.ffn_gate.weight": "layers.{}.feed_forward.w1.weight",
-    "blk.{}.ffn_down.weight": "layers.{}.feed_forward.w2.weight",
-    "blk.{}.ffn_up.weight": "layers.{}.feed_forward.w3.weight",
-    # Qwen2: a bias on q, k and v; Qwen3: RMSNorm weights for each q and k head.
-    "blk.{}.attn_q.bias": "layers.{}.attention.wq.bias",
-    "blk.{}.attn_k.bias": "layers.{}.attention.wk.bias",
-    "blk.{}.attn_v.bias": "layers.{}.attention.wv.bias",
-    "blk.{}.attn_q_norm.weight": "layers.{}.attention.q_norm.weight",
-    "blk.{}.attn_k_norm.weight": "layers.{}.attention.k_norm.weight",
-    # Gemma 3: RMSNorm on attention's and the MLP's outputs too (ffn_norm is its pre-feedforward norm).
-    "blk.{}.post_attention_norm.weight": "layers.{}.post_attention_norm.weight",
-    "blk.{}.post_ffw_norm.weight": "layers.{}.post_ffn_norm.weight",
-}
 # general.architecture values read onto the LLaMA model. llama.cpp writes "llama" files with q and k rows
 # permuted for RoPE on interleaved pairs (llmgen's order), and Qwen's in Hugging Face's order (RoPE on
 # halves, llama.cpp's NEOX): those rows are put in llmgen's order as they are read.

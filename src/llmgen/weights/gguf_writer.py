@@ -265,7 +265,8 @@ def _meta_source(directory: Path) -> Source:
 
 
 def _gguf_source(path: Path) -> Source:
-    from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_llama_config, gguf_tokenizer
+    from llmgen.weights.gguf_format import GGUFFile, gguf_llama_config, gguf_tokenizer
+    from llmgen.weights.maps import GGUF_LLAMA
 
     gguf_file = GGUFFile(path)
     if gguf_file.typed("general.architecture", str) != "llama":
@@ -303,7 +304,7 @@ class Planned:
 
 
 def gguf_name(ours: str) -> str:
-    from llmgen.weights.gguf_format import GGUF_LLAMA
+    from llmgen.weights.maps import GGUF_LLAMA
 
     template = re.sub(r"\.\d+\.", ".{}.", ours, count=1)
     for theirs, mine in GGUF_LLAMA.items():

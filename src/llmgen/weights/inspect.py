@@ -63,8 +63,14 @@ class Inspection:
             return self
         return Inspection(self.format, self.config, [t for t in self.tensors if fnmatch.fnmatchcase(t.name, pattern)])
 
+    def unknown_tensors(self) -> list[str]:
+        """Tensors no model llmgen loads has (maps.unknown_names)."""
+        from llmgen.weights.maps import unknown_names
+
+        return unknown_names(t.name for t in self.tensors)
+
     def to_json(self, with_tensors: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {"format": self.format, "config": self.config}
+        out: dict[str, Any] = {"format": self.format, "config": self.config, "unknown_tensors": self.unknown_tensors()}
         if with_tensors:
             out["tensors"] = [{k: v for k, v in asdict(t).items() if k in ("name", "shape", "dtype", "params", "nbytes")}
                               for t in self.tensors]

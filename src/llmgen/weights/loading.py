@@ -22,7 +22,7 @@ from llmgen.parallel.shard import Shard, build_config, local_config, shard_state
 from llmgen.quantize import QUANTIZATIONS, bf16_on_kernels, quantize_model
 from llmgen.tokenizers import MODEL_VOCABULARIES, Tokenizer, get_tokenizer, load_llama3, tokenizer_from_path
 from llmgen.weights import maps
-from llmgen.weights.gguf_format import GGUF_LLAMA, GGUFFile, gguf_tokenizer, read_llama_gguf
+from llmgen.weights.gguf_format import GGUFFile, gguf_tokenizer, read_llama_gguf
 from llmgen.weights.memory import check_memory
 from llmgen.weights.readers import read_json, read_shards, shards_from_index
 
@@ -94,7 +94,7 @@ def _load_weights(path: Path, device: str, dtype: str, keep_quantized: bool, sha
         config, state = _read_meta(layout.directory, keep_parts=shard is not None)
     elif layout.kind == "gguf":
         config, state, layout.gguf_file = read_llama_gguf(layout.directory, keep_quantized=keep_quantized)
-        state = _rename(state, GGUF_LLAMA)
+        state = _rename(state, maps.GGUF_LLAMA)
     else:
         config, state = _read_hf(layout.directory)
     if shard is not None:

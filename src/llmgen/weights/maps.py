@@ -57,6 +57,32 @@ HF_GEMMA3 = {
     "model.layers.{}.post_feedforward_layernorm.weight": "layers.{}.post_ffn_norm.weight",
 }
 
+# GGUF tensor names -> ours (Meta's), `{}` for the layer number.
+# llama.cpp's GGUF names (the "llama" architecture's, which the others llmgen reads share).
+GGUF_LLAMA = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+    "blk.{}.attn_norm.weight": "layers.{}.attention_norm.weight",
+    "blk.{}.attn_q.weight": "layers.{}.attention.wq.weight",
+    "blk.{}.attn_k.weight": "layers.{}.attention.wk.weight",
+    "blk.{}.attn_v.weight": "layers.{}.attention.wv.weight",
+    "blk.{}.attn_output.weight": "layers.{}.attention.wo.weight",
+    "blk.{}.ffn_norm.weight": "layers.{}.ffn_norm.weight",
+    "blk.{}.ffn_gate.weight": "layers.{}.feed_forward.w1.weight",
+    "blk.{}.ffn_down.weight": "layers.{}.feed_forward.w2.weight",
+    "blk.{}.ffn_up.weight": "layers.{}.feed_forward.w3.weight",
+    # Qwen2: a bias on q, k and v; Qwen3: RMSNorm weights for each q and k head.
+    "blk.{}.attn_q.bias": "layers.{}.attention.wq.bias",
+    "blk.{}.attn_k.bias": "layers.{}.attention.wk.bias",
+    "blk.{}.attn_v.bias": "layers.{}.attention.wv.bias",
+    "blk.{}.attn_q_norm.weight": "layers.{}.attention.q_norm.weight",
+    "blk.{}.attn_k_norm.weight": "layers.{}.attention.k_norm.weight",
+    # Gemma 3: RMSNorm on attention's and the MLP's outputs too (ffn_norm is its pre-feedforward norm).
+    "blk.{}.post_attention_norm.weight": "layers.{}.post_attention_norm.weight",
+    "blk.{}.post_ffw_norm.weight": "layers.{}.post_ffn_norm.weight",
+}
+
 # HF's conversion permuted q and k rows so RoPE rotates halves; undo it to rotate interleaved pairs: the
 # rows of q and k, their biases, and the per-head norm weights (one head_dim each), by llmgen's names
 # (after renaming; a tensor-parallel rank's after cutting: the reordering stays within each head).
@@ -84,3 +110,20 @@ META_SHARD_DIM = {
 def strip_layer(name: str) -> str:
     """A layer's tensor name without its layer (layers.N. for LLaMA, h.N. for GPT-2): the key of the tables."""
     return re.sub(r"^(?:layers|h)\.\d+\.", "", name)
+
+
+# Names of tensors llmgen reads under some layout that are in no table above: Phi-3's fused q/k/v and
+# gate/up (split as read), GGUF's RoPE factors, Llama 2's precomputed frequencies.
+OTHER_KNOWN = {"model.layers.{}.self_attn.qkv_proj.weight", "model.layers.{}.mlp.gate_up_proj.weight",
+               "blk.{}.attn_qkv.weight", "rope_freqs.weight", "rope.freqs"}
+
+
+def unknown_names(names) -> list[str]:
+    """The tensor names that no layout llmgen reads has (a checkpoint holding one will not load)."""
+    known = set(OTHER_KNOWN)
+    for table in (HF_GPT2, HF_LLAMA, HF_GEMMA3, GGUF_LLAMA):
+        known |= set(table) | set(table.values())
+    known |= {name.removeprefix("transformer.") for name in HF_GPT2}
+    ignored = HF_GPT2_IGNORED | HF_LLAMA_IGNORED
+    return [name for name in names if re.sub(r"\.\d+\.", ".{}.", name, count=1) not in known
+            and not any(name == s or name.endswith("." + s) for s in ignored)]
