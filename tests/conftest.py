@@ -88,3 +88,48 @@ def run_on_terminal(*args, columns: int = 80, timeout: float = 120) -> str:
     os.close(controller)
     process.wait(timeout=10)
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode("utf-8", "replace")).replace("\r", "")
+
+
+def run_in_process(capsys, *args, input: bytes = b""):
+    """`llmgen ARGS` through the CLI's own entry point in this process (no interpreter start-up, and what a
+    process caches, such as LLaMA-3's merges, stays cached), `input` on its stdin: its exit code, stdout and
+    stderr."""
+    import io
+
+    from llmgen.cli import main
+
+    capsys.readouterr()
+    saved, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(input), encoding="utf-8")
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.stdin = saved
+    out, err = capsys.readouterr()
+    return type("Result", (), {"returncode": code, "out": out, "err": err})
+
+
+def assert_one_line_warning(result, *fragments):
+    assert "Traceback" not in result.err, result.err
+    lines = [line for line in result.err.strip().splitlines() if line.startswith(("warning: ", "error: "))]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), result.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def mount_tmpfs(directory: Path, options: str) -> None:
+    """A tmpfs at directory (a small disk, or a read-only one: root writes through permission bits), or skip."""
+    directory.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+
+
+def sha256_tree(*paths: Path) -> dict[str, str]:
+    """Every file under these paths -> its sha256 (to show that nothing in them changed)."""
+    import hashlib
+
+    files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*"))) if p.is_file()]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}

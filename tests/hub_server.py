@@ -38,6 +38,7 @@ class HubServer:
         self.accepted_tokens: set[str] = set()  # tokens whose account accepted the gated licences
         self.corrupt: set[str] = set()  # file names served with one byte flipped
         self.drop_after: dict[str, int] = {}  # file name -> bytes sent before the connection drops (once)
+        self.drop_every: dict[str, int] = {}  # file name -> bytes sent before every response for it drops
         self.bytes_per_second: dict[str, int] = {}  # file name -> throttled rate
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.auth_log: list[tuple[str, str, str | None]] = []  # (host, path, Authorization header)
@@ -189,7 +190,7 @@ class HubServer:
                 self.end_headers()
                 if head:
                     return
-                drop = hub.drop_after.pop(filename, None)
+                drop = hub.drop_after.pop(filename, hub.drop_every.get(filename))
                 rate = hub.bytes_per_second.get(filename)
                 chunk = 4096 if rate is None else max(1, rate // 20)
                 sent = 0

@@ -343,6 +343,7 @@ def test_batch_results_equal_the_prompts_run_one_by_one(tmp_path):
     ('{"prompt": 3}', 'needs a non-empty "prompt" string'), ("not json", "is not a JSON object"),
     ('{"prompt": "x", "temprature": 1}', "unknown key 'temprature'"),
     ('{"prompt": "x", "top_k": "5"}', "top_k must be int"), ('{"prompt": "x", "top_p": 2}', "top-p must be in"),
+    ('{"prompt": "a lone surrogate \\ud800"}', "is not valid UTF-8"),
 ])
 def test_a_bad_batch_line_is_a_usage_error_before_anything_runs(tmp_path, line, message):
     (tmp_path / "in.jsonl").write_text(json.dumps(BATCH[0]) + "\n" + line + "\n")

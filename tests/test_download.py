@@ -132,6 +132,22 @@ def test_connection_dropped_midway_is_resumed_with_a_range_request(hub, tmp_path
                for r in hub.ranges_requested("model.safetensors"))
 
 
+def test_a_connection_that_keeps_dropping_is_one_line_of_progress_and_one_error(hub, tmp_path):
+    hub.repos["openai-community/gpt2"].files["model.safetensors"] = BIG
+    hub.drop_every["model.safetensors"] = 2 * 1024 * 1024
+    target = tmp_path / "gpt2"
+    result = run_llmgen("download", "gpt2", "--dir", target, env=env_for(hub, tmp_path))
+    assert result.returncode == 1 and result.out == "" and "Traceback" not in result.err
+    assert result.err.splitlines() == [
+        "the connection dropped during model.safetensors; resuming",
+        "error: the connection to the hub dropped again and again while downloading openai-community/gpt2 "
+        "(RemoteProtocolError); run the download again"]
+    del hub.drop_every["model.safetensors"]
+    done = run_llmgen("download", "gpt2", "--dir", target, env=env_for(hub, tmp_path))
+    assert done.returncode == 0, done.err
+    assert (target / "model.safetensors").read_bytes() == BIG
+
+
 def test_interrupted_leaves_nothing_behind_and_the_next_run_completes(hub, tmp_path):
     hub.repos["meta-llama/Meta-Llama-3-8B"].files["original/consolidated.00.pth"] = BIG
     hub.bytes_per_second["original/consolidated.00.pth"] = 6 * 1024 * 1024  # 4 s for the whole file
@@ -264,6 +280,15 @@ def test_offline_mode(hub, tmp_path):
     cached = run_llmgen("download", "gpt2", env=offline)
     assert cached.returncode == 0, cached.err
     assert (Path(cached.out.strip()) / "model.safetensors").is_file()
+
+
+def test_offline_a_partial_snapshot_is_an_error_not_a_path(hub, tmp_path):
+    assert run_llmgen("download", "gpt2", env=env_for(hub, tmp_path)).returncode == 0
+    snapshot = next((tmp_path / "hf").rglob("snapshots/*"))
+    (snapshot / "model.safetensors").unlink()  # as a download cut short leaves it
+    result = run_llmgen("download", "gpt2", env=env_for(hub, tmp_path, HF_HUB_OFFLINE="1"))
+    assert_one_line_error(result, "offline (HF_HUB_OFFLINE=1)", "incomplete (no model.safetensors)")
+    assert result.returncode == 1 and result.out == ""
 
 
 def test_unreachable_hub(tmp_path):

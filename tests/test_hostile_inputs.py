@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LLMGEN, assert_one_line_error, run_llmgen
+from conftest import LLMGEN, assert_one_line_error, mount_tmpfs, run_llmgen
 
 pytestmark = pytest.mark.slow
 
@@ -220,13 +220,6 @@ def test_undecodable_prompt_argument():
 
 
 # --- speech targets -------------------------------------------------------------------------------------
-
-def mount_tmpfs(directory: Path, options: str) -> None:
-    directory.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-
 
 @pytest.fixture
 def small_disk(tmp_path):

@@ -297,7 +297,7 @@ class hub_errors:
             message = f"the hub sent an unsafe name for {repo}: {str(error).splitlines()[0][:160]}"
         elif _is_dropped_connection(error):
             message = (f"the connection to the hub dropped again and again while downloading {repo} "
-                       f"({type(error).__name__}); run the download again to resume it")
+                       f"({type(error).__name__}); run the download again")
         elif _is_connection_error(error):
             message = (f"cannot reach the hub at {constants.ENDPOINT} ({type(error).__name__}); check the network, "
                        "or set HF_HUB_OFFLINE=1 to use files already downloaded")
