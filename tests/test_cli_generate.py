@@ -267,8 +267,9 @@ def test_quantized_generation_quantizes_once(llama3_dir, tmp_path, quantize):
     args = ("generate", "hi", "-n", "4", "-m", llama3_dir, "--quantize", quantize, "--json", "-t", "0")
     first, second = run_llmgen(*args, env=env), run_llmgen(*args, env=env)
     assert first.returncode == 0 and second.returncode == 0, first.err + second.err
-    (cached,) = tmp_path.iterdir()
-    assert cached.suffix == ".gguf" and "quantized" in first.err and str(cached) in first.err
+    (cached,) = tmp_path.glob("*.gguf")
+    assert cached.with_name(cached.name + ".check").is_file()  # its size and CRC-32, checked on load
+    assert "quantized" in first.err and str(cached) in first.err
     assert second.err == ""
     assert json.loads(first.out)["text"] == json.loads(second.out)["text"]
     assert json.loads(first.out)["generated_tokens"] >= 1

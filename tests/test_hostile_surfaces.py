@@ -183,16 +183,20 @@ def test_chat_save_never_overwrites_or_loses_a_file(tmp_path, mounts):
                                stderr=terminal, env=env, cwd=tmp_path)
     os.close(terminal)
 
-    def say(line: str) -> str:
-        os.write(controller, line.encode() + b"\r")
+    def until_prompt() -> str:
         seen, deadline = b"", time.time() + 90
-        while not seen.rstrip().endswith(b">") and time.time() < deadline:  # until the next prompt
+        while not seen.endswith(b"> ") and time.time() < deadline:  # input()'s prompt, as it writes it
             if select.select([controller], [], [], 0.5)[0]:
                 seen += os.read(controller, 4096)
+        assert seen.endswith(b"> "), seen
         return seen.decode("utf-8", "replace")
 
+    def say(line: str) -> str:
+        os.write(controller, line.encode() + b"\r")
+        return until_prompt()
+
     try:
-        say("")
+        until_prompt()
         say("What is 2+2?")
         assert "notes.json exists and is not a save of this chat; /save! notes.json replaces it" in say("/save notes.json")
         assert notes.read_text() == "my own notes\n"
