@@ -31,13 +31,18 @@ install:
 install-test: install
 	$(PIP) install --quiet -e '.[test]'
 	# llama.cpp's tokenizer test vocabularies and vectors, from its PyPI sdist (hash-checked; cached).
-	$(PYTHON) tests/llama_cpp_vocab.py
+	$(PYTHON) tests/support/llama_cpp_vocab.py
 
 demo: install
 	llmgen generate "Once upon a time" --max-new-tokens 40
 
+# ruff; one direction of imports (import-linter's contracts in pyproject.toml, and no cycles or underscore
+# names across modules: scripts/check_imports.py); the type checker over src/ (ARCHITECTURE.md).
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks
+	PYTHONPATH=src lint-imports --no-cache
+	$(PYTHON) scripts/check_imports.py
+	$(PYTHON) -m mypy
 
 test: install-test lint
 	$(PYTHON) -m pytest -q

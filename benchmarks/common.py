@@ -102,7 +102,7 @@ def gguf_engine_worker(path, engine: str, new_tokens: int, prompt_text: str, ker
     started = time.perf_counter()
     if engine.startswith("llmgen"):
         from llmgen.decode import choose_decoder
-        from llmgen.weights.loading import load_model
+        from llmgen.loading import load_model
 
         loaded = load_model(path)
         decoder = choose_decoder(loaded.model)

@@ -54,7 +54,7 @@ def worker(engine: str, directory: Path, prompt_tokens: int, new_tokens: int) ->
     prompt = torch.randint(0, 50257, (prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
     started = time.perf_counter()
     if engine.startswith("llmgen"):
-        from llmgen.weights.loading import load_model
+        from llmgen.loading import load_model
 
         model = load_model(directory, quantize=QUANTIZE[engine]).model
         loaded = time.perf_counter()

@@ -1,6 +1,6 @@
 """The benchmarks' GPT-2 and hand-made LLaMA weights as GGUF files, so that llama.cpp runs the same model
 as llmgen. A LLaMA checkpoint in Meta's layout goes through `llmgen quantize`'s writer
-(llmgen/weights/gguf_writer.py, which also provides the tokenizer metadata used here).
+(llmgen/weights/gguf_write.py, which also provides the tokenizer metadata used here).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import gguf
 import numpy as np
 import torch
 
-from llmgen.weights.gguf_writer import add_bpe_tokenizer, open_source, write_gguf
+from llmgen.weights.gguf_write import add_bpe_tokenizer, write_gguf
+from llmgen.weights.sources import open_source
 
 
 def write(path: Path, writer: gguf.GGUFWriter, tensors: list[tuple[str, torch.Tensor]], quantize: str) -> Path:
@@ -55,7 +56,7 @@ def gpt2_gguf(hf_directory: Path, path: Path, quantize: str = "F32") -> Path:
         return path
     from safetensors.torch import load_file
 
-    from llmgen.tokenizers import get_tokenizer
+    from llmgen.tokenization.tiktoken_files import get_tokenizer
 
     state = {k.removeprefix("transformer."): v for k, v in load_file(hf_directory / "model.safetensors").items()}
     n_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("h."))

@@ -11,7 +11,7 @@
   transformers, converted by llama.cpp's convert_hf_to_gguf.py to F16 and quantized to Q4_K_M: the families
   llmgen reads with their GGUF architectures qwen2 and qwen3 (Qwen2.5's 896-wide rows mix in Q5_0/Q8_0);
   and a Gemma-3-1B-shaped one the same way (architecture gemma3, Gemma 4's vocabulary standing in).
-Needs llama-cpp-python (`make bench-peers`) and the test extras (transformers; tests/llama_cpp_vocab.py).
+Needs llama-cpp-python (`make bench-peers`) and the test extras (transformers; tests/support/llama_cpp_vocab.py).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ QWEN_SHAPES = {
         num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rope_theta=1000000.0,
         rms_norm_eps=1e-6, tie_word_embeddings=True)),
     # google/gemma-3-1b-it's config.json (local layers with a 512 window, every 6th global), with Gemma 4's
-    # vocabulary standing in for Gemma 3's (tests/llama_cpp_vocab.py).
+    # vocabulary standing in for Gemma 3's (tests/support/llama_cpp_vocab.py).
     "gemma-3-1b": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
         hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
         num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
@@ -67,7 +67,7 @@ def write_qwen(name: str) -> Path:
     import torch
     import transformers
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "support"))
     import llama_cpp_vocab
 
     config_class, model_class, shape = QWEN_SHAPES[name]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmgen.weights.loading import load_model
+from llmgen.loading import load_model
 
 PROMPTS = {
     "English": "The capital of France is",

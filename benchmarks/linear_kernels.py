@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from llmgen import kernels as kernels_module
-from llmgen.quantize import Int4Groups, Int4Linear, Int8Linear
+from llmgen.quantization.linear import Int4Linear, Int8Linear
+from llmgen.weights.stored import Int4Groups
 
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)] * 30  # (out, in)
 

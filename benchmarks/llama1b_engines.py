@@ -54,7 +54,7 @@ def write_files() -> Path:
     import torch
     from gguf_export import add_bpe_tokenizer, write
 
-    from llmgen.tokenizers import get_tokenizer
+    from llmgen.tokenization.tiktoken_files import get_tokenizer
 
     OUT.mkdir(exist_ok=True)
     if not F16_FILE.is_file():

@@ -5,7 +5,7 @@
 The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) with its weights dequantized to float32, in int8,
 and in 4 bits as stored on llmgen's own kernels (int8 activations) and on PyTorch's (bfloat16
 activations). One forward pass over the first --tokens tokens of the text; agreement is the share of
-positions whose most likely next token is float32's. tests/test_quantize.py asserts the same on a short
+positions whose most likely next token is float32's. tests/quantization/test_quantize.py asserts the same on a short
 text (>= 90% agreement, < 0.1 change in log-perplexity).
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from llmgen import assets
-from llmgen.weights.loading import load_model
+from llmgen.loading import load_model
 
 VARIANTS = {  # name -> load_model arguments
     "float32 (GGUF dequantized)": dict(quantize="none"),

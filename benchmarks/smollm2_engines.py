@@ -39,7 +39,7 @@ def worker(engine: str, new_tokens: int) -> dict:
     started = time.perf_counter()
     if engine.startswith("llmgen"):
         from llmgen.decode import choose_decoder
-        from llmgen.weights.loading import load_model
+        from llmgen.loading import load_model
 
         loaded = load_model(path, quantize=QUANTIZE.get(engine, "auto"), own_kernels=OWN_KERNELS.get(engine, True))
         prompt = loaded.tokenizer.encode(PROMPT)

@@ -1,9 +1,9 @@
-"""Tensor parallelism on a GPU: the CPU test's parity check (tests/test_tensor_parallel.py) with CUDA tensors.
+"""Tensor parallelism on a GPU: the CPU test's parity check (tests/parallel/test_tensor_parallel.py) with CUDA tensors.
 
     python benchmarks/tensor_parallel_gpu.py OUT_DIR [DEVICE]    (DEVICE: cuda, or cpu to try it without one)
 
 Makes the test's LLaMA-3-shaped (GQA, the real LLaMA-3 tokenizer) and GPT-2-shaped checkpoints, runs
-tests/tp_worker.py as one process on cuda and as 2 ranks under torch.distributed.run, and prints the largest
+tests/support/tp_worker.py as one process on cuda and as 2 ranks under torch.distributed.run, and prints the largest
 logit difference, whether the 32 greedy ids agree and each rank's parameter bytes; then `llmgen generate
 --device cuda --tp 2` against one process. With one GPU both ranks share it, so the ranks talk through gloo
 (LLMGEN_TP_BACKEND=gloo: nccl refuses two ranks on one device); nccl itself needs 2 GPUs.
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 
 def main(out: Path, device: str) -> None:
@@ -36,7 +36,7 @@ def main(out: Path, device: str) -> None:
     gpt2 = save_hf(hf_gpt2(vocab_size=50257, n_positions=128), out / "gpt2")
     models = [str(llama), str(gpt2)]
     env = {**os.environ, "LLMGEN_TP_BACKEND": "gloo", "OMP_NUM_THREADS": "4"}
-    worker = str(ROOT / "tests" / "tp_worker.py")
+    worker = str(ROOT / "tests" / "support" / "tp_worker.py")
     (out / "one").mkdir()
     (out / "two").mkdir()
     subprocess.run([sys.executable, worker, str(out / "one"), device, *models], check=True, env=env)

@@ -96,7 +96,7 @@ def run_in_process(capsys, *args, input: bytes = b""):
     stderr."""
     import io
 
-    from llmgen.cli import main
+    from llmgen.cli.main import main
 
     capsys.readouterr()
     saved, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(input), encoding="utf-8")
@@ -133,3 +133,14 @@ def sha256_tree(*paths: Path) -> dict[str, str]:
 
     files = [p for path in paths for p in ([path] if path.is_file() else sorted(path.rglob("*"))) if p.is_file()]
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.fixture(scope="session")
+def meta_checkpoint(tmp_path_factory, llama3_tokenizer_file):
+    """A tiny LLaMA-3-shaped Meta-layout checkpoint with the real LLaMA-3 tokenizer (read-only for its users)."""
+    from checkpoints import hf_llama, save_meta
+
+    directory = tmp_path_factory.mktemp("meta")
+    save_meta(hf_llama(vocab_size=128256, hidden_size=64, intermediate_size=192, num_hidden_layers=2), directory)
+    shutil.copy(llama3_tokenizer_file, directory / "tokenizer.model")
+    return directory

@@ -1,3 +1,3 @@
-from llmgen.cli import main
+from llmgen.cli.main import main
 
 main()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from llmgen.errors import LLMGenError
-from llmgen.tokenizers import Tokenizer
+from llmgen.tokenization.tokenizer import Tokenizer
 
 CACHE_STEP = 1024  # a conversation's KV cache grows in steps of this many positions
 NO_TEMPLATE = "this model has no chat template (none in its files, and not ChatML or Llama 3)"

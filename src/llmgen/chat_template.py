@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmgen.errors import LLMGenError, first_line
-from llmgen.tokenizers import Tokenizer
+from llmgen.tokenization.tokenizer import Tokenizer
 
 MAX_TEMPLATE_CHARS = 200_000  # real templates are under 20k characters
 MAX_RENDERED_CHARS = 10_000_000  # far beyond any model's context
@@ -62,15 +62,18 @@ def template_ids(tokenizer: Tokenizer, messages: list[dict[str, str]], add_gener
     bos = tokenizer.bos_id if tokenizer.declared_bos_id is None else tokenizer.declared_bos_id
     variables = {"bos_token": _token_text(tokenizer, bos),
                  "eos_token": _token_text(tokenizer, tokenizer.eos_id)}
+    template = tokenizer.chat_template
+    if template is None:
+        raise ValueError("the tokenizer has no chat template")
     specials = _special_texts(tokenizer)
     if not any(s in m["content"] for m in messages for s in specials):
-        text = render(tokenizer.chat_template, messages, add_generation_prompt=add_generation_prompt,
+        text = render(template, messages, add_generation_prompt=add_generation_prompt,
                       source=tokenizer.chat_template_source, **variables)
         return tokenizer.encode(text, bos=False, allow_special=True)
     # A message holds a marker's text: render with stand-ins for the contents, then encode the template's
     # parts with markers and the contents as plain text.
     stand_ins = [{**m, "content": SENTINEL.format(i)} for i, m in enumerate(messages)]
-    text = render(tokenizer.chat_template, stand_ins, add_generation_prompt=add_generation_prompt,
+    text = render(template, stand_ins, add_generation_prompt=add_generation_prompt,
                   source=tokenizer.chat_template_source, **variables)
     ids: list[int] = []
     for i, message in enumerate(messages):

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from llmgen.errors import LLMGenError
+from llmgen.models import Model
 from llmgen.sampling import check_settings, mask_invalid, sample
-from llmgen.tokenizers import StreamDecoder, Tokenizer
+from llmgen.tokenization.tokenizer import StreamDecoder, Tokenizer
 
 if TYPE_CHECKING:
     from llmgen.decode import Decoder
@@ -35,7 +36,7 @@ class SamplingSettings:
 
 @torch.inference_mode()
 def generate_ids(
-    model: torch.nn.Module,
+    model: Model,
     prompt_ids: list[int],
     settings: SamplingSettings,
     *,

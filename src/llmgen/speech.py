@@ -18,6 +18,7 @@ import tempfile
 import threading
 import wave
 from pathlib import Path
+from typing import Any
 
 from llmgen.errors import LLMGenError, UsageError
 
@@ -125,13 +126,13 @@ def _check_wav(path: Path) -> None:
 
 # --- the child process -------------------------------------------------------------------------------
 
-def _choose_voice(voices, wanted: str | None, language: str) -> tuple[object | None, list[str]]:
+def _choose_voice(voices, wanted: str | None, language: str) -> tuple[Any, list[str]]:
     """A voice by id, name or language code; else one for the text's language; else the default."""
     def languages(v) -> list[str]:
         return [(x.decode(errors="ignore") if isinstance(x, bytes) else str(x)).lstrip("\x05").lower()
                 for x in (v.languages or [])]
 
-    warnings = []
+    warnings: list[str] = []
     if wanted:
         key = LANGUAGE_ALIASES.get(wanted.lower(), wanted.lower())
         for v in voices:

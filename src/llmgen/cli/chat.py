@@ -26,6 +26,7 @@ COMMANDS = "/exit, /reset, /system TEXT, /save FILE (/save! FILE replaces any fi
 
 
 def chat(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="An instruct model: a directory, a .gguf file, an alias, or the embedded default."
     ),
@@ -45,19 +46,18 @@ def chat(
     check_seed(seed)
     if system is not None:
         check_utf8(system, "--system")
+    from llmgen.cli import invocation
     from llmgen.cli.launch import join_ranks, launch, ranks_to_start
 
     n_ranks, start_ranks = ranks_to_start(tp)
     if start_ranks:  # this command again, as n_ranks processes: rank 0 reads and writes, the others follow
-        import llmgen.cli
-
-        raise typer.Exit(launch(n_ranks, llmgen.cli.current_args))
+        raise typer.Exit(launch(n_ranks, invocation.of(ctx).argv))
     from llmgen.chat import Conversation
     from llmgen.decode import choose_decoder
-    from llmgen.weights.loading import load_model
+    from llmgen.loading import load_model
 
     settings = sampling_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
-    tensor_parallel = join_ranks("cpu") if n_ranks > 1 else None
+    tensor_parallel = join_ranks(invocation.of(ctx), "cpu") if n_ranks > 1 else None
     path, _ = resolve_model(model)
     with console.status(f"loading {model or path.name}"):
         loaded = load_model(path, dtype=dtype, quantize=quantize, cache_quantized=True, tensor_parallel=tensor_parallel)
@@ -173,7 +173,7 @@ def _repl(session: _Session) -> None:
 
 
 def _read_message() -> str | None:
-    lines = []
+    lines: list[str] = []
     while True:
         try:
             line = input(CONTINUATION if lines else PROMPT)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn, cast
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from typing import IO
 
 
 class _StdoutForRich:
@@ -30,7 +35,7 @@ class _StdoutForRich:
 
 # Results go to stdout; progress, warnings, statistics and errors go to stderr so pipelines stay clean.
 _results = _StdoutForRich()
-stdout = Console(file=_results, highlight=False)
+stdout = Console(file=cast("IO[str]", _results), highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 
@@ -78,12 +83,12 @@ def write(text: str) -> None:
     _results.flush()
 
 
-def rows(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> None:
+def rows(header: tuple[str, ...], lines: Sequence[tuple[str, ...]]) -> None:
     """A listing for scripts on a pipe: a header line, then one tab-separated line per row, nothing cut."""
     write("".join("\t".join(row) + "\n" for row in [header, *lines]))
 
 
-def reader_went_away() -> None:
+def reader_went_away() -> NoReturn:
     """The reader closed the pipe (`llmgen generate ... | head -c 20`): it has what it wanted. Stop
     quietly with status 0, as cat and grep do, so `set -o pipefail` scripts work; stdout goes to
     /dev/null so the interpreter's last flush cannot fail too. (Click would exit 1 on the error.)"""

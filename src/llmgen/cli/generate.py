@@ -1,8 +1,14 @@
-"""`llmgen generate`: stream a model's continuation of a prompt."""
+"""`llmgen generate`: stream a model's continuation of a prompt (or of each line of --batch).
+
+The command gathers its options into GenerateOptions and runs the steps in order: check the options,
+start or join tensor-parallel ranks, read the input, load the model (Session), generate (text, --json or
+--batch), speak.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,6 +22,7 @@ from llmgen.errors import LLMGenError, UsageError
 
 
 def generate(
+    ctx: typer.Context,
     prompt: Optional[str] = typer.Argument(None, help="Prompt text; '-' reads stdin. Piped stdin comes first."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
@@ -66,142 +73,220 @@ def generate(
                            "gloo on CPU, nccl on CUDA), each holding 1/N of the weights. Under torchrun: its processes."),
 ) -> None:
     """Generate text from a prompt, streaming tokens as they are produced."""
-    from llmgen.speech import check_target, check_volume
+    from llmgen.cli import invocation
 
-    check_volume(volume)  # before generating, not after
-    if speak_to is not None:
-        check_target(speak_to)
-    if num_samples < 1:
-        raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
-    if logprobs is not None and not ((as_json or batch is not None) and 0 <= logprobs <= 20):
-        raise UsageError("--logprobs K takes K from 0 to 20, with --json or --batch")
-    if batch is not None and (prompt is not None or num_samples != 1 or speak or speak_to is not None):
-        raise UsageError("--batch takes its prompts from the file: no PROMPT, --num-samples or speech with it")
-    check_seed(seed)
-    for text, what in [(system, "--system"), *((s, "--stop") for s in stop or [])]:
-        if text is not None:
-            check_utf8(text, what)
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"unknown device {device!r}; choose cpu, cuda or auto")
+    options = GenerateOptions(**{name: value for name, value in locals().items() if name in GenerateOptions.FIELDS})
+    run(options, invocation.of(ctx))
+
+
+@dataclass
+class GenerateOptions:
+    """`llmgen generate`'s options, as typed (see the command's help for each)."""
+
+    prompt: str | None
+    model: str | None
+    chat: bool | None
+    system: str | None
+    max_new_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    seed: int | None
+    num_samples: int
+    stop: list[str] | None
+    device: str
+    dtype: str
+    quantize: str
+    compile_decode: bool
+    tokenizer_path: Path | None
+    as_json: bool
+    batch: str | None
+    logprobs: int | None
+    stats: bool
+    allow_special: bool
+    speak: bool
+    speak_to: Path | None
+    voice: str | None
+    rate: int | None
+    volume: float
+    tp: int | None
+
+    FIELDS: tuple[str, ...] = ()  # set below: the field names
+
+    @property
+    def stops(self) -> list[str]:
+        return self.stop or []
+
+    @property
+    def sampling(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
+                "top_p": self.top_p}
+
+    def check(self) -> None:
+        """Every option on its own and together, before anything is loaded or generated."""
+        from llmgen.speech import check_target, check_volume
+
+        check_volume(self.volume)  # before generating, not after
+        if self.speak_to is not None:
+            check_target(self.speak_to)
+        if self.num_samples < 1:
+            raise UsageError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if self.logprobs is not None and not ((self.as_json or self.batch is not None) and 0 <= self.logprobs <= 20):
+            raise UsageError("--logprobs K takes K from 0 to 20, with --json or --batch")
+        if self.batch is not None and (self.prompt is not None or self.num_samples != 1 or self.speak
+                                       or self.speak_to is not None):
+            raise UsageError("--batch takes its prompts from the file: no PROMPT, --num-samples or speech with it")
+        check_seed(self.seed)
+        for text, what in [(self.system, "--system"), *((s, "--stop") for s in self.stops)]:
+            if text is not None:
+                check_utf8(text, what)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"unknown device {self.device!r}; choose cpu, cuda or auto")
+
+
+GenerateOptions.FIELDS = tuple(GenerateOptions.__dataclass_fields__)
+
+
+def run(options: GenerateOptions, invocation) -> None:
+    """The command's steps, in order."""
     from llmgen.cli.launch import join_ranks, launch, ranks_to_start
 
-    n_ranks, start_ranks = ranks_to_start(tp)
-    if n_ranks > 1 and compile_decode:
+    options.check()
+    n_ranks, start_ranks = ranks_to_start(options.tp)
+    if n_ranks > 1 and options.compile_decode:
         raise UsageError("--compile does not run with --tp: its graph has no place for the ranks' all-reduces")
     if start_ranks:  # this command again, as n_ranks processes; they read stdin and write stdout
-        import llmgen.cli
-
-        raise typer.Exit(launch(n_ranks, llmgen.cli.current_args))
-
-    tensor_parallel = join_ranks(device) if n_ranks > 1 else None
-    prompt_text, items = _read_inputs(prompt, batch, tensor_parallel)
-
-    import torch  # heavy: only once we know there is work to do (a tensor-parallel rank has it already)
-
-    from llmgen.generation import TextStream, generate_ids
-    from llmgen.sampling import log_probs
-    from llmgen.weights.loading import load_model
-
-    defaults = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
-    settings = sampling_settings(**defaults)
-    batch_settings = [sampling_settings("--batch: ", **{**defaults, **{k: v for k, v in item.options.items()
-                                                                        if k in defaults}})
-                      for item in items] if batch is not None else []
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise LLMGenError("--device cuda, but torch sees no CUDA device")
+        raise typer.Exit(launch(n_ranks, invocation.argv))
+    tensor_parallel = join_ranks(invocation, options.device) if n_ranks > 1 else None
+    prompt_text, items = _read_inputs(options.prompt, options.batch, tensor_parallel)
+    settings = sampling_settings(**options.sampling)  # every line's checked before the model loads
+    batch_settings = [sampling_settings("--batch: ", **{**options.sampling, **{
+        k: v for k, v in item.options.items() if k in options.sampling}}) for item in items]
+    session = Session.load(options, tensor_parallel)
+    if options.batch is not None:
+        session.run_batch(items, batch_settings)
+        return
+    texts = session.run_samples(prompt_text, settings)
     if tensor_parallel is not None:
-        device = tensor_parallel.device  # cuda:K, the rank's own GPU
+        tensor_parallel.close()
+    if (options.speak or options.speak_to is not None) and (tensor_parallel is None or tensor_parallel.rank == 0):
+        _speak("\n".join(texts), play=options.speak, to_file=options.speak_to, voice=options.voice, rate=options.rate,
+               volume=options.volume)
 
-    model_path, is_default = resolve_model(model)
-    # torch.compile cannot trace into llmgen's own kernels (ctypes calls): --compile keeps PyTorch's.
-    with console.status(f"loading {model or model_path.name}"):  # on a terminal only: a transient line on stderr
-        loaded = load_model(model_path, device=device, dtype=dtype, quantize=quantize,
-                            tokenizer_path=tokenizer_path, own_kernels=not compile_decode, cache_quantized=True,
-                            tensor_parallel=tensor_parallel)
-    if dtype != "auto" and quantize == "auto" and _has_int4_layers(loaded.model):
-        console.print_warning(f"--dtype {dtype}: this file's 4-bit weights stay 4-bit (their matmuls take int8 or "
-                              "bfloat16 activations); add --quantize none to compute every matmul in "
-                              f"{dtype}")
-    report_quantized_once(loaded, quantize)
-    tokenizer = loaded.tokenizer
-    model_name = DEFAULT_MODEL_NAME if is_default else str(model or model_path)
-    from llmgen.decode import choose_decoder
 
-    decoder = choose_decoder(loaded.model, compile=compile_decode)
-    if stats:
-        console.print_info(f"loaded {loaded.path} ({loaded.layout} layout, {loaded.config.arch}) "
-                           f"in {loaded.load_seconds:.2f} s")
-        console.print_info(repr(decoder))
-    use_chat = chat if chat is not None else is_default
+class Session:
+    """A loaded model and how this command generates with it."""
 
-    def encode(text: str) -> list[int]:
-        if use_chat:
+    def __init__(self, options: GenerateOptions, loaded, decoder, model_name: str, use_chat: bool, device: str,
+                 tensor_parallel):
+        self.options, self.loaded, self.decoder, self.model_name = options, loaded, decoder, model_name
+        self.tokenizer, self.use_chat, self.tensor_parallel = loaded.tokenizer, use_chat, tensor_parallel
+        self.device = device  # cpu, cuda, or a tensor-parallel rank's cuda:K
+        self.generator = seeded_generator(options.seed, device)
+
+    @classmethod
+    def load(cls, options: GenerateOptions, tensor_parallel) -> Session:
+        """The model (on the device asked for), its decoder, and what --stats says of them."""
+        import torch  # heavy: only once we know there is work to do (a tensor-parallel rank has it already)
+
+        from llmgen.decode import choose_decoder
+        from llmgen.loading import load_model
+
+        device = options.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise LLMGenError("--device cuda, but torch sees no CUDA device")
+        if tensor_parallel is not None:
+            device = tensor_parallel.device  # cuda:K, the rank's own GPU
+        model_path, is_default = resolve_model(options.model)
+        # torch.compile cannot trace into llmgen's own kernels (ctypes calls): --compile keeps PyTorch's.
+        with console.status(f"loading {options.model or model_path.name}"):  # a transient line on a terminal
+            loaded = load_model(model_path, device=device, dtype=options.dtype, quantize=options.quantize,
+                                tokenizer_path=options.tokenizer_path, own_kernels=not options.compile_decode,
+                                cache_quantized=True, tensor_parallel=tensor_parallel)
+        if options.dtype != "auto" and options.quantize == "auto" and _has_int4_layers(loaded.model):
+            console.print_warning(f"--dtype {options.dtype}: this file's 4-bit weights stay 4-bit (their matmuls "
+                                  "take int8 or bfloat16 activations); add --quantize none to compute every matmul "
+                                  f"in {options.dtype}")
+        report_quantized_once(loaded, options.quantize)
+        decoder = choose_decoder(loaded.model, compile=options.compile_decode)
+        if options.stats:
+            console.print_info(f"loaded {loaded.path} ({loaded.layout} layout, {loaded.config.arch}) "
+                               f"in {loaded.load_seconds:.2f} s")
+            console.print_info(repr(decoder))
+        model_name = DEFAULT_MODEL_NAME if is_default else str(options.model or model_path)
+        use_chat = options.chat if options.chat is not None else is_default
+        return cls(options, loaded, decoder, model_name, use_chat, device, tensor_parallel)
+
+    def encode(self, text: str) -> list[int]:
+        if self.use_chat:
             from llmgen.chat import chat_prompt_ids
 
-            return chat_prompt_ids(tokenizer, text, system)
-        ids = tokenizer.encode(text, allow_special=allow_special)
+            return chat_prompt_ids(self.tokenizer, text, self.options.system)
+        ids = self.tokenizer.encode(text, allow_special=self.options.allow_special)
         if not ids:
             raise LLMGenError("the prompt is empty and this model has no BOS token to start from; give a prompt")
         return ids
 
-    generator = seeded_generator(seed, device)
+    def text_stream(self, ids: list[int], sampling, stops: list[str], generator, on_logits=None):
+        from llmgen.generation import TextStream, generate_ids
 
-    def text_stream(ids: list[int], sampling, stops, sample_generator, on_logits=None) -> TextStream:
-        return TextStream(generate_ids(loaded.model, ids, sampling, stop_ids=tokenizer.stop_ids,
-                                       n_valid=tokenizer.n_vocab, generator=sample_generator,
-                                       on_crop=console.print_warning, decoder=decoder, on_logits=on_logits,
+        tokenizer, tensor_parallel = self.tokenizer, self.tensor_parallel
+        return TextStream(generate_ids(self.loaded.model, ids, sampling, stop_ids=tokenizer.stop_ids,
+                                       n_valid=tokenizer.n_vocab, generator=generator, on_crop=console.print_warning,
+                                       decoder=self.decoder, on_logits=on_logits,
                                        agree=tensor_parallel and tensor_parallel.first_rank_token),
                           tokenizer, stops)
 
-    def complete(text: str, ids: list[int], sampling, stops, sample_generator) -> tuple[TextStream, dict]:
+    def complete(self, text: str, ids: list[int], sampling, stops: list[str], generator):
         """Generate to the end; the stream, and the result as --json and --batch print it."""
-        step_log_probs: list[torch.Tensor] = []  # (vocab,) per generated token, for --logprobs
-        stream = text_stream(ids, sampling, stops, sample_generator,
-                             None if logprobs is None else lambda logits: step_log_probs.append(log_probs(logits)))
+        from llmgen.sampling import log_probs
+
+        logprobs = self.options.logprobs
+        step_log_probs: list = []  # (vocab,) per generated token, for --logprobs
+        stream = self.text_stream(ids, sampling, stops, generator,
+                                  None if logprobs is None else lambda logits: step_log_probs.append(log_probs(logits)))
         for _ in stream:
             pass
-        result = {"model": model_name, "prompt": text, "text": stream.text, "ids": stream.ids,
+        result = {"model": self.model_name, "prompt": text, "text": stream.text, "ids": stream.ids,
                   "finish_reason": stream.finish_reason, "prompt_tokens": len(ids), "generated_tokens": len(stream.ids),
                   "tokens_per_second": round(stream.decode_tokens_per_second, 2)}
         if logprobs is not None:
-            result["logprobs"] = _logprob_entries(tokenizer, stream.ids, step_log_probs, logprobs)
+            result["logprobs"] = _logprob_entries(self.tokenizer, stream.ids, step_log_probs, logprobs)
         return stream, result
 
-    if batch is not None:
+    def run_batch(self, items: list, batch_settings: list) -> None:
+        """--batch: one JSON result a line, in order, each line's options over the command's."""
         for index, (item, sampling) in enumerate(zip(items, batch_settings)):
-            _, result = complete(item.prompt, encode(item.prompt), sampling, item.options.get("stop", stop or []),
-                                 seeded_generator(item.options["seed"], device) if "seed" in item.options
-                                 else generator)
+            generator = (seeded_generator(item.options["seed"], self.device) if "seed" in item.options
+                         else self.generator)
+            _, result = self.complete(item.prompt, self.encode(item.prompt), sampling,
+                                      item.options.get("stop", self.options.stops), generator)
             console.write(json.dumps({"index": index, **result}, ensure_ascii=False) + "\n")
-        return
-    prompt_ids = encode(prompt_text)
 
-    texts = []
-    for sample_index in range(num_samples):
-        if as_json:
-            stream, result = complete(prompt_text, prompt_ids, settings, stop or [], generator)
-            console.write(json.dumps(result, ensure_ascii=False) + "\n")
-        else:
-            stream = text_stream(prompt_ids, settings, stop or [], generator)
-            if sample_index > 0 and console.stdout.is_terminal:
-                console.stdout.rule(style="dim")
-            elif sample_index > 0:
-                console.write("\n")
-            _stream_text(stream)
-        if stats:
-            console.print_info(
-                f"prompt: {len(prompt_ids)} tokens at {len(prompt_ids) / max(stream.prefill_seconds, 1e-9):.1f} tok/s; "
-                f"generated {len(stream.ids)} tokens at {stream.decode_tokens_per_second:.1f} tok/s "
-                f"({stream.finish_reason})"
-            )
-        texts.append(stream.text)
-
-    if tensor_parallel is not None:
-        tensor_parallel.close()
-    if (speak or speak_to is not None) and (tensor_parallel is None or tensor_parallel.rank == 0):
-        _speak("\n".join(texts), play=speak, to_file=speak_to, voice=voice, rate=rate, volume=volume)
+    def run_samples(self, prompt_text: str, settings) -> list[str]:
+        """--num-samples continuations of the prompt, streamed as text or one JSON object each; their texts."""
+        options, prompt_ids = self.options, self.encode(prompt_text)
+        texts = []
+        for sample_index in range(options.num_samples):
+            if options.as_json:
+                stream, result = self.complete(prompt_text, prompt_ids, settings, options.stops, self.generator)
+                console.write(json.dumps(result, ensure_ascii=False) + "\n")
+            else:
+                stream = self.text_stream(prompt_ids, settings, options.stops, self.generator)
+                if sample_index > 0 and console.stdout.is_terminal:
+                    console.stdout.rule(style="dim")
+                elif sample_index > 0:
+                    console.write("\n")
+                _stream_text(stream)
+            if options.stats:
+                console.print_info(
+                    f"prompt: {len(prompt_ids)} tokens at {len(prompt_ids) / max(stream.prefill_seconds, 1e-9):.1f} "
+                    f"tok/s; generated {len(stream.ids)} tokens at {stream.decode_tokens_per_second:.1f} tok/s "
+                    f"({stream.finish_reason})")
+            texts.append(stream.text)
+        return texts
 
 
 def _read_inputs(prompt: str | None, batch: str | None, tensor_parallel) -> tuple[str, list]:
@@ -225,7 +310,7 @@ def _read_inputs(prompt: str | None, batch: str | None, tensor_parallel) -> tupl
 
 def _logprob_entries(tokenizer, ids: list[int], step_log_probs: list, k: int) -> list[dict]:
     """One entry per generated token: its id, text, log-probability, and the k most likely alternatives."""
-    from llmgen.tokenizers import piece
+    from llmgen.tokenization.tokenizer import piece
 
     def token(i: int) -> dict:
         return {"id": i, "token": piece(tokenizer.token_bytes(i))}
@@ -240,7 +325,7 @@ def _logprob_entries(tokenizer, ids: list[int], step_log_probs: list, k: int) ->
 
 
 def _has_int4_layers(model) -> bool:
-    from llmgen.quantize import Int4Linear
+    from llmgen.quantization.linear import Int4Linear
 
     return any(isinstance(m, Int4Linear) for m in model.modules())
 

@@ -69,7 +69,7 @@ def _short(value) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def _size(nbytes: int) -> str:
+def _size(nbytes: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if nbytes < 1000 or unit == "GB":
             return f"{nbytes:.1f} {unit}" if unit != "B" else f"{nbytes} B"

@@ -77,15 +77,14 @@ def _lost_contact(failure) -> bool:
     return bool((_ours(failure) or {}).get("consequence"))
 
 
-def join_ranks(device: str):
+def join_ranks(invocation, device: str):
     """This process as a rank of a tensor-parallel run (parallel/group.py): joined to the others on "cpu",
-    "cuda" or "auto"; from here on its errors go to the launcher."""
+    "cuda" or "auto"; from here on its errors go to the launcher (invocation.error_reporter)."""
     import torch
 
-    import llmgen.cli
     from llmgen.parallel import group
 
-    llmgen.cli.error_reporter = group.report_error
+    invocation.error_reporter = group.report_error
     on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     return group.join(group.from_environment("cuda" if on_cuda else "cpu"))
 
@@ -95,7 +94,8 @@ def first_failure(failures: dict, n_ranks: int) -> tuple[str, int]:
     earliest error a rank recorded itself (parallel/group.py), else a rank that died (a signal other than
     the launcher's SIGTERM first, or an exit without a record), else the earliest rank that only lost
     contact with another."""
-    recorded, lost = [], []
+    recorded: list[tuple[float, int, str, int]] = []
+    lost: list[tuple[float, int, str, int]] = []
     for rank, failure in failures.items():
         if (ours := _ours(failure)) is not None:
             (lost if ours.get("consequence") else recorded).append(

@@ -62,7 +62,7 @@ def downloaded(entry) -> Path:
 
 
 def report_quantized_once(loaded, quantize: str) -> None:
-    """Say on stderr, the first time only, that --quantize wrote a cached GGUF (weights/quantized_cache.py)."""
+    """Say on stderr, the first time only, that --quantize wrote a cached GGUF (quantization/cache.py)."""
     from llmgen.cli import console
 
     if loaded.cache_problem:

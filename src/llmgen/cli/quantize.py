@@ -1,4 +1,4 @@
-"""`llmgen quantize`: a checkpoint to a standard GGUF file (weights/gguf_writer.py), with progress."""
+"""`llmgen quantize`: a checkpoint to a standard GGUF file (weights/sources.py, weights/gguf_write.py), with progress."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def quantize(
 ) -> None:
     """Write a checkpoint as a GGUF file that llama.cpp and llmgen run, one tensor at a time."""
     from llmgen.cli.model_path import resolve_model
-    from llmgen.weights.gguf_writer import OUT_TYPES, open_source, write_gguf
+    from llmgen.weights.gguf_write import OUT_TYPES, write_gguf
+    from llmgen.weights.sources import open_source
 
     if out_type.lower() not in OUT_TYPES:
         from llmgen.errors import UsageError

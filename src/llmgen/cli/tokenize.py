@@ -38,7 +38,9 @@ def tokenize(
     ),
 ) -> None:
     """Show the token ids and pieces of TEXT (or the text of token ids with --decode)."""
-    from llmgen.tokenizers import DEFAULT_ENCODING, get_tokenizer, piece, tokenizer_for_text, tokenizer_from_path
+    from llmgen.tokenization.files import tokenizer_from_path
+    from llmgen.tokenization.tiktoken_files import DEFAULT_ENCODING, get_tokenizer, tokenizer_for_text
+    from llmgen.tokenization.tokenizer import piece
 
     if sum(x is not None for x in (encoding, model, tokenizer_path)) > 1:
         raise UsageError("choose one of --encoding, --model and --tokenizer")
@@ -56,7 +58,7 @@ def tokenize(
 
     if model is not None:
         from llmgen.cli.model_path import resolve_model
-        from llmgen.weights.loading import model_tokenizer
+        from llmgen.weights.layout import model_tokenizer
 
         tok = model_tokenizer(resolve_model(model)[0])
     elif tokenizer_path is not None:

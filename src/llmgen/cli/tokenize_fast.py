@@ -5,7 +5,7 @@ start about as fast as `python -c "import tiktoken"` (issue #7). main() offers t
 This module takes the plain forms (TEXT or stdin, --encoding, --ids, --count, --json, --allow-special)
 when stdout is not a terminal, and declines everything else (--help, --decode, --model, an option it
 does not know, a terminal's table), which then goes to the Typer command in tokenize.py. Both read and
-print with the functions below; tests/test_cli_tokenize.py checks that the two paths agree.
+print with the functions below; tests/cli/test_cli_tokenize.py checks that the two paths agree.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class Request(NamedTuple):
 
 def parse(args: list[str]) -> Request | None:
     """The arguments after `tokenize`, or None for anything this path leaves to Typer."""
-    words, encoding, outputs, allow_special = [], None, set(), False
+    words: list[str] = []
+    encoding, outputs, allow_special = None, set(), False
     rest = iter(args)
     for arg in rest:
         if arg == "--":
@@ -88,7 +89,8 @@ def run(args: list[str]) -> int | None:
     """Do `llmgen tokenize ARGS` and return its exit code, or None (having read nothing) to leave it to Typer."""
     if sys.stdout is None or sys.stdout.isatty() or (request := parse(args)) is None:
         return None
-    from llmgen.tokenizers import DEFAULT_ENCODING, ENCODINGS, piece, tokenizer_for_text
+    from llmgen.tokenization.tiktoken_files import DEFAULT_ENCODING, ENCODINGS, tokenizer_for_text
+    from llmgen.tokenization.tokenizer import piece
 
     name = request.encoding or DEFAULT_ENCODING
     if name.lower() not in ENCODINGS:

@@ -17,8 +17,9 @@ import warnings
 
 import torch
 
-from llmgen.decode import Decoder
+from llmgen.decode.decoder import Decoder
 from llmgen.errors import LLMGenError, first_line
+from llmgen.models import Model
 
 CACHE_STEP = 256  # KV caches are sized in steps of this, so that runs of similar length share one graph
 
@@ -30,7 +31,7 @@ class CompiledDecoder(Decoder):
     tensors, and attention always covers the whole cache (unwritten positions are masked).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: Model):
         compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
         if not compiler:
             raise LLMGenError("--compile needs a C++ compiler (g++ or clang++; or set CXX)")

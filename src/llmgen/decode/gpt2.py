@@ -1,7 +1,7 @@
 """GPT-2 decode steps: the model's math for one token, written flat over a plan (see decode/llama.py
 for why). pytorch_step runs on PyTorch's ops; kernel_step runs each block's attention (cache writes
 included) as one call into llmgen's kernels (kernels/attention.cpp) instead of ~10 tensor ops, where the
-caches are float32. tests/test_generation.py holds each equal to forward.
+caches are float32. tests/generation/test_generation.py holds each equal to forward.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -17,16 +18,16 @@ from torch import nn
 from llmgen import kernels
 from llmgen.models.gpt2 import GPT2, Block
 from llmgen.models.kv_cache import DecodeWindow, KVCache, decode_attention
-from llmgen.quantize import linear_function
+from llmgen.quantization.linear import linear_function
 
 
 def caches(model: GPT2) -> list[KVCache]:
-    return [block.attn.kv_cache for block in model.h]
+    return [block.attn.cache for block in model.blocks]
 
 
 def first_cache(model: GPT2) -> KVCache | None:
     """setup_cache replaces every block's cache at once: the first one says whether a plan is current."""
-    return model.h[0].attn.kv_cache
+    return cast(Block, model.h[0]).attn.kv_cache
 
 
 @dataclass(slots=True)
@@ -43,7 +44,7 @@ class Plan:
         model_caches = caches(model)
         attention = [kernels.AttentionStep(c.k_t[0], c.v[0], model.config.n_heads, None) for c in model_caches] \
             if with_kernels else None
-        return cls(model_caches, [DecodeBlock.of(block) for block in model.h], DecodeWindow(model_caches, window_step),
+        return cls(model_caches, [DecodeBlock.of(block) for block in model.blocks], DecodeWindow(model_caches, window_step),
                    attention)
 
 
@@ -69,7 +70,7 @@ class DecodeBlock:
         attention, mlp = block.attn, block.mlp
         return cls(layer_norm(block.ln_1), linear_function(attention.c_attn), linear_function(attention.c_proj),
                    layer_norm(block.ln_2), linear_function(mlp.c_fc), linear_function(mlp.c_proj),
-                   attention.kv_cache.k_t[0], attention.kv_cache.v[0])
+                   attention.cache.k_t[0], attention.cache.v[0])
 
 
 def kernel_blocker(model: GPT2) -> str | None:
@@ -87,6 +88,7 @@ def head(model: GPT2, x: torch.Tensor) -> torch.Tensor:
 
 def kernel_step(model: GPT2, plan: Plan, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     x = model.wte(token) + F.embedding(pos, model.wpe.weight)  # (1, dim); wte a module: it may be a shard (parallel/)
+    assert plan.kernel_attention is not None  # a plan made with_kernels
     for block, attention in zip(plan.blocks, plan.kernel_attention):
         y = attention(block.qkv(block.ln_1(x)), pos)  # (1, dim)
         x = x + block.attention_proj(y)

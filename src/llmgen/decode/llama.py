@@ -9,7 +9,7 @@ SmolLM2-135M those cost a third of it (each tensor op costs 1-3 us of Python and
 - kernel_step: all blocks in one call into llmgen's kernels (kernels/llama_layers.cpp), each block five
   kernel calls with the norms, SwiGLU/GeGLU and residual adds inside them (Gemma 3's post-norms and local
   windows too), where every block's matmuls are quantized on llmgen's kernels and the caches are float32.
-tests/test_generation.py holds each equal to forward.
+tests/generation/test_generation.py holds each equal to forward.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -25,16 +26,16 @@ from llmgen import parallel
 from llmgen.kernels import BlockKernels, LlamaLayers
 from llmgen.models.kv_cache import DecodeWindow, KVCache, decode_attention
 from llmgen.models.llama import Llama, RMSNorm, TransformerBlock, rms_norm, rope_matrix
-from llmgen.quantize import KernelLinear, linear_function
+from llmgen.quantization.linear import KernelLinear, linear_function
 
 
 def caches(model: Llama) -> list[KVCache]:
-    return [layer.attention.kv_cache for layer in model.layers]
+    return [layer.attention.cache for layer in model.blocks]
 
 
 def first_cache(model: Llama) -> KVCache | None:
     """setup_cache replaces every layer's cache at once: the first one says whether a plan is current."""
-    return model.layers[0].attention.kv_cache
+    return cast(TransformerBlock, model.layers[0]).attention.kv_cache
 
 
 @dataclass(slots=True)
@@ -56,7 +57,7 @@ class Plan:
         rope_cos_sin = torch.stack((rotations.real, rotations.imag), dim=1)
         local = model.local_rope_rotations if model.config.local_layers else None
         local_cos_sin = None if local is None else torch.stack((local.real, local.imag), dim=1)
-        return cls(model_caches, [Layer.of(layer) for layer in model.layers], DecodeWindow(model_caches, window_step),
+        return cls(model_caches, [Layer.of(layer) for layer in model.blocks], DecodeWindow(model_caches, window_step),
                    rope_cos_sin, model_caches[0].v.dtype,
                    kernel_layers(model, rope_cos_sin, local_cos_sin) if with_kernels else None, local_cos_sin)
 
@@ -99,7 +100,7 @@ class Layer:
             for n in (attention.q_norm, attention.k_norm, block.post_attention_norm, block.post_ffn_norm))
         return cls(norm_function(block.attention_norm), qkv, linear_function(attention.wo),
                    norm_function(block.ffn_norm), gate_up, linear_function(feed_forward.w2),
-                   attention.kv_cache.k_t[0], attention.kv_cache.v[0], q_norm, k_norm, feed_forward.activation,
+                   attention.cache.k_t[0], attention.cache.v[0], q_norm, k_norm, feed_forward.activation,
                    post_attention_norm, post_ffn_norm, block.local)
 
 
@@ -110,21 +111,29 @@ def norm_function(norm: RMSNorm) -> Callable[[torch.Tensor], torch.Tensor]:
     return norm.forward
 
 
-def _unwrapped(module):
+def _unwrapped(module: torch.nn.Module | None) -> torch.nn.Module | None:
     """A tensor-parallel shard's wo or down (parallel/layers.RowParallelLinear): the layer inside; kernel_step
     does the all-reduce between its kernel calls."""
     return getattr(module, "inner", module)
 
 
+def _on_kernels(module: torch.nn.Module | None) -> KernelLinear:
+    """A block's matmul as kernel_blocker found it: a KernelLinear (the shard's layer inside, for wo and down)."""
+    layer = _unwrapped(module)
+    if not isinstance(layer, KernelLinear):
+        raise TypeError(f"{type(layer).__name__} is not on llmgen's kernels (kernel_blocker says why)")
+    return layer
+
+
 def kernel_blocker(model: Llama) -> str | None:
     """Why kernel_step cannot run this model (None when it can): it needs every block's matmuls fused
     quantized layers on llmgen's kernels (int4, or a GGUF's types as stored), and float32 caches."""
-    for block in model.layers:
+    for block in model.blocks:
         linears = (block.attention.wqkv, _unwrapped(block.attention.wo), block.feed_forward.w13,
                    _unwrapped(block.feed_forward.w2))
         if not all(isinstance(m, KernelLinear) for m in linears):
             return "its matmuls are not all quantized for them (int4, or a GGUF's quantized types)"
-        if not all(m.own_kernel for m in linears):
+        if not all(m.own_kernel for m in linears if isinstance(m, KernelLinear)):
             return "its int4 layers were built for PyTorch's kernel"
     if model.norm.weight.dtype != torch.float32:
         return f"its caches are {model.norm.weight.dtype} (llmgen's kernels attend over float32)"
@@ -134,17 +143,22 @@ def kernel_blocker(model: Llama) -> str | None:
 def kernel_layers(model: Llama, rope_cos_sin: torch.Tensor, local_rope_cos_sin: torch.Tensor | None) -> LlamaLayers:
     """The model's blocks as one call into llmgen's kernels (see kernel_blocker for when)."""
     config, blocks = model.config, []
-    for block in model.layers:
-        attention, feed_forward, cache = block.attention, block.feed_forward, block.attention.kv_cache
+    for block in model.blocks:
+        attention, feed_forward, cache = block.attention, block.feed_forward, block.attention.cache
         norms = block.attention_norm, block.ffn_norm
+        rope = local_rope_cos_sin if block.local else rope_cos_sin
+        assert rope is not None  # a local block has its table
+        q_norm, k_norm, post_attention, post_ffn = attention.q_norm, attention.k_norm, block.post_attention_norm, \
+            block.post_ffn_norm
         blocks.append(BlockKernels(
-            attention.wqkv.kernel_matmul(norms[0].weight, norms[0].eps), _unwrapped(attention.wo).kernel_matmul(),
-            feed_forward.w13.kernel_matmul(norms[1].weight, norms[1].eps),
-            _unwrapped(feed_forward.w2).kernel_matmul(gated=True, activation=config.activation), cache.k_t[0], cache.v[0],
-            local_rope_cos_sin if block.local else rope_cos_sin,
-            qk_norms=None if attention.q_norm is None else (attention.q_norm.weight, attention.k_norm.weight),
-            post_norms=None if block.post_attention_norm is None else (block.post_attention_norm.weight,
-                                                                       block.post_ffn_norm.weight),
+            _on_kernels(attention.wqkv).kernel_matmul(norms[0].weight, norms[0].eps),
+            _on_kernels(attention.wo).kernel_matmul(),
+            _on_kernels(feed_forward.w13).kernel_matmul(norms[1].weight, norms[1].eps),
+            _on_kernels(feed_forward.w2).kernel_matmul(gated=True, activation=config.activation), cache.k_t[0],
+            cache.v[0], rope,
+            qk_norms=None if q_norm is None or k_norm is None else (q_norm.weight, k_norm.weight),
+            post_norms=None if post_attention is None or post_ffn is None else (post_attention.weight,
+                                                                                 post_ffn.weight),
             window=config.sliding_window if block.local else 0))
     sharded = parallel.of(model)  # a tensor-parallel shard: its all-reduces between the kernel calls
     return LlamaLayers(blocks, config.n_heads, config.norm_eps, config.attention_scale or config.head_dim ** -0.5,
@@ -163,6 +177,7 @@ def kernel_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tensor
     x = model.tok_embeddings(token)  # (1, dim): a new tensor, so updating it is safe
     if model.config.embedding_scale != 1.0:  # Gemma
         x = x * torch.tensor(model.config.embedding_scale, dtype=x.dtype)
+    assert plan.kernel_layers is not None  # a plan made with_kernels
     plan.kernel_layers(x, pos)
     return head(model, x)
 
@@ -174,7 +189,7 @@ def pytorch_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tenso
     n_rotated = n_heads + n_kv_heads  # q and k heads turn, v's do not
     scale = config.attention_scale or head_dim ** -0.5
     rope = rope_matrix(*plan.rope_cos_sin.index_select(0, pos)[0])  # (head_dim, head_dim)
-    local_rope = local_mask = None
+    local_rope, local_mask = rope, mask  # a model without local layers uses neither
     if plan.local_rope_cos_sin is not None:  # Gemma's local layers: their own RoPE, the last window positions
         local_rope = rope_matrix(*plan.local_rope_cos_sin.index_select(0, pos)[0])
         positions = torch.arange(mask.size(0), device=mask.device)
@@ -184,7 +199,7 @@ def pytorch_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tenso
         x = x * torch.tensor(config.embedding_scale, dtype=x.dtype)
     for layer, (keys_t, values) in zip(plan.layers, plan.window.views):
         heads = layer.qkv(layer.attention_norm(x)).view(n_rotated + n_kv_heads, head_dim).float()
-        if layer.q_norm is not None:
+        if layer.q_norm is not None and layer.k_norm is not None:
             heads = torch.cat((layer.q_norm(heads[:n_heads]), layer.k_norm(heads[n_heads:n_rotated]),
                                heads[n_rotated:])).float()
         turned = torch.mm(heads[:n_rotated], local_rope if layer.local else rope).to(plan.dtype)  # RoPE on q, k

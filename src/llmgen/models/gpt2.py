@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from llmgen.config import GPT2Config
-from llmgen.models.kv_cache import KVCache, causal_attention, same_cache
+from llmgen.models.kv_cache import CachedAttention, KVCache, causal_attention, same_cache
 
 
-class CausalSelfAttention(nn.Module):
+class CausalSelfAttention(CachedAttention):
     def __init__(self, config: GPT2Config):
         super().__init__()
         self.n_heads, self.head_dim = config.n_heads, config.head_dim
         width = config.n_heads * config.head_dim  # dim, but for a tensor-parallel shard's heads
-        self.c_attn = nn.Linear(config.dim, 3 * width)  # q, k, v for all heads at once
-        self.c_proj = nn.Linear(width, config.dim)
+        self.c_attn: nn.Module = nn.Linear(config.dim, 3 * width)  # q, k, v for all heads at once
+        self.c_proj: nn.Module = nn.Linear(width, config.dim)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
@@ -25,7 +27,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(width, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         # (B, n_heads, T, head_dim)
-        k, v = self.kv_cache.update(start_pos, k, v)
+        k, v = self.cache.update(start_pos, k, v)
         y = causal_attention(q, k, v, start_pos)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, width))
 
@@ -33,8 +35,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.c_fc = nn.Linear(config.dim, config.ffn_dim)
-        self.c_proj = nn.Linear(config.ffn_dim, config.dim)
+        self.c_fc: nn.Module = nn.Linear(config.dim, config.ffn_dim)
+        self.c_proj: nn.Module = nn.Linear(config.ffn_dim, config.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
@@ -61,17 +63,22 @@ class GPT2(nn.Module):
         self.wpe = nn.Embedding(config.context_length, config.dim)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.dim, eps=config.norm_eps)
-        # The head is tied to wte; quantization may give it its own module (see quantize.py).
+        # The head is tied to wte; quantization may give it its own module (see quantization/model.py).
         self.output: nn.Module | None = None
+
+    @property
+    def blocks(self) -> list[Block]:
+        """The blocks, typed (to a type checker nn.ModuleList's items are plain Modules)."""
+        return cast(list[Block], list(self.h))
 
     def setup_cache(self, batch_size: int, max_len: int) -> None:
         """Preallocate the KV cache for up to max_len positions (at most the context length); one of
         the same shape is kept (see Llama.setup_cache)."""
         max_len = min(max_len, self.config.context_length)
         weight = self.wte.weight
-        if same_cache(self.h[0].attn.kv_cache, batch_size, max_len, weight):
+        if same_cache(self.blocks[0].attn.kv_cache, batch_size, max_len, weight):
             return
-        for block in self.h:
+        for block in self.blocks:
             block.attn.kv_cache = KVCache(batch_size, self.config.n_heads, max_len, self.config.head_dim,
                                           weight.dtype, weight.device)
 

@@ -14,6 +14,9 @@ class KVCache(nn.Module):
     plain batched matmul q @ k_t over a prefix of the columns (decode_attention).
     """
 
+    k_t: torch.Tensor  # (B, n_kv_heads, head_dim, max_len)
+    v: torch.Tensor  # (B, n_kv_heads, max_len, head_dim)
+
     def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str | None = None):
         super().__init__()
@@ -34,6 +37,19 @@ class KVCache(nn.Module):
         self.k_t[..., start_pos:end] = k.transpose(-1, -2)
         self.v[:, :, start_pos:end] = v
         return self.k_t[..., :end].transpose(-1, -2), self.v[:, :, :end]  # (B, n_kv_heads, end, head_dim)
+
+
+class CachedAttention(nn.Module):
+    """An attention layer's KV cache, made by its model's setup_cache."""
+
+    kv_cache: KVCache | None  # set in __init__ (a submodule once set: no class default may shadow it)
+
+    @property
+    def cache(self) -> KVCache:
+        """The cache setup_cache made (a forward or decode step before it is a bug)."""
+        if self.kv_cache is None:
+            raise RuntimeError("setup_cache first")
+        return self.kv_cache
 
 
 def same_cache(cache: KVCache | None, batch_size: int, max_len: int, like: torch.Tensor) -> bool:

@@ -11,13 +11,17 @@ permuted into this layout when they are loaded (weights/maps.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from llmgen.config import LlamaConfig, RopeScaling
-from llmgen.models.kv_cache import KVCache, causal_attention, same_cache
+from llmgen.models.kv_cache import CachedAttention, KVCache, causal_attention, same_cache
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
 
 
 def rms_norm(x: torch.Tensor, doubled_weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -97,8 +101,8 @@ def rope_matrix(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return matrix.view(2 * half, 2 * half)
 
 
-class Attention(nn.Module):
-    # wqkv: q, k and v as one matmul, when quantization fuses them (quantize.py). Loading keeps them
+class Attention(CachedAttention):
+    # wqkv: q, k and v as one matmul, when quantization fuses them (quantization/model.py). Loading keeps them
     # apart, so that float weights stay memory-mapped instead of being copied into a concatenation.
     FUSIONS = {"wqkv": ("wq", "wk", "wv")}
 
@@ -107,11 +111,11 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.scale = config.attention_scale or None  # None: SDPA's head_dim ** -0.5
         self.window = config.sliding_window if local else 0  # Gemma's local layers: the last `window` positions
-        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=config.qkv_bias)
-        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
-        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
+        self.wq: nn.Module = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=config.qkv_bias)
+        self.wk: nn.Module = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
+        self.wv: nn.Module = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=config.qkv_bias)
         self.wqkv: nn.Module | None = None
-        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.wo: nn.Module = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
         # Qwen3: each q and k head RMS-normalised (one weight of head_dim, shared by the heads) before RoPE.
         self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
@@ -124,14 +128,15 @@ class Attention(nn.Module):
         else:
             kv_size = self.n_kv_heads * self.head_dim
             q, k, v = self.wqkv(x).split((self.n_heads * self.head_dim, kv_size, kv_size), dim=-1)
-        dtype = self.kv_cache.v.dtype  # the model's: quantized layers compute in bfloat16
+        cache = self.cache
+        dtype = cache.v.dtype  # the model's: quantized layers compute in bfloat16
         q, k = q.view(B, T, self.n_heads, self.head_dim), k.view(B, T, self.n_kv_heads, self.head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, rotations).to(dtype), apply_rope(k, rotations).to(dtype)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
-        k, v = self.kv_cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos + T, head_dim)
+        k, v = cache.update(start_pos, k, v)  # (B, n_kv_heads, start_pos + T, head_dim)
         y = causal_attention(q, k, v, start_pos, self.window, self.scale)  # (B, n_heads, T, head_dim)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
@@ -140,7 +145,7 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-ACTIVATIONS = {"silu": F.silu, "gelu_tanh": gelu_tanh}  # SwiGLU, Gemma's GeGLU
+ACTIVATIONS: dict[str, Activation] = {"silu": F.silu, "gelu_tanh": gelu_tanh}  # SwiGLU, Gemma's GeGLU
 
 
 class FeedForward(nn.Module):
@@ -148,9 +153,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.w1 = nn.Linear(config.dim, config.ffn_dim, bias=False)  # gate
-        self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)  # down
-        self.w3 = nn.Linear(config.dim, config.ffn_dim, bias=False)  # up
+        self.w1: nn.Module = nn.Linear(config.dim, config.ffn_dim, bias=False)  # gate
+        self.w2: nn.Module = nn.Linear(config.ffn_dim, config.dim, bias=False)  # down
+        self.w3: nn.Module = nn.Linear(config.dim, config.ffn_dim, bias=False)  # up
         self.w13: nn.Module | None = None
         self.activation = ACTIVATIONS[config.activation]
 
@@ -179,6 +184,9 @@ class TransformerBlock(nn.Module):
 
 
 class Llama(nn.Module):
+    rope_rotations: torch.Tensor  # (max_len, head_dim / 2) complex64, made by setup_cache
+    local_rope_rotations: torch.Tensor  # the same for local layers (Gemma's own base), when there are any
+
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config = config
@@ -187,7 +195,13 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config, local[i]) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         # A tied head reuses the embedding matrix; the checkpoint then has no output.weight.
-        self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output: nn.Module | None = (None if config.tie_embeddings
+                                         else nn.Linear(config.dim, config.vocab_size, bias=False))
+
+    @property
+    def blocks(self) -> list[TransformerBlock]:
+        """The transformer blocks, typed (to a type checker nn.ModuleList's items are plain Modules)."""
+        return cast(list[TransformerBlock], list(self.layers))
 
     def setup_cache(self, batch_size: int, max_len: int) -> None:
         """Preallocate KV caches and RoPE tables for up to max_len positions.
@@ -197,9 +211,9 @@ class Llama(nn.Module):
         """
         max_len = min(max_len, self.config.context_length)
         weight = self.norm.weight  # the model's dtype and device (the embedding may be kept quantized)
-        if same_cache(self.layers[0].attention.kv_cache, batch_size, max_len, weight):
+        if same_cache(self.blocks[0].attention.kv_cache, batch_size, max_len, weight):
             return
-        for layer in self.layers:
+        for layer in self.blocks:
             layer.attention.kv_cache = KVCache(batch_size, self.config.n_kv_heads, max_len, self.config.head_dim,
                                                weight.dtype, weight.device)
         freqs = rope_frequencies(self.config.head_dim, self.config.rope_theta, self.config.rope_scaling,

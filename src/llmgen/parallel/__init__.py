@@ -4,7 +4,7 @@
 - layers.py: the all-reduces and the vocabulary split that join the shards, wrapped around the model's
   modules (models/ knows nothing of them);
 - group.py: the process group, and what ranks agree on through rank 0 (prompt, sampled tokens, errors).
-weights/loading.py loads a rank's shard (load_model(tensor_parallel=...)); decode/ picks a decoder that
+loading.py loads a rank's shard (load_model(tensor_parallel=...)); decode/ picks a decoder that
 has room for the all-reduces; cli/launch.py starts the ranks for `llmgen generate --tp N`.
 """
 

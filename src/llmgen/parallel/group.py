@@ -161,8 +161,10 @@ def from_environment(device: str) -> TensorParallel:
 def join(tensor_parallel: TensorParallel) -> TensorParallel:
     """Join the default process group with the other ranks (torchrun's MASTER_ADDR and MASTER_PORT)."""
     try:
-        options = {"device_id": torch.device(tensor_parallel.device)} if tensor_parallel.backend == "nccl" else {}
-        dist.init_process_group(tensor_parallel.backend, timeout=TIMEOUT, **options)
+        if tensor_parallel.backend == "nccl":
+            dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device(tensor_parallel.device))
+        else:
+            dist.init_process_group(tensor_parallel.backend, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as e:
         tensor_parallel.close()
         reason = first_line(e)
@@ -183,5 +185,5 @@ def join(tensor_parallel: TensorParallel) -> TensorParallel:
 
 
 def start(device: str) -> TensorParallel:
-    """from_environment and join, for callers with no error routing of their own (tests/tp_worker.py)."""
+    """from_environment and join, for callers with no error routing of their own (tests/support/tp_worker.py)."""
     return join(from_environment(device))

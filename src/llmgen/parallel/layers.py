@@ -1,7 +1,7 @@
 """The modules that join a rank's shard to the others': an all-reduce after each projection out of the rank's
 heads or MLP width, and a vocabulary split across ranks for the embedding and the head.
 
-They wrap the model's own modules (whatever quantize.py made of them) after the weights are in, as
+They wrap the model's own modules (whatever quantization/ made of them) after the weights are in, as
 gpt-fast's tp.py hooks its model; models/ knows nothing of them. Every rank computes the same thing on
 the same input, and after each all-reduce holds the same activations, so every rank's logits are equal.
 """
@@ -9,12 +9,15 @@ the same input, and after each all-reduce holds the same activations, so every r
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmgen.quantize import linear_function
+from llmgen.models import Model
+from llmgen.models.llama import Llama
+from llmgen.quantization.linear import linear_function
 
 
 class RowParallelLinear(nn.Module):
@@ -29,7 +32,7 @@ class RowParallelLinear(nn.Module):
         return self.all_reduce(self.inner(x))
 
     def as_function(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """For decode steps (quantize.linear_function)."""
+        """For decode steps (quantization/linear.linear_function)."""
         matmul, all_reduce = linear_function(self.inner), self.all_reduce
         return lambda x: all_reduce(matmul(x))
 
@@ -45,7 +48,7 @@ class VocabParallelEmbedding(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The rank's rows (dtype and device checks read it)."""
-        return self.inner.weight
+        return cast(torch.Tensor, self.inner.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         local = ids - self.first
@@ -73,22 +76,22 @@ class VocabParallelHead(nn.Module):
         return self.all_reduce(logits)
 
 
-def parallelize(model: nn.Module, first: int, stop: int,
-                all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+def parallelize(model: Model, first: int, stop: int, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> Model:
     """Wrap a rank's model (its shard's weights in, quantized or not) in place: rows first..stop of the
     vocabulary are the rank's."""
     vocab = model.config.vocab_size
-    if model.config.arch == "llama":
+    if isinstance(model, Llama):
         embedding_name = "tok_embeddings"
-        for block in model.layers:
+        for block in model.blocks:
             block.attention.wo = RowParallelLinear(block.attention.wo, all_reduce)
             block.feed_forward.w2 = RowParallelLinear(block.feed_forward.w2, all_reduce)
     else:
         embedding_name = "wte"
-        for block in model.h:
-            block.attn.c_proj = RowParallelLinear(block.attn.c_proj, all_reduce)
-            block.mlp.c_proj = RowParallelLinear(block.mlp.c_proj, all_reduce)
+        for gpt2_block in model.blocks:
+            gpt2_block.attn.c_proj = RowParallelLinear(gpt2_block.attn.c_proj, all_reduce)
+            gpt2_block.mlp.c_proj = RowParallelLinear(gpt2_block.mlp.c_proj, all_reduce)
     embedding = getattr(model, embedding_name)
+    local_head: Callable[[torch.Tensor], torch.Tensor]
     if model.output is not None:
         local_head = model.output
     else:  # tied: the rank's rows of the embedding are its rows of the head

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -87,13 +88,14 @@ def local_config(config: ModelConfig, shard: Shard) -> ModelConfig:
         raise LLMGenError(f"--tp {world} cannot split this model evenly: it has {' and '.join(problems)}")
     if config.vocab_size < world:
         raise LLMGenError(f"--tp {world} is more ranks than the model's {config.vocab_size} vocabulary rows")
-    fields = {"n_heads": config.n_heads // world, "ffn_dim": ffn_dim // world, "head_dim": config.head_dim}
+    n_heads, ffn_dim, head_dim = config.n_heads // world, ffn_dim // world, config.head_dim
     if isinstance(config, LlamaConfig):
-        fields["n_kv_heads"] = max(1, n_kv_heads // world)
-    return dataclasses.replace(config, **fields)
+        return dataclasses.replace(config, n_heads=n_heads, ffn_dim=ffn_dim, head_dim=head_dim,
+                                   n_kv_heads=max(1, n_kv_heads // world))
+    return dataclasses.replace(config, n_heads=n_heads, ffn_dim=ffn_dim, head_dim=head_dim)
 
 
-def shard_state(config: ModelConfig, state: dict[str, object], shard: Shard) -> dict[str, object]:
+def shard_state(config: ModelConfig, state: dict[str, Any], shard: Shard) -> dict[str, Any]:
     """The rank's part of every weight (state: our names; tensors, or a GGUF's blocks as stored)."""
     splits = SPLITS[config.arch]
     head_dim = config.head_dim
@@ -127,9 +129,8 @@ def shard_state(config: ModelConfig, state: dict[str, object], shard: Shard) -> 
 
 def take(name: str, value, dim: int, ranges: list[tuple[int, int]]):
     """Rows (dim 0) or columns (dim 1) first..stop of each range, side by side."""
-    from llmgen.quantize import DeferredGroups
-    from llmgen.weights.gguf_blocks import BlockEmbedding
-    from llmgen.weights.loading import ModelParallelParts
+    from llmgen.weights.meta import ModelParallelParts
+    from llmgen.weights.stored import BlockEmbedding, DeferredGroups
 
     if dim >= len(value.shape):
         raise LLMGenError(f"tensor {name!r} has shape {list(value.shape)}, not a matrix")
@@ -161,7 +162,7 @@ def take(name: str, value, dim: int, ranges: list[tuple[int, int]]):
 
 def deferred_rows(groups, first: int, stop: int):
     """Rows first..stop of quantized rows as stored, still unread."""
-    from llmgen.quantize import DeferredGroups
+    from llmgen.weights.stored import DeferredGroups
 
     def offset(pair):
         return None if pair is None else (pair[0], lambda a, b: pair[1](first + a, first + b))
@@ -173,7 +174,8 @@ def deferred_rows(groups, first: int, stop: int):
 
 def deferred_columns(name: str, groups, first: int, stop: int):
     """Columns first..stop of a GGUF matrix's blocks: whole blocks of each row, cut from its bytes."""
-    from llmgen.weights.gguf_blocks import block_size, deferred_matrix
+    from llmgen.weights.gguf_blocks import block_size
+    from llmgen.weights.stored import deferred_matrix
 
     if groups.source is None:
         raise LLMGenError(f"tensor {name!r} cannot be split across ranks by columns")
@@ -192,7 +194,7 @@ def deferred_columns(name: str, groups, first: int, stop: int):
     return deferred_matrix(kind, (groups.shape[0], stop - first), read)
 
 
-def build_config(local: ModelConfig, state: dict[str, object]) -> ModelConfig:
+def build_config(local: ModelConfig, state: dict[str, Any]) -> ModelConfig:
     """The config to build the rank's modules from: local_config with the vocabulary rows it holds (the
     model's config is set back to the whole vocabulary once its weights are in)."""
     embedding = state.get("tok_embeddings.weight", state.get("wte.weight"))

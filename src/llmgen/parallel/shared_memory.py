@@ -74,7 +74,8 @@ class SharedMemoryAllReduce:
                 raise RuntimeError(f"rank {rank}'s process ended")
 
     def close(self) -> None:
-        self.flags = self.pids = self.slots = None
+        # Views of the mapping, dropped so that it can close.
+        self.flags = self.pids = self.slots = None  # type: ignore[assignment]
         try:
             self.memory.close()
         except BufferError:  # a view still alive: the mapping goes with the process

@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -94,7 +95,7 @@ def download(entry: ModelEntry, *, local_dir: Path | None = None, revision: str 
 
 
 @contextmanager
-def _retries_reported(on_retry):
+def _retries_reported(on_retry: Callable[[str], None] | None) -> Iterator[None]:
     """huggingface_hub logs two lines each time it resumes a dropped connection (up to a dozen for one
     file): they become one on_retry call per file."""
     import logging
@@ -104,7 +105,7 @@ def _retries_reported(on_retry):
     def quiet(record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("Error while downloading from"):
             return True
-        name = str(record.args[0] if record.args else "").rsplit("/", 1)[-1]
+        name = str(record.args[0] if isinstance(record.args, tuple) and record.args else "").rsplit("/", 1)[-1]
         if on_retry is not None and name not in told:
             told.add(name)
             on_retry(name)
@@ -198,7 +199,7 @@ def guard_hub_session(endpoint: str) -> None:
 
     session.event_hooks["request"].append(token_only_to_the_hub)
     session.event_hooks["response"].append(ids_are_plain)
-    session._llmgen_guarded = endpoint
+    session._llmgen_guarded = endpoint  # type: ignore[attr-defined]  # the mark that it is guarded
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -3,11 +3,11 @@
 Every common type stores a weight as a small integer times a scale per group of 16 or 32 weights, plus a
 minimum per group for some: w = q * scale [+ minimum]. `split` reads blocks into exactly that (q, scale,
 minimum), which serves twice:
-- kept quantized (quantize.py): 4-bit types become Int4Groups for the int4 kernel (Q4_K with its
+- kept quantized (weights/stored.py, quantization/): 4-bit types become Int4Groups for the int4 kernel (Q4_K with its
   two-level scales as stored), Q6_K stays in its blocks (Q6KBlocks) for the kernel's Q6_K path, the others
   become Int8Groups for the int8 kernel, with nothing converted to float;
 - dequantized (`--quantize none`, the reference): q * scale + minimum, computed in float32 in the order
-  gguf-py's numpy code uses, so the result is the same to the bit (tests/test_gguf_blocks.py).
+  gguf-py's numpy code uses, so the result is the same to the bit (tests/weights/test_gguf_blocks.py).
 The k-quants' two-level scales (a 6- or 8-bit scale per sub-block times an fp16 scale per 256 weights)
 are multiplied out here in float32, as ggml and gguf-py do.
 
@@ -172,55 +172,7 @@ def block_size(kind: str) -> int:
     return QK_K if kind.endswith("_K") else 32
 
 
-def matrix_rows(kind: str, rows: torch.Tensor, in_features: int):
-    """Rows of a matrix stored in `kind` blocks, (n, row bytes) uint8 -> Int4Groups, Int8Groups or
-    Q6KBlocks (quantize.py) of shape (n, in_features)."""
-    from llmgen.quantize import Int4Groups, Int8Groups, Q6KBlocks, SuperBlockScales
-
-    n = rows.shape[0]
-    if kind == "Q6_K":  # read by the kernel as stored
-        return Q6KBlocks(rows.contiguous(), in_features)
-    groups = split(kind, rows.reshape(n * (in_features // block_size(kind)), -1))
-    q, scale = groups.q.reshape(n, in_features), groups.scale.reshape(n, -1)
-    minimum = None if groups.minimum is None else groups.minimum.reshape(n, -1)
-    if groups.bits == 8:
-        return Int8Groups(q, scale, minimum, groups.group)
-    levels = None if groups.levels is None else SuperBlockScales(*(t.reshape(n, -1) for t in groups.levels))
-    return Int4Groups(q, scale, minimum, levels)
 
 
-def deferred_matrix(kind: str, shape: tuple[int, int], read_rows):
-    """A (out, in) matrix of `kind` blocks as DeferredGroups: read_rows(first, stop) gives those rows'
-    bytes, (stop - first, row bytes) uint8."""
-    from llmgen.quantize import DeferredGroups, Int4Groups, Int8Groups, Q6KBlocks
-
-    return DeferredGroups(shape, Int4Groups if kind in FOUR_BIT else Q6KBlocks if kind == "Q6_K" else Int8Groups,
-                          lambda first, stop: matrix_rows(kind, read_rows(first, stop), shape[1]),
-                          blocks=(kind, read_rows) if kind in ("Q4_0", "Q4_1") else None, source=(kind, read_rows))
 
 
-class BlockEmbedding(torch.nn.Module):
-    """An embedding table kept in its GGUF blocks: each lookup converts only the rows it reads. A tied
-    head is packed from the same blocks for the kernels (groups)."""
-
-    def __init__(self, blocks: torch.Tensor, kind: str, dim: int, read_rows=None):
-        """read_rows(first, stop): those rows' bytes for groups(), if not a slice of blocks (a file can
-        copy them and let its pages go)."""
-        super().__init__()
-        self.register_buffer("blocks", blocks, persistent=False)  # (vocab, row bytes) uint8
-        self.kind, self.num_embeddings, self.embedding_dim = kind, blocks.shape[0], dim
-        self.read_rows = read_rows or (lambda first, stop: self.blocks[first:stop])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.num_embeddings, self.embedding_dim)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (...) -> (..., dim) float32."""
-        rows = self.blocks[ids.reshape(-1)]  # (n, row bytes): a copy
-        weights = split(self.kind, rows.reshape(rows.shape[0] * (self.embedding_dim // block_size(self.kind)), -1))
-        return weights.dequantize().view(*ids.shape, self.embedding_dim)
-
-    def groups(self):
-        """The whole matrix as DeferredGroups, read a chunk of rows at a time as it is packed."""
-        return deferred_matrix(self.kind, self.shape, self.read_rows)

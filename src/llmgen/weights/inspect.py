@@ -162,7 +162,7 @@ def _torch_tensors(path: Path) -> list[TensorInfo]:
 
 
 def _inspect_gguf(path: Path) -> Inspection:
-    from llmgen.weights.gguf_format import GGUFFile
+    from llmgen.weights.gguf_file import GGUFFile
 
     gguf_file = GGUFFile(path)
     tensors = [TensorInfo(t.name, [int(d) for d in reversed(t.shape)], t.tensor_type.name.lower(),
