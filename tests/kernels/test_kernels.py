@@ -351,3 +351,61 @@ def test_q4_blocks_repack_into_the_same_layout_as_their_levels(kind, in_features
     assert (got.minimums is None) == (kind == "Q4_0") == (expected.minimums is None)
     if kind == "Q4_1":
         assert torch.equal(got.minimums, expected.minimums)
+
+
+@pytest.fixture
+def gemv_too():
+    """The library's GEMM path (rows > 1) and a switch to its GEMV path, put back after the test."""
+    library = kernels.library()
+    yield library
+    library.set_gemm(1)
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q4_K"])
+@pytest.mark.parametrize("in_features", [64, 96, 576, 1024, 2560])
+def test_int4_gemm_equals_gemv_row_by_row_bit_for_bit(level, gemv_too, kind, in_features):
+    """A matmul over M rows on the GEMM path (each weight chunk unpacked once for a tile of 4 rows) gives
+    exactly, bit for bit, what the GEMV path gives for each row alone: the same integer dot products and the
+    same float sums in the same order. Every tile remainder (1-3 rows), fused parts, a bias and accumulate."""
+    from gguf_files import random_blocks
+
+    from llmgen.weights.stored import matrix_rows
+
+    library = gemv_too
+    assert kernels.build.matmul_path(1) == "gemv"
+    assert kernels.build.matmul_path(8) == ("gemm" if library.has_gemm() else "gemv")
+    assert bool(library.has_gemm()) == (level != "portable")
+    block = 256 if kind == "Q4_K" else 32
+    if in_features % block:
+        pytest.skip(f"{kind} rows are whole blocks of {block}")
+    parts = []
+    for out_features, seed in ((48, 1), (21, 2)):
+        blocks = random_blocks(kind, out_features * in_features // block, seed=seed + in_features)
+        groups = matrix_rows(kind, blocks.reshape(out_features, -1), in_features)
+        parts.append((kernels.pack_int4(groups.q, groups.scale, groups.minimum, groups.levels),
+                      torch.randn(out_features, generator=torch.Generator().manual_seed(seed))))
+    matmul = kernels.QuantMatmul(parts)
+    generator = torch.Generator().manual_seed(in_features)
+    for rows in (2, 3, 4, 5, 6, 7, 9, 33):
+        x = torch.randn(rows, in_features, generator=generator)
+        library.set_gemm(1)
+        gemm = matmul(x)
+        into = torch.randn(rows, matmul.out_features, generator=generator)
+        accumulated = matmul(x, out=into.clone(), accumulate=True)
+        library.set_gemm(0)
+        assert torch.equal(gemm, matmul(x)), rows
+        assert torch.equal(gemm, torch.cat([matmul(row[None]) for row in x])), rows
+        assert torch.equal(accumulated, matmul(x, out=into.clone(), accumulate=True)), rows
+
+
+def test_llmgen_gemm_0_forces_the_gemv_path(tmp_path):
+    """LLMGEN_GEMM=0 keeps every 4-bit matmul on the one-row path (and says so), in a process of its own."""
+    import subprocess
+    import sys
+
+    probe = ("from llmgen import kernels\nfrom llmgen.kernels import build\n"
+             "print(build.matmul_path(16), kernels.library() is None or kernels.library().has_gemm())")
+    forced = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env={**__import__("os").environ, "LLMGEN_GEMM": "0"})
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.split()[0] == "gemv"

@@ -42,6 +42,10 @@ def declare(library: ctypes.CDLL) -> ctypes.CDLL:
                                             pointer, pointer, flag, ALL_REDUCE]
     library.pack_q4_rows.argtypes = [pointer, size, size, flag, pointer, pointer, pointer, flag]
     library.pack_q4_rows.restype = None
+    library.has_gemm.argtypes = []
+    library.has_gemm.restype = ctypes.c_int32
+    library.set_gemm.argtypes = [ctypes.c_int32]
+    library.set_gemm.restype = None
     library.kernel_level.argtypes = []
     library.kernel_level.restype = ctypes.c_char_p
     library.quant_linear.restype = None

@@ -178,12 +178,23 @@ def _build(chosen: Level) -> Path:
 @cache
 def _load(path: Path) -> ctypes.CDLL:
     try:
-        return declare(ctypes.CDLL(str(path)))
+        lib = declare(ctypes.CDLL(str(path)))
     except (OSError, AttributeError) as e:  # AttributeError: a symbol these sources define is missing
         reason = first_line(e)[:160]
         warnings.warn(f"cannot load llmgen's kernel library {path.name} ({reason}); using PyTorch's kernels",
                       LLMGenWarning, stacklevel=2)
         raise OSError(reason) from None
+    lib.set_gemm(int(os.environ.get("LLMGEN_GEMM", "1").strip() != "0"))
+    return lib
+
+
+def matmul_path(rows: int) -> str:
+    """Which path a 4-bit matmul over `rows` rows of input takes: "gemm" (each weight unpacked once for a
+    tile of rows; avx512, avx2) or "gemv" (one row at a time: decode steps, the portable level, or
+    LLMGEN_GEMM=0, which forces it)."""
+    lib = library()
+    return "gemm" if rows > 1 and lib is not None and lib.has_gemm() and os.environ.get(
+        "LLMGEN_GEMM", "1").strip() != "0" else "gemv"
 
 
 def library_path(name: str) -> Path:

@@ -27,6 +27,7 @@
 //   group in lanes 0-7 and its second in lanes 8-15.
 // Each row of x is rounded into the same order once per call (round_input).
 
+#include <math.h>
 #include <string.h>
 
 #include <vector>
@@ -178,6 +179,60 @@ inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, fl
   for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + minimum_terms[r];
 }
 
+// One row of W times M rounded rows of x -> M floats (out[m]): the GEMM step. Each chunk of the weight row
+// is loaded, split into nibbles and its scales converted once, then used for all M rows of x; every
+// (row of x, row of W) pair sums exactly what dot_rows<1> sums, in the same order, so a tile's results are
+// bit-identical to M calls of it.
+template <int M>
+inline void dot_tile(const QuantLayer& w, int64_t row, const RoundedInput* x, float* out) {
+  const int64_t groups = w.groups, row_bytes = groups * kGroup / 2;
+  const int64_t whole_chunks = groups / kChunkGroups;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const uint8_t* weights = w.packed + row * row_bytes;
+  __m512 acc[M];
+  for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_ps();
+
+  for (int64_t c = 0; c < whole_chunks; c++) {
+    __m512i q_low[4], q_high[4];
+    for (int u = 0; u < 4; u++) {
+      const __m512i v = _mm512_loadu_si512(weights + c * (kChunk / 2) + 64 * u);
+      q_low[u] = _mm512_and_si512(v, low);
+      q_high[u] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+    __m512 scales, minimums;
+    chunk_scales(w, row * groups + c * kChunkGroups, &scales, &minimums);
+    for (int m = 0; m < M; m++) {
+      const int8_t* xq = x[m].q + c * kChunk;
+      __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
+      for (int u = 0; u < 4; u++) {
+        even = _mm512_dpbusd_epi32(even, q_low[u], _mm512_loadu_si512(xq + 128 * u));
+        odd = _mm512_dpbusd_epi32(odd, q_high[u], _mm512_loadu_si512(xq + 128 * u + 64));
+      }
+      const __m512 x_scales = _mm512_loadu_ps(x[m].scales + c * kChunkGroups);
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(even, odd)), _mm512_mul_ps(scales, x_scales), acc[m]);
+      acc[m] = _mm512_fmadd_ps(minimums, _mm512_loadu_ps(x[m].sums + c * kChunkGroups), acc[m]);
+    }
+  }
+
+  float minimum_terms[M] = {0};
+  for (int64_t g = whole_chunks * kChunkGroups; g < groups; g += 2) {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)(weights + g * kGroup / 2));
+    const __m512i q = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), low);
+    const int64_t s = row * groups + g;
+    const float scale0 = scale_of(w, s), scale1 = scale_of(w, s + 1);
+    const float minimum0 = minimum_of(w, s), minimum1 = minimum_of(w, s + 1);
+    for (int m = 0; m < M; m++) {
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x[m].q + g * kGroup));
+      const __m512 scales = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(scale0 * x[m].scales[g]),
+                                                 _mm512_set1_ps(scale1 * x[m].scales[g + 1]));
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales, acc[m]);
+      minimum_terms[m] += fmaf(minimum1, x[m].sums[g + 1], minimum0 * x[m].sums[g]);
+    }
+  }
+  for (int m = 0; m < M; m++) out[m] = _mm512_reduce_add_ps(acc[m]) + minimum_terms[m];
+}
+#define LLMGEN_INT4_TILE 1
+
 #elif defined(LLMGEN_AVX2)
 // Each 64-byte vector of a chunk is two 32-byte halves: groups 0-7 and 8-15. VPMADDUBSW multiplies the
 // unsigned 4-bit q by the signed int8 xq and adds adjacent pairs into int16 (at most 2 * 15 * 127; a
@@ -234,6 +289,65 @@ inline void dot_rows(const QuantLayer& w, int64_t row, const RoundedInput& x, fl
   }
   for (int r = 0; r < R; r++) out[r] = sum8(acc[r]) + minimum_terms[r];
 }
+
+// One row of W times M rounded rows of x (see the AVX-512 dot_tile): each half-chunk of the weight row is
+// split into nibbles and its scales converted once for all M rows; each pair sums what dot_rows<1> sums,
+// in its order, so the results are bit-identical to it.
+template <int M>
+inline void dot_tile(const QuantLayer& w, int64_t row, const RoundedInput* x, float* out) {
+  const int64_t groups = w.groups, row_bytes = groups * kGroup / 2;
+  const int64_t whole_chunks = groups / kChunkGroups;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const uint8_t* weights = w.packed + row * row_bytes;
+  __m256 acc[M];
+  for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+
+  for (int64_t c = 0; c < whole_chunks; c++) {
+    for (int half = 0; half < 2; half++) {
+      __m256i q[8];  // q[2u]: low nibbles of vector u's half, q[2u + 1]: its high nibbles
+      for (int u = 0; u < 4; u++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(weights + c * (kChunk / 2) + 32 * half + 64 * u));
+        q[2 * u] = _mm256_and_si256(v, low);
+        q[2 * u + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      }
+      __m256 scales, minimums;
+      half_chunk_scales(w, row * groups + c * kChunkGroups + 8 * half, &scales, &minimums);
+      for (int m = 0; m < M; m++) {
+        const int8_t* xq = x[m].q + c * kChunk + 32 * half;
+        __m256i pairs = _mm256_setzero_si256();
+        for (int u = 0; u < 4; u++) {
+          pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(q[2 * u], _mm256_loadu_si256((const __m256i*)(xq + 128 * u))));
+          pairs = _mm256_add_epi16(pairs,
+                                   _mm256_maddubs_epi16(q[2 * u + 1], _mm256_loadu_si256((const __m256i*)(xq + 128 * u + 64))));
+        }
+        const __m256i dots = _mm256_madd_epi16(pairs, ones);
+        const __m256 x_scales = _mm256_loadu_ps(x[m].scales + c * kChunkGroups + 8 * half);
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(scales, x_scales), acc[m]);
+        acc[m] = _mm256_fmadd_ps(minimums, _mm256_loadu_ps(x[m].sums + c * kChunkGroups + 8 * half), acc[m]);
+      }
+    }
+  }
+
+  float minimum_terms[M] = {0};
+  for (int64_t g = whole_chunks * kChunkGroups; g < groups; g += 2) {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)(weights + g * kGroup / 2));
+    const __m256i q0 = _mm256_and_si256(v, low), q1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    const int64_t s = row * groups + g;
+    const float scale0 = scale_of(w, s), scale1 = scale_of(w, s + 1);
+    const float minimum0 = minimum_of(w, s), minimum1 = minimum_of(w, s + 1);
+    for (int m = 0; m < M; m++) {
+      const __m256i dot0 = _mm256_madd_epi16(
+          _mm256_maddubs_epi16(q0, _mm256_loadu_si256((const __m256i*)(x[m].q + g * kGroup))), ones);
+      const __m256i dot1 = _mm256_madd_epi16(
+          _mm256_maddubs_epi16(q1, _mm256_loadu_si256((const __m256i*)(x[m].q + g * kGroup + kGroup))), ones);
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot0), _mm256_set1_ps(scale0 * x[m].scales[g]), acc[m]);
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot1), _mm256_set1_ps(scale1 * x[m].scales[g + 1]), acc[m]);
+      minimum_terms[m] += fmaf(minimum1, x[m].sums[g + 1], minimum0 * x[m].sums[g]);
+    }
+  }
+  for (int m = 0; m < M; m++) out[m] = sum8(acc[m]) + minimum_terms[m];
+}
+#define LLMGEN_INT4_TILE 1
 
 #else
 // Plain C++: the same sums, one group's 32 products at a time.
@@ -301,7 +415,63 @@ void matmul_rows(const QuantLayer& layer, const RoundedInput& x, int64_t rows, f
   }
 }
 
+#if defined(LLMGEN_INT4_TILE)
+constexpr int kTileRows = 4;     // rows of x per dot_tile: each weight chunk unpacked once for them
+constexpr int64_t kBlock = 16;   // rows of W a thread keeps hot (16 KB at 2048 inputs) while x streams past
+
+template <int M>
+inline void tile_into(const QuantLayer& layer, int64_t n, const RoundedInput* x, float* out, int64_t out_stride,
+                      int32_t accumulate) {
+  float dots[M];
+  dot_tile<M>(layer, n, x, dots);
+  const float bias = layer.bias ? layer.bias[n] : 0.f;
+  for (int m = 0; m < M; m++) {
+    float* y = out + m * out_stride + n;
+    *y = (accumulate ? *y : 0.f) + bias + dots[m];  // as matmul_rows combines them
+  }
+}
+
+// The GEMM path for rows > 1: blocks of kBlock rows of W, shared among threads; within a block, tiles of
+// kTileRows rows of x, each row of W unpacked once per tile. The same sums as matmul_rows<1>, bit for bit.
+void matmul_tiles(const QuantLayer& layer, const RoundedInput& x, int64_t rows, float* out, int64_t out_stride,
+                  int32_t accumulate, int32_t threads) {
+  const int64_t out_features = layer.out_features, groups = layer.groups, padded_in = groups * kGroup;
+  const int64_t blocks = (out_features + kBlock - 1) / kBlock;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t block = 0; block < blocks; block++) {
+    const int64_t first = block * kBlock, stop = first + kBlock < out_features ? first + kBlock : out_features;
+    for (int64_t m0 = 0; m0 < rows; m0 += kTileRows) {
+      const int count = rows - m0 < kTileRows ? (int)(rows - m0) : kTileRows;
+      RoundedInput xs[kTileRows];
+      for (int m = 0; m < count; m++)
+        xs[m] = RoundedInput{x.q + (m0 + m) * padded_in, x.scales + (m0 + m) * groups, x.sums + (m0 + m) * groups};
+      float* y = out + m0 * out_stride;
+      for (int64_t n = first; n < stop; n++) {
+        switch (count) {
+          case 4: tile_into<4>(layer, n, xs, y, out_stride, accumulate); break;
+          case 3: tile_into<3>(layer, n, xs, y, out_stride, accumulate); break;
+          case 2: tile_into<2>(layer, n, xs, y, out_stride, accumulate); break;
+          default: tile_into<1>(layer, n, xs, y, out_stride, accumulate); break;
+        }
+      }
+    }
+  }
+}
+#endif
+
+int32_t gemm_enabled = 1;  // set_gemm: 0 keeps rows > 1 on the GEMV path (to compare the two)
+
 }  // namespace
+
+extern "C" void set_gemm(int32_t enabled) { gemm_enabled = enabled; }
+
+extern "C" int32_t has_gemm() {
+#if defined(LLMGEN_INT4_TILE)
+  return 1;
+#else
+  return 0;
+#endif
+}
 
 // x (rows, in_features), prepared by quant_linear (linear.cpp).
 void int4_matmul(const QuantLayer& layer, const float* x, int64_t rows, float* out, int64_t out_stride,
@@ -321,8 +491,14 @@ void int4_matmul(const QuantLayer& layer, const float* x, int64_t rows, float* o
   // each x vector loaded once for four rows) read twelve and lost a fifth of the bandwidth with AVX-512,
   // two fifths with AVX2, on matrices streaming from memory, and gained nothing on cached ones
   // (benchmarks/RESULTS.md).
-  matmul_rows<1>(layer, RoundedInput{q.data(), x_scales.data(), x_sums.data()}, rows, out, out_stride, accumulate,
-                 threads);
+  const RoundedInput rounded{q.data(), x_scales.data(), x_sums.data()};
+#if defined(LLMGEN_INT4_TILE)
+  if (rows > 1 && gemm_enabled) {
+    matmul_tiles(layer, rounded, rows, out, out_stride, accumulate, threads);
+    return;
+  }
+#endif
+  matmul_rows<1>(layer, rounded, rows, out, out_stride, accumulate, threads);
 }
 
 const char* kernel_level() {

@@ -51,6 +51,11 @@ extern "C" {
 // Which build of the kernels this library is: "avx512", "avx2" or "portable".
 const char* kernel_level();
 
+// Whether this build has the 4-bit GEMM path for inputs of several rows (int4_matmul.cpp: avx512, avx2), and
+// turning it off (0) or on: off, every row of x runs the one-row GEMV path, the reference it is tested against.
+int32_t has_gemm();
+void set_gemm(int32_t enabled);
+
 // out (rows, sum of the parts' out_features) = prepare(x) W^T [+ bias] [+ out, when accumulate], float32
 // throughout, over a layer and the parts chained to it (linear.cpp).
 void quant_linear(const QuantLayer* layer, const float* x, int64_t rows, float* out, int32_t accumulate,
