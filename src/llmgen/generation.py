@@ -14,7 +14,8 @@ import torch
 
 from llmgen.errors import LLMGenError
 from llmgen.models import Model
-from llmgen.sampling import check_settings, mask_invalid, sample
+from llmgen.sampling import check_draft, check_settings, mask_invalid, penalize_repeats, sample
+from llmgen.speculative import Drafter, SpeculationStats
 from llmgen.tokenization.tokenizer import StreamDecoder, Tokenizer
 
 if TYPE_CHECKING:
@@ -27,11 +28,17 @@ class SamplingSettings:
     temperature: float = 0.8
     top_k: int | None = None
     top_p: float | None = None
+    repeat_penalty: float = 1.0  # llama.cpp's --repeat-penalty (1: off) over the last repeat_last_n tokens
+    repeat_last_n: int = 64
 
     def __post_init__(self):
         if self.max_new_tokens < 0:
             raise ValueError(f"max-new-tokens must be >= 0, got {self.max_new_tokens}")
         check_settings(self.temperature, self.top_k, self.top_p)
+        if not self.repeat_penalty > 0:
+            raise ValueError(f"repeat-penalty must be > 0, got {self.repeat_penalty}")
+        if self.repeat_last_n < 0:
+            raise ValueError(f"repeat-last-n must be >= 0, got {self.repeat_last_n}")
 
 
 @torch.inference_mode()
@@ -48,6 +55,9 @@ def generate_ids(
     on_logits: Callable[[torch.Tensor], None] | None = None,
     cached: int | None = None,
     agree: Callable[[int], int] | None = None,
+    drafter: Drafter | None = None,
+    speculation: SpeculationStats | None = None,
+    batch_size: int = 512,
 ) -> Iterator[int]:
     """Yield sampled ids, ending after a stop id or max_new_tokens.
 
@@ -62,15 +72,26 @@ def generate_ids(
     Decode steps go through `decoder`, by default the one decode.choose_decoder picks for the model.
     agree: each sampled id passes through it before it is used; tensor parallelism gives rank 0's, so that
     every rank goes on with the same tokens and stops at the same step (parallel/group.py).
+
+    drafter: speculative decoding (speculative.py). After each token the drafter guesses the next few;
+    one forward pass over the token and the guesses gives the logits after each, and the guesses are
+    checked in order by sampling.check_draft until one is not kept: greedy output is plain greedy's, sampled
+    output has the same distribution. Kept guesses' keys and values are in the cache already; the rest
+    are overwritten later (attention reads no position past the one being written). `speculation`
+    counts guesses and passes.
+    batch_size: the most prompt tokens one forward pass takes (llama.cpp's n_batch); longer prompts are
+    processed in chunks, so that the activations held at once stay bounded.
     """
     if not prompt_ids:
         raise ValueError("the prompt has no tokens")
+    if batch_size < 1:
+        raise ValueError(f"batch-size must be >= 1, got {batch_size}")
     window = model.config.context_length
     n_valid = n_valid or model.config.vocab_size
     stop_ids = frozenset(stop_ids)
-    device = next(model.parameters()).device
     tokens = list(prompt_ids)
     warned = False
+    stats = speculation if speculation is not None else SpeculationStats()
 
     def prefill_last_window() -> torch.Tensor:
         nonlocal warned
@@ -79,8 +100,21 @@ def generate_ids(
             if on_crop is not None:
                 on_crop(f"the context is longer than the model's window of {window} tokens; "
                         f"only the last {window} are used")
-        context = torch.tensor([tokens[-window:]], device=device)
-        return model(context, 0, last_only=True)[:, -1]  # (1, vocab)
+        assert decoder is not None  # chosen below, before the first call
+        return decoder.prefill(tokens[-window:], 0, batch_size)  # (1, vocab)
+
+    def choose(logits: torch.Tensor, step: int, drafted: int | None) -> int:
+        """The id for this step from its (1, vocab) logits (checking a guess when there is one)."""
+        check_finite(logits[..., :n_valid], step)
+        logits = mask_invalid(logits, n_valid)
+        if on_logits is not None:
+            on_logits(logits[0])
+        if settings.repeat_penalty != 1.0 and settings.repeat_last_n:
+            logits = penalize_repeats(logits, tokens[-settings.repeat_last_n:], settings.repeat_penalty)
+        sampled = (int(sample(logits, settings.temperature, settings.top_k, settings.top_p, generator))
+                   if drafted is None else
+                   check_draft(logits, drafted, settings.temperature, settings.top_k, settings.top_p, generator))
+        return sampled if agree is None else agree(sampled)
 
     if settings.max_new_tokens == 0:
         return
@@ -88,31 +122,52 @@ def generate_ids(
         from llmgen.decode import choose_decoder
 
         decoder = choose_decoder(model)
+    cache_length = min(window, len(tokens) + settings.max_new_tokens)
     if cached is None:
-        model.setup_cache(1, decoder.cache_length(min(window, len(tokens) + settings.max_new_tokens)))
-        logits = prefill_last_window()
+        model.setup_cache(1, decoder.cache_length(cache_length))
+        rows = [prefill_last_window()]
     else:
         if not 0 <= cached < len(tokens) or len(tokens) + settings.max_new_tokens > window:
             raise ValueError(f"{cached} cached of {len(tokens)} prompt tokens cannot continue in a window of {window}")
-        logits = model(torch.tensor([tokens[cached:]], device=device), cached, last_only=True)[:, -1]
+        rows = [decoder.prefill(tokens[cached:], cached, batch_size)]
+    if drafter is not None:
+        drafter.start(cache_length)
     pos = min(len(tokens), window)  # next position to write in the cache
+    guesses: list[int] = []  # drafted ids still to check: guesses[i] against rows[i]; rows has one more
+    guessed = kept = 0  # this pass's guesses, and how many of them were kept so far
     for step in range(settings.max_new_tokens):
-        check_finite(logits[..., :n_valid], step)
-        logits = mask_invalid(logits, n_valid)
-        if on_logits is not None:
-            on_logits(logits[0])
-        next_id = int(sample(logits, settings.temperature, settings.top_k, settings.top_p, generator))
-        if agree is not None:
-            next_id = agree(next_id)
+        drafted = guesses.pop(0) if guesses else None
+        next_id = choose(rows.pop(0), step, drafted)
         yield next_id
         tokens.append(next_id)
+        stats.tokens += step > 0  # the first came from the prompt's pass
         if next_id in stop_ids or step == settings.max_new_tokens - 1:
             return
-        if pos < window:
-            logits = decoder(next_id, pos)[None]  # (1, vocab)
-            pos += 1
+        if drafted is not None:
+            if next_id == drafted:  # kept: its keys and values are in the cache already
+                pos, kept = pos + 1, kept + 1
+                stats.accepted += 1
+                if not guesses and drafter is not None:
+                    drafter.checked(guessed, kept)
+                continue  # the next row: the next guess's, or after the last one the pass's own next token
+            if drafter is not None:
+                drafter.checked(guessed, kept)
+            rows.clear()  # the rows after a guess that was not kept are for another text
+            guesses.clear()
+        # next_id is not in the cache: one more pass of the target
+        stats.passes += 1
+        if pos >= window:
+            rows = [prefill_last_window()]
+            continue
+        limit = min(cache_length - pos - 1, settings.max_new_tokens - step - 2)
+        guesses = drafter.propose(tokens, limit)[:limit] if drafter is not None and limit > 0 else []
+        if not guesses:
+            rows = [decoder(next_id, pos)[None]]  # (1, vocab)
         else:
-            logits = prefill_last_window()
+            guessed, kept = len(guesses), 0
+            stats.proposed += guessed
+            rows = list(decoder.block([next_id, *guesses], pos).split(1))  # 1 + guessed rows of (1, vocab)
+        pos += 1
 
 
 def check_finite(logits: torch.Tensor, step: int) -> None:

@@ -68,3 +68,36 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
         return logits.argmax(dim=-1)
     probs = logits_to_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def penalize_repeats(logits: torch.Tensor, recent_ids: list[int], penalty: float) -> torch.Tensor:
+    """llama.cpp's (and CTRL's) repetition penalty: each id among `recent_ids` has its logit divided by
+    `penalty` where positive and multiplied where negative, once however often it occurs. (B, vocab) ->
+    a new (B, vocab); penalty 1 leaves the logits as they are."""
+    if penalty == 1.0 or not recent_ids:
+        return logits
+    ids = torch.tensor(sorted(set(recent_ids)), device=logits.device)
+    chosen = logits.index_select(-1, ids)
+    logits = logits.clone()
+    logits.index_copy_(-1, ids, torch.where(chosen > 0, chosen / penalty, chosen * penalty))
+    return logits
+
+
+def check_draft(logits: torch.Tensor, drafted: int, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> int:
+    """Speculative decoding's rule for one drafted token: (1, vocab) target logits -> the id to emit.
+
+    Greedy: the target's argmax (the draft is kept exactly when it is that id), so the output is plain
+    greedy's. Sampling (Leviathan et al. 2023, with a drafter that proposes one token for certain, q = 1 at
+    `drafted`): keep it with probability p(drafted), else sample from p with `drafted` removed, the
+    normalized max(0, p - q). Either way the emitted id is distributed as sample() would draw it.
+    """
+    if temperature == 0:
+        return int(logits.argmax(dim=-1))
+    probs = logits_to_probs(logits, temperature, top_k, top_p)[0]  # (vocab,)
+    keep = float(probs[drafted])
+    if torch.rand((), generator=generator, device=probs.device) < keep:
+        return drafted
+    residual = probs.clone()
+    residual[drafted] = 0
+    return int(torch.multinomial(residual, 1, generator=generator))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llmgen.cli import chat, download, generate, inspect_weights, quantize, tokenize, voices
+from llmgen.cli import bench, chat, download, generate, inspect_weights, perplexity, quantize, tokenize, voices
 
 app = typer.Typer(
     name="llmgen",
@@ -39,3 +39,5 @@ app.command("models")(download.models)
 app.command("inspect-weights")(inspect_weights.inspect_weights)
 app.command("quantize")(quantize.quantize)
 app.command("voices")(voices.voices)
+app.command("bench")(bench.bench)
+app.command("perplexity")(perplexity.perplexity)

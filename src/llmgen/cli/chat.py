@@ -36,6 +36,9 @@ def chat(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens only."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample from the smallest set with this much mass."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+    repeat_penalty: float = typer.Option(
+        1.0, "--repeat-penalty", help="Penalize tokens among the last --repeat-last-n (see generate; 1.0 is off)."),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="How many recent tokens --repeat-penalty covers."),
     quantize: str = typer.Option("auto", "--quantize", "-q", help="auto, none, int8 or int4 (see generate)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     stats: bool = typer.Option(False, "--stats", help="Per turn on stderr: new and cached prompt tokens, speeds."),
@@ -56,7 +59,8 @@ def chat(
     from llmgen.decode import choose_decoder
     from llmgen.loading import load_model
 
-    settings = sampling_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    settings = sampling_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n)
     tensor_parallel = join_ranks(invocation.of(ctx), "cpu") if n_ranks > 1 else None
     path, _ = resolve_model(model)
     with console.status(f"loading {model or path.name}"):

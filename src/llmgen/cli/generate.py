@@ -38,6 +38,19 @@ def generate(
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens only."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample from the smallest set with this much mass."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+    repeat_penalty: float = typer.Option(
+        1.0, "--repeat-penalty", help="Penalize tokens among the last --repeat-last-n (llama.cpp's rule; 1.0 is off, "
+                                      "1.1 a common choice against loops)."),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="How many recent tokens --repeat-penalty covers."),
+    speculate: str = typer.Option(
+        "none", "--speculate", help="Speculative decoding: none, or ngram (guesses copied from earlier text, checked "
+                                    "in one pass: faster where the reply repeats its input; the same output)."),
+    draft_model: Optional[str] = typer.Option(
+        None, "--draft-model", help="Speculative decoding with a small model of the same vocabulary guessing ahead "
+                                    "(a .gguf file or directory)."),
+    draft_max: int = typer.Option(8, "--draft-max", help="Most tokens guessed at once (llama.cpp's --draft-max)."),
+    batch_size: int = typer.Option(512, "--batch-size", "-b",
+                                   help="Most prompt tokens one forward pass takes (llama.cpp's --batch-size)."),
     num_samples: int = typer.Option(1, "--num-samples", help="How many independent samples to generate."),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="End a sample at this text (repeatable)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
@@ -92,6 +105,12 @@ class GenerateOptions:
     top_k: int | None
     top_p: float | None
     seed: int | None
+    repeat_penalty: float
+    repeat_last_n: int
+    speculate: str
+    draft_model: str | None
+    draft_max: int
+    batch_size: int
     num_samples: int
     stop: list[str] | None
     device: str
@@ -120,7 +139,7 @@ class GenerateOptions:
     @property
     def sampling(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k,
-                "top_p": self.top_p}
+                "top_p": self.top_p, "repeat_penalty": self.repeat_penalty, "repeat_last_n": self.repeat_last_n}
 
     def check(self) -> None:
         """Every option on its own and together, before anything is loaded or generated."""
@@ -140,6 +159,16 @@ class GenerateOptions:
         for text, what in [(self.system, "--system"), *((s, "--stop") for s in self.stops)]:
             if text is not None:
                 check_utf8(text, what)
+        if self.speculate not in ("none", "ngram"):
+            raise UsageError(f"unknown --speculate {self.speculate!r}; choose none or ngram")
+        if self.speculate != "none" and self.draft_model is not None:
+            raise UsageError("--speculate ngram and --draft-model are two drafters: choose one")
+        if not 1 <= self.draft_max <= 64:
+            raise UsageError(f"--draft-max must be from 1 to 64, got {self.draft_max}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.tp and (self.speculate != "none" or self.draft_model is not None):
+            raise UsageError("speculative decoding does not run with --tp")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError(f"unknown device {self.device!r}; choose cpu, cuda or auto")
 
@@ -183,6 +212,7 @@ class Session:
         self.tokenizer, self.use_chat, self.tensor_parallel = loaded.tokenizer, use_chat, tensor_parallel
         self.device = device  # cpu, cuda, or a tensor-parallel rank's cuda:K
         self.generator = seeded_generator(options.seed, device)
+        self.drafter = None  # speculative.Drafter, when asked for
 
     @classmethod
     def load(cls, options: GenerateOptions, tensor_parallel) -> Session:
@@ -215,9 +245,12 @@ class Session:
             console.print_info(f"loaded {loaded.path} ({loaded.layout} layout, {loaded.config.arch}) "
                                f"in {loaded.load_seconds:.2f} s")
             console.print_info(repr(decoder))
+            console.print_info(f"prompts: {decoder.prompt_path}")
         model_name = DEFAULT_MODEL_NAME if is_default else str(options.model or model_path)
         use_chat = options.chat if options.chat is not None else is_default
-        return cls(options, loaded, decoder, model_name, use_chat, device, tensor_parallel)
+        session = cls(options, loaded, decoder, model_name, use_chat, device, tensor_parallel)
+        session.drafter = _drafter(options, loaded, device)
+        return session
 
     def encode(self, text: str) -> list[int]:
         if self.use_chat:
@@ -233,10 +266,15 @@ class Session:
         from llmgen.generation import TextStream, generate_ids
 
         tokenizer, tensor_parallel = self.tokenizer, self.tensor_parallel
+        from llmgen.speculative import SpeculationStats
+
+        self.speculation = SpeculationStats()
         return TextStream(generate_ids(self.loaded.model, ids, sampling, stop_ids=tokenizer.stop_ids,
                                        n_valid=tokenizer.n_vocab, generator=generator, on_crop=console.print_warning,
                                        decoder=self.decoder, on_logits=on_logits,
-                                       agree=tensor_parallel and tensor_parallel.first_rank_token),
+                                       agree=tensor_parallel and tensor_parallel.first_rank_token,
+                                       drafter=self.drafter, speculation=self.speculation,
+                                       batch_size=self.options.batch_size),
                           tokenizer, stops)
 
     def complete(self, text: str, ids: list[int], sampling, stops: list[str], generator):
@@ -285,8 +323,34 @@ class Session:
                     f"prompt: {len(prompt_ids)} tokens at {len(prompt_ids) / max(stream.prefill_seconds, 1e-9):.1f} "
                     f"tok/s; generated {len(stream.ids)} tokens at {stream.decode_tokens_per_second:.1f} tok/s "
                     f"({stream.finish_reason})")
+                if self.drafter is not None:
+                    spec = self.speculation
+                    console.print_info(f"speculative: {spec.accepted} of {spec.proposed} guesses kept "
+                                       f"({100 * spec.acceptance:.0f}%), {spec.tokens_per_pass:.2f} tokens per pass")
             texts.append(stream.text)
         return texts
+
+
+def _drafter(options: GenerateOptions, loaded, device: str):
+    """The speculative drafter --speculate or --draft-model asks for, or None."""
+    from llmgen.speculative import ModelDrafter, NgramDrafter, check_same_vocabulary
+
+    if options.speculate == "ngram":
+        return NgramDrafter(longest=options.draft_max)
+    if options.draft_model is None:
+        return None
+    from llmgen.decode import choose_decoder
+    from llmgen.loading import load_model
+
+    draft_path, _ = resolve_model(options.draft_model)
+    with console.status(f"loading the draft model {draft_path.name}"):
+        draft = load_model(draft_path, device=device, dtype=options.dtype, quantize=options.quantize,
+                           cache_quantized=True)
+    check_same_vocabulary(loaded.tokenizer, draft.tokenizer)
+    decoder = choose_decoder(draft.model)
+    if options.stats:
+        console.print_info(f"draft model {draft.path}: {decoder!r}")
+    return ModelDrafter(draft.model, decoder, longest=options.draft_max)
 
 
 def _read_inputs(prompt: str | None, batch: str | None, tensor_parallel) -> tuple[str, list]:

@@ -33,6 +33,17 @@ class Decoder:
     def __repr__(self) -> str:
         return f"decoder: {self.name} ({self.reason})"
 
+    @property
+    def prompt_path(self) -> str:
+        """How a block of tokens (a prompt, a speculative check) is computed, for --stats."""
+        if not self.use_kernels:
+            return "the model's forward"
+        from llmgen import kernels
+
+        if kernels.matmul_path(2) == "gemm":
+            return "one call for each block of tokens, 4-bit matmuls as a GEMM (each weight unpacked once a tile of rows)"
+        return "one call for each block of tokens, 4-bit matmuls a row at a time (GEMV)"
+
     def cache_length(self, needed: int) -> int:
         """The cache to set up for `needed` positions."""
         return needed
@@ -48,6 +59,23 @@ class Decoder:
         if self.use_kernels:
             return self.family.kernel_step(self.model, plan, token_t, pos_t)
         return self.step(token_t, pos_t, plan.window.at(pos))
+
+    def block(self, tokens: list[int], pos: int, last_only: bool = False) -> torch.Tensor:
+        """tokens at positions pos.. (written into the caches) -> (len(tokens), vocab) float32 logits, or
+        (1, vocab) for the last with last_only: a prompt's chunk, or a speculative check. On llmgen's kernels
+        for a LLaMA, one call that computes each row bit for bit as __call__ would; else the model's forward."""
+        tokens_t = torch.tensor(tokens, device=self.device)
+        if self.use_kernels and hasattr(self.family, "kernel_block"):
+            plan = self.current_plan()
+            return self.family.kernel_block(self.model, plan, tokens_t, torch.tensor([pos]), last_only)
+        return self.model(tokens_t[None], pos, last_only=last_only)[0].float()
+
+    def prefill(self, tokens: list[int], pos: int, batch_size: int) -> torch.Tensor:
+        """tokens at positions pos.., in chunks of at most batch_size (what a forward holds at once stays
+        bounded on long prompts) -> the last token's (1, vocab) logits."""
+        for start in range(0, len(tokens), batch_size):
+            logits = self.block(tokens[start:start + batch_size], pos + start, last_only=True)
+        return logits
 
     def step(self, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.family.pytorch_step(self.model, self.plan, token, pos, mask)

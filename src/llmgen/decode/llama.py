@@ -167,19 +167,32 @@ def kernel_layers(model: Llama, rope_cos_sin: torch.Tensor, local_rope_cos_sin: 
 
 def head(model: Llama, x: torch.Tensor) -> torch.Tensor:
     """Final norm and output head: (1, dim) -> (vocab,) float32 logits."""
+    return head_rows(model, x)[0]
+
+
+def head_rows(model: Llama, x: torch.Tensor) -> torch.Tensor:
+    """Final norm and output head: (rows, dim) -> (rows, vocab) float32 logits, row by row the same
+    arithmetic (the norm reduces each row on its own; the head's kernels take rows independently)."""
     x = model.norm(x)
     logits = F.linear(x, model.tok_embeddings.weight) if model.output is None else model.output(x)
-    return logits[0].float()
+    return logits.float()
 
 
 def kernel_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """token, pos: (1,) -> (vocab,) logits, the blocks in one call into llmgen's kernels."""
-    x = model.tok_embeddings(token)  # (1, dim): a new tensor, so updating it is safe
+    return kernel_block(model, plan, token, pos, last_only=True)[0]
+
+
+def kernel_block(model: Llama, plan: Plan, tokens: torch.Tensor, pos: torch.Tensor, last_only: bool) -> torch.Tensor:
+    """tokens: (T,) at positions pos, pos + 1, ..., pos: (1,) -> (T, vocab) logits, or (1, vocab) of the
+    last token with last_only; the blocks in one call into llmgen's kernels, which compute each row exactly
+    as a one-token step would (so a prompt in one block and token by token give the same logits)."""
+    x = model.tok_embeddings(tokens)  # (T, dim): a new tensor, so updating it is safe
     if model.config.embedding_scale != 1.0:  # Gemma
         x = x * torch.tensor(model.config.embedding_scale, dtype=x.dtype)
     assert plan.kernel_layers is not None  # a plan made with_kernels
     plan.kernel_layers(x, pos)
-    return head(model, x)
+    return head_rows(model, x[-1:] if last_only else x)
 
 
 def pytorch_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from llmgen.kernels.build import (
                                     Level,
                                     level,
                                     library,
+                                    matmul_path,
                                     missing_features,
                                     selected,
                                     supported_levels,
@@ -59,5 +60,5 @@ from llmgen.kernels.packing import (
 
 __all__ = ["GROUP", "INT8_GROUPS", "LEVELS", "AttentionStep", "BlockKernels", "Int4Matmul", "Level", "LlamaLayers",
            "Packed", "PackedBf16", "PackedInt4", "PackedInt8", "PackedQ6K", "QuantMatmul", "level", "library",
-           "missing_features", "pack_int4", "pack_int8", "pack_q4_blocks", "pack_q6_k", "selected", "supported_levels",
+           "matmul_path",           "missing_features", "pack_int4", "pack_int8", "pack_q4_blocks", "pack_q6_k", "selected", "supported_levels",
            "unavailable_reason", "unpack_q6_k"]

@@ -39,7 +39,7 @@ def declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.attention_step.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, size, size, size,
                                        ctypes.c_float, pointer, flag]
     library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, size, size, size, size,
-                                            pointer, pointer, flag, ALL_REDUCE]
+                                            pointer, size, pointer, flag, ALL_REDUCE]
     library.pack_q4_rows.argtypes = [pointer, size, size, flag, pointer, pointer, pointer, flag]
     library.pack_q4_rows.restype = None
     library.has_gemm.argtypes = []

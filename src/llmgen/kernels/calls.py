@@ -142,7 +142,8 @@ class BlockKernels:
 
 
 class LlamaLayers:
-    """x -> x after all of a LLaMA's transformer blocks, for one decode step, in place: one call into
+    """x -> x after all of a LLaMA's transformer blocks, for one decode step or a block of consecutive
+    tokens (bit for bit what one-token steps in order compute), in place: one call into
     llama_layers.cpp, which runs each block as five kernel calls (described there). norm_eps: the q/k and
     post-norms' epsilon; attention_scale: q.k's. all_reduce: for a tensor-parallel shard's blocks, the
     sum over ranks (in place, of a (dim,) float32 tensor) of wo's and down's outputs, called back between
@@ -179,16 +180,18 @@ class LlamaLayers:
         self.run = loaded().llama_decode_layers
 
     def __call__(self, x: torch.Tensor, pos: torch.Tensor) -> None:
-        """x: (1, dim) float32, updated in place; pos: (1,) int64, the new token's position."""
-        if x.shape != (1, self.blocks[0].wo.out_features) or x.dtype != torch.float32 or not x.is_contiguous():
-            raise ValueError(f"LlamaLayers updates a contiguous float32 (1, dim) x, got {tuple(x.shape)} {x.dtype}")
-        outside = self.run(*self.arguments, x.data_ptr(), _position(pos), torch.get_num_threads(), self.all_reduce)
+        """x: (rows, dim) float32, updated in place; pos: (1,) int64, the first row's position."""
+        if (x.dim() != 2 or x.size(1) != self.blocks[0].wo.out_features or x.dtype != torch.float32
+                or not x.is_contiguous()):
+            raise ValueError(f"LlamaLayers updates a contiguous float32 (rows, dim) x, got {tuple(x.shape)} {x.dtype}")
+        outside = self.run(*self.arguments, x.data_ptr(), x.size(0), _position(pos), torch.get_num_threads(),
+                           self.all_reduce)
         if _callback_errors:
             error = _callback_errors[0]
             _callback_errors.clear()
             raise error
         if outside:
-            raise ValueError(f"position {int(pos)} is outside the KV cache's {self.arguments[-1]}")
+            raise ValueError(f"position {int(pos) + x.size(0) - 1} is outside the KV cache's {self.arguments[-1]}")
 
 
 _callback_errors: list[BaseException] = []  # what a callback raised during the current call into C++

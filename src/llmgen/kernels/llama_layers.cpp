@@ -1,4 +1,5 @@
-// All of a LLaMA's transformer blocks for one decode step, in one call: Llama.decode_with_kernels.
+// All of a LLaMA's transformer blocks for one decode step, or a block of tokens, in one call
+// (decode/llama.py kernel_step and kernel_block).
 // The same loop in Python costs five ctypes calls a layer, ~5 us each of Python, ctypes and tensor
 // allocation: about a tenth of a SmolLM2 step. Per block (a pre-norm transformer block):
 //     heads = wqkv(attention_norm(x))          quant_linear, the norm folded in (then Qwen3's/Gemma's q/k norms)
@@ -53,11 +54,9 @@ static void add_normalized(float* x, const float* h, int64_t n, const float* wei
 // A tensor-parallel rank's all-reduce: data (n floats) summed over the ranks, in place (parallel/).
 typedef void (*AllReduce)(float* data, int64_t n);
 
-// One sublayer's output h (wo's or down's, dim floats) into the residual x: through the all-reduce first
-// when the blocks are a tensor-parallel shard (h is then this rank's partial sum), normalised first
-// where the block has a post-norm (Gemma 3).
-static void add_sublayer(float* x, float* h, int64_t dim, const float* post_norm, float eps, AllReduce all_reduce) {
-  if (all_reduce) all_reduce(h, dim);
+// One sublayer's output h (wo's or down's, dim floats, already summed over the ranks of a tensor-parallel
+// shard) into the residual x, normalised first where the block has a post-norm (Gemma 3).
+static void add_sublayer(float* x, const float* h, int64_t dim, const float* post_norm, float eps) {
   if (post_norm) {
     add_normalized(x, h, dim, post_norm, eps);
   } else {
@@ -65,41 +64,55 @@ static void add_sublayer(float* x, float* h, int64_t dim, const float* post_norm
   }
 }
 
-// Returns 0, or -1 (with x unchanged) when the position is outside the caches. all_reduce: null but for
+// x: (rows, dim), the residual streams of `rows` consecutive tokens at positions *position, *position + 1,
+// ..., updated in place: one decode step when rows is 1, a prompt's chunk or a speculative check when more.
+// Each matmul takes all the rows at once (the GEMM path, int4_matmul.cpp); row m's attention writes its
+// keys and values at its position and reads positions up to it, so a block of rows computes exactly, bit
+// for bit, what as many one-row calls in order would (the matmuls are row by row the same arithmetic).
+// Returns 0, or -1 (with x unchanged) when a position is outside the caches. all_reduce: null but for
 // a tensor-parallel shard's blocks.
 extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layers, int64_t n_heads, int64_t n_kv_heads,
-                                       int64_t head_dim, int64_t max_len, float* x, const int64_t* position,
-                                       int32_t threads, AllReduce all_reduce) {
-  if (*position < 0 || *position >= max_len) return -1;
+                                       int64_t head_dim, int64_t max_len, float* x, int64_t rows,
+                                       const int64_t* position, int32_t threads, AllReduce all_reduce) {
+  if (rows < 1 || *position < 0 || *position + rows > max_len) return -1;
+  const int64_t heads_width = (n_heads + 2 * n_kv_heads) * head_dim, y_width = n_heads * head_dim;
+  const int64_t dim = layers[0].wo.out_features;
   static thread_local std::vector<float> heads, y, gate_up, block_out;
-  heads.resize((n_heads + 2 * n_kv_heads) * head_dim);
-  y.resize(n_heads * head_dim);
-  block_out.resize(layers[0].wo.out_features);
+  heads.resize(rows * heads_width);
+  y.resize(rows * y_width);
+  block_out.resize(rows * dim);
   for (int64_t i = 0; i < n_layers; i++) {
     const LlamaLayer& layer = layers[i];
     int64_t gate_up_width = 0;
     for (const QuantLayer* part = &layer.gate_up; part; part = part->next) gate_up_width += part->out_features;
-    gate_up.resize(gate_up_width);
-    quant_linear(&layer.qkv, x, 1, heads.data(), 0, threads);
-    if (layer.q_norm) {  // q heads, then k heads; v's are left as they are
-      norm_heads(heads.data(), n_heads, head_dim, layer.q_norm, layer.norm_eps);
-      norm_heads(heads.data() + n_heads * head_dim, n_kv_heads, head_dim, layer.k_norm, layer.norm_eps);
+    gate_up.resize(rows * gate_up_width);
+    quant_linear(&layer.qkv, x, rows, heads.data(), 0, threads);
+    for (int64_t m = 0; m < rows; m++) {
+      float* row_heads = heads.data() + m * heads_width;
+      if (layer.q_norm) {  // q heads, then k heads; v's are left as they are
+        norm_heads(row_heads, n_heads, head_dim, layer.q_norm, layer.norm_eps);
+        norm_heads(row_heads + n_heads * head_dim, n_kv_heads, head_dim, layer.k_norm, layer.norm_eps);
+      }
+      const int64_t row_position = *position + m;
+      attention_step(row_heads, layer.rope, layer.keys_t, layer.values, &row_position, n_heads, n_kv_heads,
+                     head_dim, max_len, layer.window, layer.attention_scale, y.data() + m * y_width, threads);
     }
-    attention_step(heads.data(), layer.rope, layer.keys_t, layer.values, position, n_heads, n_kv_heads, head_dim,
-                   max_len, layer.window, layer.attention_scale, y.data(), threads);
-    const int64_t dim = layer.wo.out_features;
     if (layer.post_attention_norm || all_reduce) {
-      quant_linear(&layer.wo, y.data(), 1, block_out.data(), 0, threads);
-      add_sublayer(x, block_out.data(), dim, layer.post_attention_norm, layer.norm_eps, all_reduce);
+      quant_linear(&layer.wo, y.data(), rows, block_out.data(), 0, threads);
+      if (all_reduce) all_reduce(block_out.data(), rows * dim);
+      for (int64_t m = 0; m < rows; m++)
+        add_sublayer(x + m * dim, block_out.data() + m * dim, dim, layer.post_attention_norm, layer.norm_eps);
     } else {
-      quant_linear(&layer.wo, y.data(), 1, x, 1, threads);  // accumulated into x
+      quant_linear(&layer.wo, y.data(), rows, x, 1, threads);  // accumulated into x
     }
-    quant_linear(&layer.gate_up, x, 1, gate_up.data(), 0, threads);
+    quant_linear(&layer.gate_up, x, rows, gate_up.data(), 0, threads);
     if (layer.post_ffn_norm || all_reduce) {
-      quant_linear(&layer.down, gate_up.data(), 1, block_out.data(), 0, threads);
-      add_sublayer(x, block_out.data(), dim, layer.post_ffn_norm, layer.norm_eps, all_reduce);
+      quant_linear(&layer.down, gate_up.data(), rows, block_out.data(), 0, threads);
+      if (all_reduce) all_reduce(block_out.data(), rows * dim);
+      for (int64_t m = 0; m < rows; m++)
+        add_sublayer(x + m * dim, block_out.data() + m * dim, dim, layer.post_ffn_norm, layer.norm_eps);
     } else {
-      quant_linear(&layer.down, gate_up.data(), 1, x, 1, threads);
+      quant_linear(&layer.down, gate_up.data(), rows, x, 1, threads);
     }
   }
   return 0;

@@ -40,7 +40,7 @@ class StoredHead(nn.Module):
         logits = self.coarse(x).float()  # (..., vocab)
         top = top_indices(logits, self.top)  # (..., top)
         rows = self.fine.dequantized_rows(top.reshape(-1)).view(*top.shape, self.in_features)  # (..., top, in)
-        exact = (rows @ x.float()[..., :, None])[..., 0]  # (..., top)
+        exact = exact_logits(rows, x)  # (..., top)
         return logits.scatter_(-1, top, exact)
 
 
@@ -69,8 +69,15 @@ class Int4Head(nn.Module):
         logits = self.coarse(x).float()  # (..., vocab)
         top = top_indices(logits, self.top)  # (..., top)
         rows = self.fine_rows[top].float() * self.fine_scales[top][..., None]  # (..., top, in)
-        exact = (rows @ x.float()[..., :, None])[..., 0]  # (..., top)
+        exact = exact_logits(rows, x)  # (..., top)
         return logits.scatter_(-1, top, exact)
+
+
+def exact_logits(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """rows (..., top, in) . x (..., in) -> (..., top), each row of x on its own: a product and a sum over
+    the last dim, which a batched matmul is not (its blocking changes with the batch, and with it the last
+    bits), so that a block of tokens gets exactly the logits one-token steps get (decode/llama.py)."""
+    return (rows * x.float()[..., None, :]).sum(-1)
 
 
 def top_indices(scores: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
