@@ -21,8 +21,9 @@ def perplexity(
     batch_size: int = typer.Option(512, "--batch-size", "-b", help="Most tokens in one forward pass."),
     chunks: Optional[int] = typer.Option(None, "--chunks", help="Score only the first N chunks."),
     reference: Optional[str] = typer.Option(
-        None, "--reference", help="A reference model of the same vocabulary (e.g. the float original): also report "
-                                  "the mean KL divergence from it and how often the top token agrees."),
+        None, "--reference", help="A reference model of the same vocabulary, loaded as floats (a GGUF's blocks "
+                                  "dequantized): also report the mean KL divergence from it and how often the top "
+                                  "token agrees."),
     quantize: str = typer.Option("auto", "--quantize", "-q", help="auto, none, int8 or int4 (see generate)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end instead of text."),
 ) -> None:
@@ -42,13 +43,14 @@ def perplexity(
     with console.status(f"loading {path.name}"):
         loaded = load_model(path, quantize=quantize, cache_quantized=True)
     tokenizer = loaded.tokenizer
+    _exact_head(loaded.model)
     if n_ctx > loaded.config.context_length:
         raise UsageError(f"-c {n_ctx} is more than the model's window of {loaded.config.context_length}")
     reference_decoder = None
     if reference is not None:
         reference_path, _ = resolve_model(reference)
         with console.status(f"loading {reference_path.name}"):
-            base = load_model(reference_path, quantize="auto", cache_quantized=True)
+            base = load_model(reference_path, quantize="none")  # as floats: a GGUF's blocks dequantized
         check_same_vocabulary(tokenizer, base.tokenizer)
         reference_decoder = choose_decoder(base.model)
     ids = tokenizer.encode(text, bos=False)
@@ -78,6 +80,14 @@ def perplexity(
         agreement, n = scores.top1_agreement, scores.count
         console.write(f"Mean KLD: {scores.mean_kld:.6f} ± {scores.kld_error:.6f}\n"
                       f"Same top token: {100 * agreement:.3f} ± {100 * (agreement * (1 - agreement) / n) ** 0.5:.3f} %\n")
+
+
+def _exact_head(model) -> None:
+    """Every logit from the weights as stored, not the decoding head's 4-bit first pass (heads.exact_head)."""
+    from llmgen.quantization.heads import exact_head
+
+    if (exact := exact_head(getattr(model, "output", None))) is not None:
+        model.output = exact
 
 
 def _read(path: Path) -> str:
