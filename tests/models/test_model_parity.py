@@ -85,7 +85,8 @@ def test_llama_like_families_quantized_decode_equals_their_forward(tmp_path, fam
     - int4: at each of those positions, after the same prompt, the kernels' step equals PyTorch's step on
       the same model. Both round activations to 8 bits, from norms computed in C and in PyTorch: a value
       on a rounding edge can land either side and move a random model's logits by up to ~5e-2 at that
-      position, so two of the 16 positions may differ by that much (a wrong window, norm or activation
+      position, so three of the 16 positions may differ by that much (phi3 on an AVX2 EPYC: three, before
+      and after the GEMM; a wrong window, norm or activation
       would show at every position past it)."""
     from llmgen import kernels
     from llmgen.decode import Decoder, choose_decoder
@@ -117,7 +118,7 @@ def test_llama_like_families_quantized_decode_equals_their_forward(tmp_path, fam
     assert decoder.use_kernels, decoder
     with torch.inference_mode():
         errors = torch.stack([(step(decoder, t) - step(pytorch_decoder, t)).abs().max() for t in positions])
-    assert (errors < 1e-3).sum() >= len(positions) - 2 and errors.max() < 0.1, errors
+    assert (errors < 1e-3).sum() >= len(positions) - 3 and errors.max() < 0.1, errors
     if family == "qwen2":  # the fused q/k/v carries the biases: its output is the float one's, to int4 error
         attention = reference.model.layers[0].self_attn
         x = torch.randn(3, reference.config.hidden_size)
