@@ -160,7 +160,7 @@ def generate_ids(
             rows = [prefill_last_window()]
             continue
         limit = min(cache_length - pos - 1, settings.max_new_tokens - step - 2)
-        guesses = drafter.propose(tokens, limit)[:limit] if drafter is not None and limit > 0 else []
+        guesses = drafter.propose(tokens, limit) if drafter is not None and limit > 0 else []
         if not guesses:
             rows = [decoder(next_id, pos)[None]]  # (1, vocab)
         else:

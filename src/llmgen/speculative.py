@@ -85,13 +85,14 @@ class NgramDrafter:
     sizes: tuple[int, ...] = (4, 3, 2)
     length: Adaptive = field(init=False)
     _index: dict[tuple[int, ...], int] = field(init=False, default_factory=dict)
-    _indexed: list[int] = field(init=False, default_factory=list)  # the tokens indexed so far
+    _indexed: int = field(init=False, default=0)  # how many of the sequence's tokens are indexed
+    _last: int | None = field(init=False, default=None)  # the last of them
 
     def __post_init__(self):
         self.length = Adaptive(self.longest)
 
     def start(self, cache_length: int) -> None:
-        self._index, self._indexed, self.length = {}, [], Adaptive(self.longest)
+        self._index, self._indexed, self._last, self.length = {}, 0, None, Adaptive(self.longest)
 
     def propose(self, tokens: list[int], limit: int) -> list[int]:
         self._extend(tokens)
@@ -106,14 +107,14 @@ class NgramDrafter:
 
     def _extend(self, tokens: list[int]) -> None:
         """Index every n-gram of `tokens` that has a token after it (so never the text's own last n)."""
-        start = len(self._indexed)
-        if tokens[:start] != self._indexed:  # another sequence (a caller reusing the drafter): start over
-            self._index, start = {}, 0
+        start = self._indexed
+        if start > len(tokens) or (start and tokens[start - 1] != self._last):
+            self._index, start = {}, 0  # another sequence, without start(): index it afresh
         for end in range(max(start, 1), len(tokens)):  # the n-gram ends just before `end`
             for n in self.sizes:
                 if end >= n:
                     self._index[tuple(tokens[end - n:end])] = end
-        self._indexed = tokens[:]
+        self._indexed, self._last = len(tokens), tokens[-1] if tokens else None
 
 
 class ModelDrafter:
@@ -143,8 +144,7 @@ class ModelDrafter:
         kept = next((i for i, (seen, token) in enumerate(zip(self.fed, tokens)) if seen != token),
                     min(len(self.fed), len(tokens)))  # the tokens the cache still holds rightly
         kept = min(kept, len(tokens) - 1)  # the last token is fed again for its logits
-        device = next(self.model.parameters()).device
-        logits = self.model(torch.tensor([tokens[kept:]], device=device), kept, last_only=True)[0, -1]
+        logits = self.decoder.block(tokens[kept:], kept, last_only=True)[0]
         self.fed = tokens[:]
         guesses: list[int] = []
         while True:

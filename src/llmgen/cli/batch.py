@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from llmgen.cli.text_input import check_utf8, read_stdin
-from llmgen.errors import LLMGenError, UsageError
+from llmgen.cli.text_input import check_utf8, read_text_file
+from llmgen.errors import UsageError
 
 OPTIONS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int, "stop": list}
 
@@ -29,13 +28,7 @@ class BatchItem:
 
 def read_batch(source: str) -> list[BatchItem]:
     """The items of a JSON-lines file (or '-': stdin), each checked; blank lines are skipped."""
-    if source == "-":
-        text = read_stdin()
-    else:
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise LLMGenError(f"cannot read --batch {source}: {getattr(e, 'strerror', None) or e}") from None
+    text = read_text_file(source, "--batch")
     items = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():

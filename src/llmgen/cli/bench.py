@@ -73,12 +73,11 @@ def bench(
                                    if f.is_file())),
                  "params": inspection.total_params, "format": max(by_dtype, key=lambda d: by_dtype[d]),
                  "path": decoder.name, "threads": threads}
-    rows = []
-    for n_p, n_g in tests:
+    for index, (n_p, n_g) in enumerate(tests):
         with console.status(f"llmgen {'pp' if n_p else 'tg'}{n_p or n_g}"):
             result = benchmarking.run_test(loaded.model, decoder, n_p, n_g, repetitions, batch_size)
-        rows.append({**described, "engine": "llmgen", "test": result.name, "samples": result.samples,
-                     "mean": result.mean, "stddev": result.stddev})
+        rows = [{**described, "engine": "llmgen", "test": result.name, "samples": result.samples,
+                 "mean": result.mean, "stddev": result.stddev}]
         if peer is not None:
             with console.status(f"llama.cpp {result.name}"):
                 samples = _peer_samples(path, threads, batch_size, repetitions, n_p, n_g)
@@ -86,13 +85,13 @@ def bench(
             rows.append({**described, "engine": "llama.cpp", "path": "llama-cpp-python", "test": result.name,
                          "samples": samples, "mean": peer_result.mean, "stddev": peer_result.stddev,
                          "llmgen_ratio": result.mean / peer_result.mean})
-        _emit_row(rows[-2:] if peer is not None else rows[-1:], as_json, as_csv, first=len(rows) <= (2 if peer else 1))
+        _emit_rows(rows, as_json, as_csv, first=index == 0)
 
 
 COLUMNS = ("model", "size", "params", "format", "path", "threads", "engine", "test", "t/s")
 
 
-def _emit_row(rows: list[dict], as_json: bool, as_csv: bool, first: bool) -> None:
+def _emit_rows(rows: list[dict], as_json: bool, as_csv: bool, first: bool) -> None:
     """Rows as they are measured: JSON lines, CSV, or Markdown table lines (llama-bench's layout)."""
     for row in rows:
         if as_json:

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from llmgen.cli import console
-from llmgen.errors import LLMGenError, UsageError
+from llmgen.errors import UsageError
 
 
 def perplexity(
@@ -29,11 +29,11 @@ def perplexity(
 ) -> None:
     """Perplexity of a text, as llama-perplexity computes it (and KL divergence against --reference)."""
     from llmgen.cli.model_path import resolve_model
-    from llmgen.cli.text_input import read_text_argument
+    from llmgen.cli.text_input import read_text_file
 
     if n_ctx < 8 or batch_size < 1 or (chunks is not None and chunks < 1):
         raise UsageError("-c takes 8 or more, -b and --chunks 1 or more")
-    text = read_text_argument("-", combine_with_stdin=False) if str(text_file) == "-" else _read(text_file)
+    text = read_text_file(str(text_file), "the text file")
     from llmgen import perplexity as method
     from llmgen.decode import choose_decoder
     from llmgen.loading import load_model
@@ -89,13 +89,3 @@ def _exact_head(model) -> None:
     if (exact := exact_head(getattr(model, "output", None))) is not None:
         model.output = exact
 
-
-def _read(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise LLMGenError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise LLMGenError(f"{path} is not UTF-8 text (byte {e.start})") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from llmgen.errors import LLMGenError, UsageError
 
@@ -47,3 +48,17 @@ def read_text_argument(text: str | None, *, combine_with_stdin: bool) -> str:
         piped = read_stdin()
         return f"{piped}\n{text}" if piped else text
     return text
+
+
+def read_text_file(source: str, what: str) -> str:
+    """A UTF-8 file's text, or stdin's for '-'; one error line when it cannot be read or is not UTF-8."""
+    if source == "-":
+        return read_stdin()
+    try:
+        data = Path(source).read_bytes()
+    except OSError as e:
+        raise LLMGenError(f"cannot read {what} {source}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LLMGenError(f"{what} {source} is not UTF-8 text (byte {e.start})") from None
