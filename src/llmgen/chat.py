@@ -59,6 +59,21 @@ def chat_prompt_ids(tokenizer: Tokenizer, prompt: str, system: str | None = None
     return ids + message_ids(tokenizer, "user", prompt) + header_ids(tokenizer, "assistant")
 
 
+def conversation_ids(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Any role/content messages (system, user and assistant turns, as an OpenAI chat request holds them),
+    ending where the next assistant reply begins: through the model's template, else ChatML's or Llama 3's.
+    Roles other than system, user and assistant are read as system."""
+    if tokenizer.chat_template:
+        from llmgen.chat_template import template_ids
+
+        return template_ids(tokenizer, messages)
+    ids = start_ids(tokenizer)
+    for message in messages:
+        role = message["role"] if message["role"] in ("user", "assistant") else "system"
+        ids += message_ids(tokenizer, role, message["content"])
+    return ids + header_ids(tokenizer, "assistant")
+
+
 def end_of_reply_ids(tokenizer: Tokenizer, reply: list[int]) -> list[int]:
     """What closes an assistant message after its generated ids: its end marker (unless the reply
     already ended with one), and for ChatML the newline after it."""

@@ -20,6 +20,7 @@ from llmgen.tokenization.tokenizer import StreamDecoder, Tokenizer
 
 if TYPE_CHECKING:
     from llmgen.decode import Decoder
+    from llmgen.grammar import JsonConstraint
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def generate_ids(
     drafter: Drafter | None = None,
     speculation: SpeculationStats | None = None,
     batch_size: int = 512,
+    constraint: JsonConstraint | None = None,
 ) -> Iterator[int]:
     """Yield sampled ids, ending after a stop id or max_new_tokens.
 
@@ -81,11 +83,15 @@ def generate_ids(
     counts guesses and passes.
     batch_size: the most prompt tokens one forward pass takes (llama.cpp's n_batch); longer prompts are
     processed in chunks, so that the activations held at once stay bounded.
+    constraint: structured output (grammar.JsonConstraint): each id is one it allows, and generation ends
+    once the JSON value is complete. Not with a drafter.
     """
     if not prompt_ids:
         raise ValueError("the prompt has no tokens")
     if batch_size < 1:
         raise ValueError(f"batch-size must be >= 1, got {batch_size}")
+    if constraint is not None and drafter is not None:
+        raise ValueError("constrained decoding does not go with speculative decoding")
     window = model.config.context_length
     n_valid = n_valid or model.config.vocab_size
     stop_ids = frozenset(stop_ids)
@@ -104,17 +110,12 @@ def generate_ids(
         return decoder.prefill(tokens[-window:], 0, batch_size)  # (1, vocab)
 
     def choose(logits: torch.Tensor, step: int, drafted: int | None) -> int:
-        """The id for this step from its (1, vocab) logits (checking a guess when there is one)."""
-        check_finite(logits[..., :n_valid], step)
-        logits = mask_invalid(logits, n_valid)
-        if on_logits is not None:
-            on_logits(logits[0])
-        if settings.repeat_penalty != 1.0 and settings.repeat_last_n:
-            logits = penalize_repeats(logits, tokens[-settings.repeat_last_n:], settings.repeat_penalty)
-        sampled = (int(sample(logits, settings.temperature, settings.top_k, settings.top_p, generator))
-                   if drafted is None else
-                   check_draft(logits, drafted, settings.temperature, settings.top_k, settings.top_p, generator))
-        return sampled if agree is None else agree(sampled)
+        sampled = pick_id(logits, tokens, settings, step, n_valid=n_valid, generator=generator, drafted=drafted,
+                          on_logits=on_logits, constraint=constraint)
+        sampled = sampled if agree is None else agree(sampled)
+        if constraint is not None:
+            constraint.consume(sampled)
+        return sampled
 
     if settings.max_new_tokens == 0:
         return
@@ -141,7 +142,8 @@ def generate_ids(
         yield next_id
         tokens.append(next_id)
         stats.tokens += step > 0  # the first came from the prompt's pass
-        if next_id in stop_ids or step == settings.max_new_tokens - 1:
+        if next_id in stop_ids or step == settings.max_new_tokens - 1 or (constraint is not None
+                                                                            and constraint.complete):
             return
         if drafted is not None:
             if next_id == drafted:  # kept: its keys and values are in the cache already
@@ -170,6 +172,27 @@ def generate_ids(
         pos += 1
 
 
+def pick_id(logits: torch.Tensor, tokens: list[int], settings: SamplingSettings, step: int, *, n_valid: int,
+            generator: torch.Generator | None = None, drafted: int | None = None,
+            on_logits: Callable[[torch.Tensor], None] | None = None, constraint: JsonConstraint | None = None) -> int:
+    """The id for a step from its (1, vocab) logits, after `tokens` (the text so far, for the repetition
+    penalty): the one rule generate_ids and batching.BatchEngine share, so that the same logits and
+    generator state give the same id. drafted: a speculative guess to check instead of sampling afresh.
+    constraint: structured output (grammar.py): only the ids it allows can be picked (the caller then
+    consumes the id). on_logits sees the model's logits, before the constraint and the sampler."""
+    check_finite(logits[..., :n_valid], step)
+    logits = mask_invalid(logits, n_valid)
+    if on_logits is not None:
+        on_logits(logits[0])
+    if constraint is not None:
+        logits = constraint.allow(logits)
+    if settings.repeat_penalty != 1.0 and settings.repeat_last_n:
+        logits = penalize_repeats(logits, tokens[-settings.repeat_last_n:], settings.repeat_penalty)
+    if drafted is None:
+        return int(sample(logits, settings.temperature, settings.top_k, settings.top_p, generator))
+    return check_draft(logits, drafted, settings.temperature, settings.top_k, settings.top_p, generator)
+
+
 def check_finite(logits: torch.Tensor, step: int) -> None:
     """NaN or infinite logits cannot be sampled from (and argmax of NaN is meaningless): stop with a reason."""
     if not torch.isfinite(logits).all():
@@ -177,10 +200,59 @@ def check_finite(logits: torch.Tensor, step: int) -> None:
                           "hold NaN/inf values, or its activations overflow in this dtype (try --dtype float32)")
 
 
-class TextStream:
-    """Generated ids -> text chunks, UTF-8 safe, ending at a stop token or a stop string.
+class TextAssembler:
+    """Generated ids -> text, one id at a time: UTF-8 safe, ending at a stop token or a stop string.
 
-    Text that could be the beginning of a stop string is held back until it is known not to be.
+    Text that could be the beginning of a stop string is held back until it is known not to be. push(id)
+    returns the text now safe to show; after it, `stopped` says whether the text ended (the stop token or
+    string itself is never shown); finish() returns what was held back. TextStream and the server
+    (serving/) both assemble text with it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop_strings: Iterable[str] = ()):
+        self._decoder = StreamDecoder(tokenizer)
+        self._stop_ids = set(tokenizer.stop_ids)
+        self._stop_strings = [s for s in stop_strings if s]
+        self._pending = ""  # decoded but not yet released
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
+        if token_id in self._stop_ids:
+            text = self.finish()
+            self.stopped = True
+            return text
+        self._pending += self._decoder.push(token_id)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """Everything still held back (once the ids end)."""
+        if not self.stopped:
+            self._pending += self._decoder.flush()
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        """What of the pending text is safe to show; the rest stays pending (or is dropped at a stop)."""
+        pending = self._pending
+        hits = [i for i in (pending.find(s) for s in self._stop_strings) if i >= 0]
+        if hits:
+            self.stopped, self._pending = True, ""
+            return pending[: min(hits)]
+        hold = 0
+        if not final:
+            for stop in self._stop_strings:
+                for n in range(min(len(stop) - 1, len(pending)), hold, -1):
+                    if pending.endswith(stop[:n]):
+                        hold = n
+                        break
+        self._pending = pending[len(pending) - hold:]
+        return pending[: len(pending) - hold]
+
+
+class TextStream:
+    """Generated ids -> text chunks (a TextAssembler over an iterator of ids).
+
     After iteration: `ids` (every generated id, a final stop token included), `text`,
     `finish_reason` ("stop" or "length"), and timings for statistics.
     """
@@ -188,57 +260,35 @@ class TextStream:
     def __init__(self, ids: Iterable[int], tokenizer: Tokenizer, stop_strings: Iterable[str] = ()):
         self._ids = ids
         self._tokenizer = tokenizer
-        self._stop_strings = [s for s in stop_strings if s]
+        self._stop_strings = stop_strings
         self.ids: list[int] = []
         self.text = ""
         self.finish_reason = "length"
         self.started_at = self.first_token_at = self.finished_at = 0.0
 
     def __iter__(self) -> Iterator[str]:
-        decoder = StreamDecoder(self._tokenizer)
-        stop_ids = set(self._tokenizer.stop_ids)
-        pending = ""  # decoded but not yet released
+        assembler = TextAssembler(self._tokenizer, self._stop_strings)
         self.started_at = time.perf_counter()
         try:
             for token_id in self._ids:
                 if not self.ids:
                     self.first_token_at = time.perf_counter()
                 self.ids.append(token_id)
-                if token_id in stop_ids:
-                    self.finish_reason = "stop"
-                    break
-                pending += decoder.push(token_id)
-                released, pending, stopped = self._release(pending, final=False)
+                released = assembler.push(token_id)
                 if released:
                     self.text += released
                     yield released
-                if stopped:
+                if assembler.stopped:
                     self.finish_reason = "stop"
                     return
-            pending += decoder.flush()
-            released, _, stopped = self._release(pending, final=True)
-            if stopped:
+            released = assembler.finish()
+            if assembler.stopped:
                 self.finish_reason = "stop"
             if released:
                 self.text += released
                 yield released
         finally:
             self.finished_at = time.perf_counter()
-
-    def _release(self, pending: str, final: bool) -> tuple[str, str, bool]:
-        """Split pending text into (safe to show, held back, hit a stop string)."""
-        hits = [i for i in (pending.find(s) for s in self._stop_strings) if i >= 0]
-        if hits:
-            return pending[: min(hits)], "", True
-        if final:
-            return pending, "", False
-        hold = 0
-        for stop in self._stop_strings:
-            for n in range(min(len(stop) - 1, len(pending)), hold, -1):
-                if pending.endswith(stop[:n]):
-                    hold = n
-                    break
-        return pending[: len(pending) - hold], pending[len(pending) - hold:], False
 
     @property
     def prefill_seconds(self) -> float:

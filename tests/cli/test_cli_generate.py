@@ -352,3 +352,25 @@ def test_a_bad_batch_line_is_a_usage_error_before_anything_runs(tmp_path, line, 
     assert_one_line_error(result, message)
     assert result.returncode == 2 and result.out == ""
     assert_one_line_error(run_llmgen("generate", "hi", "--batch", tmp_path / "in.jsonl"), "no PROMPT")
+
+
+def test_json_schema_constrains_the_output_and_a_bad_schema_is_one_line(tmp_path):
+    """--json-schema: the default model's sampled reply parses and validates (two seeds); an unusable
+    schema, a file that is not JSON, or one with a drafter is one error line."""
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 16},
+                                               "year": {"type": "integer", "minimum": 1900, "maximum": 2100}},
+              "required": ["name", "year"], "additionalProperties": False}
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    for seed in ("1", "2"):
+        result = run_llmgen("generate", "A famous book as JSON.", "--json-schema", path, "-t", "1.2", "--seed", seed,
+                            "-n", "200")
+        assert result.returncode == 0, result.err
+        jsonschema.validate(json.loads(result.out), schema)
+    (tmp_path / "bogus.json").write_text('{"type": "bogus"}')
+    assert_one_line_error(run_llmgen("generate", "x", "--json-schema", tmp_path / "bogus.json"), "JSON schema")
+    (tmp_path / "broken.json").write_text('{"type": ')
+    assert_one_line_error(run_llmgen("generate", "x", "--json-schema", tmp_path / "broken.json"), "not valid JSON")
+    assert_one_line_error(run_llmgen("generate", "x", "--json-schema", path, "--speculate", "ngram"), "--json-schema")

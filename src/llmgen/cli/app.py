@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from llmgen.cli import bench, chat, download, generate, inspect_weights, perplexity, quantize, tokenize, voices
+from llmgen.cli import bench, chat, download, generate, inspect_weights, perplexity, quantize, serve, tokenize, voices
 
 app = typer.Typer(
     name="llmgen",
@@ -41,3 +41,4 @@ app.command("quantize")(quantize.quantize)
 app.command("voices")(voices.voices)
 app.command("bench")(bench.bench)
 app.command("perplexity")(perplexity.perplexity)
+app.command("serve")(serve.serve)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
@@ -19,6 +19,9 @@ from llmgen.cli.model_path import DEFAULT_MODEL_NAME, report_quantized_once, res
 from llmgen.cli.sampling_options import check_seed, sampling_settings, seeded_generator
 from llmgen.cli.text_input import check_utf8, read_text_argument
 from llmgen.errors import LLMGenError, UsageError
+
+if TYPE_CHECKING:
+    from llmgen.grammar import JsonGrammar
 
 
 def generate(
@@ -51,6 +54,9 @@ def generate(
     draft_max: int = typer.Option(8, "--draft-max", help="Most tokens guessed at once (llama.cpp's --draft-max)."),
     batch_size: int = typer.Option(512, "--batch-size", "-b",
                                    help="Most prompt tokens one forward pass takes (llama.cpp's --batch-size)."),
+    json_schema: Optional[Path] = typer.Option(
+        None, "--json-schema", help="Structured output: the reply is JSON valid under this JSON schema file "
+                                    "(constrained decoding; '{}' for any JSON value)."),
     num_samples: int = typer.Option(1, "--num-samples", help="How many independent samples to generate."),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="End a sample at this text (repeatable)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
@@ -111,6 +117,7 @@ class GenerateOptions:
     draft_model: str | None
     draft_max: int
     batch_size: int
+    json_schema: Path | None
     num_samples: int
     stop: list[str] | None
     device: str
@@ -159,6 +166,8 @@ class GenerateOptions:
         for text, what in [(self.system, "--system"), *((s, "--stop") for s in self.stops)]:
             if text is not None:
                 check_utf8(text, what)
+        if self.json_schema is not None and (self.speculate != "none" or self.draft_model is not None):
+            raise UsageError("--json-schema does not go with speculative decoding (--speculate, --draft-model)")
         if self.speculate not in ("none", "ngram"):
             raise UsageError(f"unknown --speculate {self.speculate!r}; choose none or ngram")
         if self.speculate != "none" and self.draft_model is not None:
@@ -213,6 +222,7 @@ class Session:
         self.device = device  # cpu, cuda, or a tensor-parallel rank's cuda:K
         self.generator = seeded_generator(options.seed, device)
         self.drafter = None  # speculative.Drafter, when asked for
+        self.grammar: JsonGrammar | None = None  # for --json-schema
 
     @classmethod
     def load(cls, options: GenerateOptions, tensor_parallel) -> Session:
@@ -250,6 +260,13 @@ class Session:
         use_chat = options.chat if options.chat is not None else is_default
         session = cls(options, loaded, decoder, model_name, use_chat, device, tensor_parallel)
         session.drafter = _drafter(options, loaded, device)
+        if options.json_schema is not None:
+            from llmgen.cli.text_input import read_text_file
+            from llmgen.grammar import JsonGrammar, read_schema
+
+            source = str(options.json_schema)
+            session.grammar = JsonGrammar(loaded.tokenizer, read_schema(read_text_file(source, "--json-schema"),
+                                                                        source))
         return session
 
     def encode(self, text: str) -> list[int]:
@@ -274,7 +291,8 @@ class Session:
                                        decoder=self.decoder, on_logits=on_logits,
                                        agree=tensor_parallel and tensor_parallel.first_rank_token,
                                        drafter=self.drafter, speculation=self.speculation,
-                                       batch_size=self.options.batch_size),
+                                       batch_size=self.options.batch_size,
+                                       constraint=None if self.grammar is None else self.grammar.matcher()),
                           tokenizer, stops)
 
     def complete(self, text: str, ids: list[int], sampling, stops: list[str], generator):

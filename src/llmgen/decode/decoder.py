@@ -70,6 +70,21 @@ class Decoder:
             return self.family.kernel_block(self.model, plan, tokens_t, torch.tensor([pos]), last_only)
         return self.model(tokens_t[None], pos, last_only=last_only)[0].float()
 
+    @property
+    def batches_sequences(self) -> bool:
+        """Whether rows() can step several sequences (cache slots) in one call."""
+        return self.use_kernels and hasattr(self.family, "kernel_rows")
+
+    def rows(self, tokens: list[int], positions: list[int], slots: list[int], logit_rows: list[int]) -> torch.Tensor:
+        """Row m: tokens[m] at positions[m] of cache slot slots[m] (model.setup_cache(n_slots, ...)) ->
+        (len(logit_rows), vocab) float32 logits of the rows listed, for continuous batching (batching.py).
+        A slot's rows come in position order; each row is what that sequence alone would compute."""
+        def longs(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64)
+
+        return self.family.kernel_rows(self.model, self.current_plan(), longs(tokens), longs(positions),
+                                       longs(slots), longs(logit_rows))
+
     def prefill(self, tokens: list[int], pos: int, batch_size: int) -> torch.Tensor:
         """tokens at positions pos.., in chunks of at most batch_size (what a forward holds at once stays
         bounded on long prompts) -> the last token's (1, vocab) logits."""

@@ -154,8 +154,8 @@ def kernel_layers(model: Llama, rope_cos_sin: torch.Tensor, local_rope_cos_sin: 
             _on_kernels(attention.wqkv).kernel_matmul(norms[0].weight, norms[0].eps),
             _on_kernels(attention.wo).kernel_matmul(),
             _on_kernels(feed_forward.w13).kernel_matmul(norms[1].weight, norms[1].eps),
-            _on_kernels(feed_forward.w2).kernel_matmul(gated=True, activation=config.activation), cache.k_t[0],
-            cache.v[0], rope,
+            _on_kernels(feed_forward.w2).kernel_matmul(gated=True, activation=config.activation), cache.k_t,
+            cache.v, rope,
             qk_norms=None if q_norm is None or k_norm is None else (q_norm.weight, k_norm.weight),
             post_norms=None if post_attention is None or post_ffn is None else (post_attention.weight,
                                                                                  post_ffn.weight),
@@ -193,6 +193,19 @@ def kernel_block(model: Llama, plan: Plan, tokens: torch.Tensor, pos: torch.Tens
     assert plan.kernel_layers is not None  # a plan made with_kernels
     plan.kernel_layers(x, pos)
     return head_rows(model, x[-1:] if last_only else x)
+
+
+def kernel_rows(model: Llama, plan: Plan, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                logit_rows: torch.Tensor) -> torch.Tensor:
+    """tokens, positions, slots: (rows,) -> (len(logit_rows), vocab) logits of the rows logit_rows picks:
+    several sequences' next tokens (and prompt chunks) in one call, row m at positions[m] of cache slot
+    slots[m] (the caches' batch index). Each row is computed bit for bit as its sequence alone would be."""
+    x = model.tok_embeddings(tokens)  # (rows, dim)
+    if model.config.embedding_scale != 1.0:  # Gemma
+        x = x * torch.tensor(model.config.embedding_scale, dtype=x.dtype)
+    assert plan.kernel_layers is not None  # a plan made with_kernels
+    plan.kernel_layers.rows(x, positions, slots)
+    return head_rows(model, x.index_select(0, logit_rows))
 
 
 def pytorch_step(model: Llama, plan: Plan, token: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,8 @@ def declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.quant_linear.argtypes = [pointer, pointer, size, pointer, flag, flag]
     library.attention_step.argtypes = [pointer, pointer, pointer, pointer, pointer, size, size, size, size, size,
                                        ctypes.c_float, pointer, flag]
-    library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, size, size, size, size,
-                                            pointer, size, pointer, flag, ALL_REDUCE]
+    library.llama_decode_layers.argtypes = [ctypes.POINTER(LlamaLayer), size, size, size, size, size, size,
+                                            pointer, size, pointer, pointer, flag, ALL_REDUCE]
     library.pack_q4_rows.argtypes = [pointer, size, size, flag, pointer, pointer, pointer, flag]
     library.pack_q4_rows.restype = None
     library.has_gemm.argtypes = []

@@ -124,8 +124,8 @@ class AttentionStep:
 @dataclass
 class BlockKernels:
     """One transformer block for LlamaLayers: its QuantMatmuls (qkv with attention_norm, wo, gate_up with
-    ffn_norm, down gated), its caches keys_t (n_kv_heads, head_dim, max_len) and values (n_kv_heads,
-    max_len, head_dim), its RoPE table (max_len, 2, head_dim / 2) cos and sin, and the optional parts:
+    ffn_norm, down gated), its caches keys_t (n_slots, n_kv_heads, head_dim, max_len) and values (n_slots,
+    n_kv_heads, max_len, head_dim) (a KVCache's tensors: one slot a sequence), its RoPE table (max_len, 2, head_dim / 2) cos and sin, and the optional parts:
     Qwen3's/Gemma's q and k norm weights (head_dim,), Gemma's post-attention and post-MLP norm weights
     (dim,), a sliding window (0: none)."""
 
@@ -151,7 +151,7 @@ class LlamaLayers:
 
     def __init__(self, blocks: list[BlockKernels], n_heads: int, norm_eps: float, attention_scale: float,
                  all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        n_kv_heads, head_dim, max_len = blocks[0].keys_t.shape
+        n_slots, n_kv_heads, head_dim, max_len = blocks[0].keys_t.shape
         dim = blocks[0].wo.out_features
 
         def floats(weights: tuple[torch.Tensor, ...] | None, size: int) -> tuple[torch.Tensor, ...] | None:
@@ -167,31 +167,52 @@ class LlamaLayers:
         for block, (_, _, rope) in zip(blocks, self.kept):
             if rope.shape != (max_len, 2, head_dim // 2) or rope.dtype != torch.float32:
                 raise ValueError(f"a block's RoPE table must be float32 ({max_len}, 2, {head_dim // 2})")
-            if block.keys_t.shape != (n_kv_heads, head_dim, max_len):
-                raise ValueError("every block's caches must have the same shape")
+            if (block.keys_t.shape != (n_slots, n_kv_heads, head_dim, max_len)
+                    or block.values.shape != (n_slots, n_kv_heads, max_len, head_dim)
+                    or not (block.keys_t.is_contiguous() and block.values.is_contiguous())
+                    or block.keys_t.dtype != torch.float32 or block.values.dtype != torch.float32):
+                raise ValueError("every block's caches must be contiguous float32 tensors of the same shape")
         self.blocks = blocks
         self.layers = (LlamaLayer * len(blocks))(*(
             LlamaLayer(b.qkv.layer, b.wo.layer, b.gate_up.layer, b.down.layer, b.keys_t.data_ptr(), b.values.data_ptr(),
                        *_pointers(qk_norms, 2), norm_eps, *_pointers(post_norms, 2), rope.data_ptr(), b.window,
                        attention_scale)
             for b, (qk_norms, post_norms, rope) in zip(blocks, self.kept)))
-        self.arguments = (self.layers, len(blocks), n_heads, n_kv_heads, head_dim, max_len)
+        self.arguments = (self.layers, len(blocks), n_heads, n_kv_heads, head_dim, max_len, n_slots)
+        self.n_slots, self.max_len = n_slots, max_len
         self.all_reduce = ALL_REDUCE() if all_reduce is None else ALL_REDUCE(_float_callback(all_reduce))
         self.run = loaded().llama_decode_layers
 
     def __call__(self, x: torch.Tensor, pos: torch.Tensor) -> None:
-        """x: (rows, dim) float32, updated in place; pos: (1,) int64, the first row's position."""
+        """x: (rows, dim) float32, updated in place; pos: (1,) int64, the first row's position: rows at
+        consecutive positions of slot 0 (one sequence)."""
+        self.rows(x, torch.arange(x.size(0), dtype=torch.int64) + pos.to(torch.int64), None)
+
+    def rows(self, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor | None) -> None:
+        """x: (rows, dim) float32, updated in place; positions: (rows,) int64, row m's position in its
+        cache slot slots[m] ((rows,) int64; None: slot 0). A slot's rows must come in position order."""
         if (x.dim() != 2 or x.size(1) != self.blocks[0].wo.out_features or x.dtype != torch.float32
                 or not x.is_contiguous()):
             raise ValueError(f"LlamaLayers updates a contiguous float32 (rows, dim) x, got {tuple(x.shape)} {x.dtype}")
-        outside = self.run(*self.arguments, x.data_ptr(), x.size(0), _position(pos), torch.get_num_threads(),
-                           self.all_reduce)
+        _check_rows(positions, x.size(0), "positions")
+        if slots is not None:
+            _check_rows(slots, x.size(0), "slots")
+        outside = self.run(*self.arguments, x.data_ptr(), x.size(0), positions.data_ptr(),
+                           None if slots is None else slots.data_ptr(), torch.get_num_threads(), self.all_reduce)
         if _callback_errors:
             error = _callback_errors[0]
             _callback_errors.clear()
             raise error
         if outside:
-            raise ValueError(f"position {int(pos) + x.size(0) - 1} is outside the KV cache's {self.arguments[-1]}")
+            raise ValueError(f"a position is outside the KV cache's {self.max_len}, or a slot outside its "
+                             f"{self.n_slots}")
+
+
+def _check_rows(values: torch.Tensor, rows: int, what: str) -> None:
+    """What C++ reads rows entries of: a contiguous (rows,) int64 CPU tensor."""
+    if (values.dtype != torch.int64 or values.shape != (rows,) or not values.is_contiguous()
+            or values.device.type != "cpu"):
+        raise ValueError(f"{what} must be a contiguous ({rows},) int64 CPU tensor")
 
 
 _callback_errors: list[BaseException] = []  # what a callback raised during the current call into C++

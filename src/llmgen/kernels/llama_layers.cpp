@@ -64,17 +64,27 @@ static void add_sublayer(float* x, const float* h, int64_t dim, const float* pos
   }
 }
 
-// x: (rows, dim), the residual streams of `rows` consecutive tokens at positions *position, *position + 1,
-// ..., updated in place: one decode step when rows is 1, a prompt's chunk or a speculative check when more.
-// Each matmul takes all the rows at once (the GEMM path, int4_matmul.cpp); row m's attention writes its
-// keys and values at its position and reads positions up to it, so a block of rows computes exactly, bit
-// for bit, what as many one-row calls in order would (the matmuls are row by row the same arithmetic).
-// Returns 0, or -1 (with x unchanged) when a position is outside the caches. all_reduce: null but for
+// x: (rows, dim), the residual streams of `rows` tokens, updated in place: one decode step when rows is 1, a
+// prompt's chunk or a speculative check of one sequence, or the next tokens of several sequences at once
+// (continuous batching, llmgen.batching). Row m is at positions[m] of cache slot slots[m] (slots null: all in
+// slot 0); each layer's caches hold n_slots slots of (n_kv_heads, head_dim, max_len) keys and
+// (n_kv_heads, max_len, head_dim) values, one after the other. Each matmul takes all the rows at once (the
+// GEMM path, int4_matmul.cpp); row m's attention writes its keys and values at its position in its slot and
+// reads that slot's positions up to it, rows in order, so a block of rows computes exactly, bit for bit, what
+// as many one-row calls in order would (the matmuls are row by row the same arithmetic): a sequence's tokens
+// do not depend on which others share its steps.
+// Returns 0, or -1 (with x unchanged) when a position or slot is outside the caches. all_reduce: null but for
 // a tensor-parallel shard's blocks.
 extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layers, int64_t n_heads, int64_t n_kv_heads,
-                                       int64_t head_dim, int64_t max_len, float* x, int64_t rows,
-                                       const int64_t* position, int32_t threads, AllReduce all_reduce) {
-  if (rows < 1 || *position < 0 || *position + rows > max_len) return -1;
+                                       int64_t head_dim, int64_t max_len, int64_t n_slots, float* x, int64_t rows,
+                                       const int64_t* positions, const int64_t* slots, int32_t threads,
+                                       AllReduce all_reduce) {
+  if (rows < 1) return -1;
+  for (int64_t m = 0; m < rows; m++) {
+    if (positions[m] < 0 || positions[m] >= max_len) return -1;
+    if (slots && (slots[m] < 0 || slots[m] >= n_slots)) return -1;
+  }
+  const int64_t slot_floats = n_kv_heads * head_dim * max_len;  // one slot of keys_t, or of values
   const int64_t heads_width = (n_heads + 2 * n_kv_heads) * head_dim, y_width = n_heads * head_dim;
   const int64_t dim = layers[0].wo.out_features;
   static thread_local std::vector<float> heads, y, gate_up, block_out;
@@ -93,9 +103,10 @@ extern "C" int32_t llama_decode_layers(const LlamaLayer* layers, int64_t n_layer
         norm_heads(row_heads, n_heads, head_dim, layer.q_norm, layer.norm_eps);
         norm_heads(row_heads + n_heads * head_dim, n_kv_heads, head_dim, layer.k_norm, layer.norm_eps);
       }
-      const int64_t row_position = *position + m;
-      attention_step(row_heads, layer.rope, layer.keys_t, layer.values, &row_position, n_heads, n_kv_heads,
-                     head_dim, max_len, layer.window, layer.attention_scale, y.data() + m * y_width, threads);
+      const int64_t slot_offset = slots ? slots[m] * slot_floats : 0;
+      attention_step(row_heads, layer.rope, layer.keys_t + slot_offset, layer.values + slot_offset, positions + m,
+                     n_heads, n_kv_heads, head_dim, max_len, layer.window, layer.attention_scale,
+                     y.data() + m * y_width, threads);
     }
     if (layer.post_attention_norm || all_reduce) {
       quant_linear(&layer.wo, y.data(), rows, block_out.data(), 0, threads);
