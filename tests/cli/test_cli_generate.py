@@ -374,3 +374,27 @@ def test_json_schema_constrains_the_output_and_a_bad_schema_is_one_line(tmp_path
     (tmp_path / "broken.json").write_text('{"type": ')
     assert_one_line_error(run_llmgen("generate", "x", "--json-schema", tmp_path / "broken.json"), "not valid JSON")
     assert_one_line_error(run_llmgen("generate", "x", "--json-schema", path, "--speculate", "ngram"), "--json-schema")
+
+
+def test_prompt_cache_reuses_a_saved_prefix_without_changing_the_output(tmp_path, llama3_dir):
+    """--prompt-cache: the first run saves the prompt's keys and values; a second prompt sharing its start
+    restores them (--stats says how many) and its greedy output is the uncached run's; a file of another
+    model, or one that is not a cache, is one error line and left as it is."""
+    cache = tmp_path / "prompt.cache"
+    first, second = "The history of the city begins", "The history of the city begins with a river"
+    plain = run_llmgen("generate", second, "-t", "0", "-n", "12")
+    assert plain.returncode == 0, plain.err
+    run_one = run_llmgen("generate", first, "-t", "0", "-n", "12", "--prompt-cache", cache, "--stats")
+    assert run_one.returncode == 0 and "(0 from --prompt-cache)" in run_one.err, run_one.err
+    run_two = run_llmgen("generate", second, "-t", "0", "-n", "12", "--prompt-cache", cache, "--stats")
+    assert run_two.returncode == 0, run_two.err
+    assert run_two.out == plain.out
+    reused = int(run_two.err.split("tokens (")[1].split(" from")[0])
+    assert reused > 5
+    saved = cache.read_bytes()
+    assert_one_line_error(run_llmgen("generate", first, "-n", "2", "--model", llama3_dir, "--prompt-cache", cache),
+                          "another model")
+    junk = tmp_path / "junk.cache"
+    junk.write_bytes(b"\x00" * 100)
+    assert_one_line_error(run_llmgen("generate", first, "-n", "2", "--prompt-cache", junk), "--prompt-cache")
+    assert cache.read_bytes() == saved and junk.read_bytes() == b"\x00" * 100

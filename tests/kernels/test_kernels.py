@@ -225,6 +225,8 @@ def test_kernels_refuse_what_would_take_them_out_of_bounds(tmp_path):
     assert decoder.use_kernels
     with torch.inference_mode(), pytest.raises(ValueError, match="position 4 is outside"):
         decoder(1, 4)
+    with torch.inference_mode(), pytest.raises(ValueError, match="slot"):  # one slot: 0 only
+        decoder.rows([1, 2], [0, 0], [0, 1], [1])
 
 
 def int8_rounded_in(x: torch.Tensor, group: int) -> torch.Tensor:

@@ -326,3 +326,18 @@ def test_json_schema_output_always_parses_and_validates(server):
     status, _, raw = server.post("/v1/chat/completions", {"messages": asks, "response_format": {
         "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}}})
     assert status == 400 and "JSON schema" in json.loads(raw)["error"]["message"]
+
+
+def test_a_client_that_leaves_before_a_whole_reply_frees_its_slot(server):
+    """Not streamed: the server notices the closed connection while generating and cancels the sequence."""
+    wait_idle(server.service)
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 500, "temperature": 0.7})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    deadline = time.monotonic() + 20
+    while not server.service.engine.active:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    sock.close()
+    wait_idle(server.service, seconds=3)  # 500 tokens would take several seconds

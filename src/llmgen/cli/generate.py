@@ -54,6 +54,9 @@ def generate(
     draft_max: int = typer.Option(8, "--draft-max", help="Most tokens guessed at once (llama.cpp's --draft-max)."),
     batch_size: int = typer.Option(512, "--batch-size", "-b",
                                    help="Most prompt tokens one forward pass takes (llama.cpp's --batch-size)."),
+    prompt_cache: Optional[Path] = typer.Option(
+        None, "--prompt-cache", help="Save the prompt's KV cache in this file, and reuse what a later prompt "
+                                     "shares with it (llama.cpp's --prompt-cache)."),
     json_schema: Optional[Path] = typer.Option(
         None, "--json-schema", help="Structured output: the reply is JSON valid under this JSON schema file "
                                     "(constrained decoding; '{}' for any JSON value)."),
@@ -117,6 +120,7 @@ class GenerateOptions:
     draft_model: str | None
     draft_max: int
     batch_size: int
+    prompt_cache: Path | None
     json_schema: Path | None
     num_samples: int
     stop: list[str] | None
@@ -166,6 +170,8 @@ class GenerateOptions:
         for text, what in [(self.system, "--system"), *((s, "--stop") for s in self.stops)]:
             if text is not None:
                 check_utf8(text, what)
+        if self.prompt_cache is not None and (self.batch is not None or self.tp):
+            raise UsageError("--prompt-cache saves one prompt: not with --batch or --tp")
         if self.json_schema is not None and (self.speculate != "none" or self.draft_model is not None):
             raise UsageError("--json-schema does not go with speculative decoding (--speculate, --draft-model)")
         if self.speculate not in ("none", "ngram"):
@@ -223,6 +229,7 @@ class Session:
         self.generator = seeded_generator(options.seed, device)
         self.drafter = None  # speculative.Drafter, when asked for
         self.grammar: JsonGrammar | None = None  # for --json-schema
+        self.cached_tokens = 0  # of the last prompt, restored from --prompt-cache
 
     @classmethod
     def load(cls, options: GenerateOptions, tensor_parallel) -> Session:
@@ -286,7 +293,8 @@ class Session:
         from llmgen.speculative import SpeculationStats
 
         self.speculation = SpeculationStats()
-        return TextStream(generate_ids(self.loaded.model, ids, sampling, stop_ids=tokenizer.stop_ids,
+        cached = self.restore_prompt(ids, sampling)
+        return TextStream(generate_ids(self.loaded.model, ids, sampling, stop_ids=tokenizer.stop_ids, cached=cached,
                                        n_valid=tokenizer.n_vocab, generator=generator, on_crop=console.print_warning,
                                        decoder=self.decoder, on_logits=on_logits,
                                        agree=tensor_parallel and tensor_parallel.first_rank_token,
@@ -294,6 +302,33 @@ class Session:
                                        batch_size=self.options.batch_size,
                                        constraint=None if self.grammar is None else self.grammar.matcher()),
                           tokenizer, stops)
+
+    def prompt_fingerprint(self) -> str:
+        from llmgen import prompt_cache
+
+        model = self.loaded.model
+        return prompt_cache.fingerprint(self.loaded.path, self.tokenizer, model, next(model.parameters()).dtype,
+                                        self.decoder.name)
+
+    def restore_prompt(self, ids: list[int], sampling) -> int | None:
+        """--prompt-cache: set the cache up with what the file holds of this prompt (generate_ids' `cached`),
+        or None without the option or when the prompt and reply overflow the window (then it is not used)."""
+        self.cached_tokens = 0
+        model, path = self.loaded.model, self.options.prompt_cache
+        if path is None or len(ids) + sampling.max_new_tokens > model.config.context_length:
+            return None
+        from llmgen import prompt_cache
+
+        saved = prompt_cache.load(path, self.prompt_fingerprint())
+        model.setup_cache(1, self.decoder.cache_length(len(ids) + sampling.max_new_tokens))
+        self.cached_tokens = 0 if saved is None else prompt_cache.restore(model, saved, ids)
+        return self.cached_tokens
+
+    def save_prompt(self, ids: list[int]) -> None:
+        if self.options.prompt_cache is not None:
+            from llmgen import prompt_cache
+
+            prompt_cache.save(self.options.prompt_cache, self.loaded.model, ids, self.prompt_fingerprint())
 
     def complete(self, text: str, ids: list[int], sampling, stops: list[str], generator):
         """Generate to the end; the stream, and the result as --json and --batch print it."""
@@ -336,9 +371,12 @@ class Session:
                 elif sample_index > 0:
                     console.write("\n")
                 _stream_text(stream)
+            self.save_prompt(prompt_ids)
             if options.stats:
+                reused = f" ({self.cached_tokens} from --prompt-cache)" if options.prompt_cache is not None else ""
                 console.print_info(
-                    f"prompt: {len(prompt_ids)} tokens at {len(prompt_ids) / max(stream.prefill_seconds, 1e-9):.1f} "
+                    f"prompt: {len(prompt_ids)} tokens{reused} at "
+                    f"{len(prompt_ids) / max(stream.prefill_seconds, 1e-9):.1f} "
                     f"tok/s; generated {len(stream.ids)} tokens at {stream.decode_tokens_per_second:.1f} tok/s "
                     f"({stream.finish_reason})")
                 if self.drafter is not None:

@@ -204,8 +204,10 @@ class LlamaLayers:
             _callback_errors.clear()
             raise error
         if outside:
-            raise ValueError(f"a position is outside the KV cache's {self.max_len}, or a slot outside its "
-                             f"{self.n_slots}")
+            bad = [int(p) for p in positions if not 0 <= p < self.max_len]
+            if bad:
+                raise ValueError(f"position {bad[0]} is outside the KV cache's {self.max_len}")
+            raise ValueError(f"a cache slot is outside the {self.n_slots} there are")
 
 
 def _check_rows(values: torch.Tensor, rows: int, what: str) -> None:

@@ -162,13 +162,18 @@ class _Shape:
         tokens: list[list] = [[] for _ in range(self.body.n)]
         reasons: list[str | None] = [None] * self.body.n
         completion_tokens = cached = 0
-        async for piece in pieces:
-            texts[piece.index] += piece.text
-            tokens[piece.index] += piece.tokens
-            if piece.finish_reason:
-                reasons[piece.index] = piece.finish_reason
-                completion_tokens += piece.completion_tokens
-                cached = max(cached, piece.cached_tokens)
+        try:
+            async for count, piece in _numbered(pieces):
+                texts[piece.index] += piece.text
+                tokens[piece.index] += piece.tokens
+                if piece.finish_reason:
+                    reasons[piece.index] = piece.finish_reason
+                    completion_tokens += piece.completion_tokens
+                    cached = max(cached, piece.cached_tokens)
+                if count % 16 == 15 and await self.request.is_disconnected():
+                    return None  # nobody to answer: the sequences are cancelled below
+        finally:
+            await pieces.aclose()
         self.request.state.tokens = completion_tokens
         return {**self.base(self.object_name),
                 "choices": [self.choice(i, texts[i], tokens[i], reasons[i]) for i in range(self.body.n)],
@@ -275,6 +280,13 @@ class _Chat(_Shape):
     def delta(self, piece: Piece) -> dict:
         return {"index": piece.index, "delta": {"content": piece.text} if piece.text else {},
                 "logprobs": self.logprobs(piece.tokens), "finish_reason": piece.finish_reason}
+
+
+async def _numbered(pieces):
+    count = 0
+    async for piece in pieces:
+        yield count, piece
+        count += 1
 
 
 async def _first(pieces) -> Piece | None:
