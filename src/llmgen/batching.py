@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import torch
 
 from llmgen.decode import Decoder, choose_decoder
-from llmgen.generation import SamplingSettings, pick_id
+from llmgen.generation import SamplingSettings, common_prefix, pick_id
 from llmgen.grammar import JsonConstraint
 from llmgen.models import Model
-from llmgen.models.kv_cache import CachedAttention
+from llmgen.models.kv_cache import cached_attentions
 from llmgen.sampling import log_probs
 
 PREFILL_WHILE_DECODING = 64  # prompt rows a step takes while other sequences wait for their next token
@@ -133,15 +133,15 @@ class BatchEngine:
         self.batched = self.decoder.batches_sequences
         if self.batched:  # one cache with a slot per sequence, all stepped in one call
             model.setup_cache(max_sequences, self.decoder.cache_length(self.ctx_size))
-            self.caches = [attention.cache for attention in _attentions(model)]
+            self.caches = [attention.cache for attention in cached_attentions(model)]
         else:  # a cache of one slot per sequence, swapped in; a decoder each (its plan is its cache's)
             self.slot_caches, self.slot_decoders = [], []
             for _ in self.slots:
                 model.setup_cache(1, self.ctx_size)
-                self.slot_caches.append([attention.cache for attention in _attentions(model)])
+                self.slot_caches.append([attention.cache for attention in cached_attentions(model)])
                 model_decoder = choose_decoder(model)
                 self.slot_decoders.append(model_decoder)
-                for attention in _attentions(model):  # a fresh set for the next slot
+                for attention in cached_attentions(model):  # a fresh set for the next slot
                     attention.kv_cache = None
         self.waiting: deque[tuple[Request, list]] = deque()
         self.lock = threading.Condition()
@@ -298,7 +298,7 @@ class BatchEngine:
             return [next(rows) if want else None for want in wanted]
         out: list[torch.Tensor | None] = []
         for (sequence, start, ids), want in zip(chunks, wanted):
-            for attention, cache in zip(_attentions(self.model), self.slot_caches[sequence.slot]):
+            for attention, cache in zip(cached_attentions(self.model), self.slot_caches[sequence.slot]):
                 attention.kv_cache = cache
             logits = self.slot_decoders[sequence.slot].block(ids, start, last_only=True)  # (1, vocab)
             out.append(logits if want else None)
@@ -335,15 +335,3 @@ class BatchEngine:
             slot.cached = []  # what the failed pass wrote is unknown
         sequence.request.on_update(Finished(reason, sequence.prompt_length, sequence.generated, sequence.cached,
                                             error))
-
-
-def _attentions(model: Model) -> list[CachedAttention]:
-    return [module for module in model.modules() if isinstance(module, CachedAttention)]
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n

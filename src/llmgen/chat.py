@@ -174,11 +174,11 @@ class Conversation:
         return self._generate(ids, turn, settings, generator, decoder, agree)
 
     def _generate(self, ids: list[int], turn: Turn, settings, generator, decoder, agree) -> Iterator[int]:
-        from llmgen.generation import generate_ids
+        from llmgen.generation import common_prefix, generate_ids
 
         window = self.model.config.context_length
         needed = min(window, len(ids) + settings.max_new_tokens)
-        cached = _common_prefix(self.cached_ids, ids)
+        cached = common_prefix(self.cached_ids, ids)
         if cached == len(ids):  # the whole prompt is cached: prefill its last token again for its logits
             cached -= 1
         if self.cache is None or self._first_cache() is not self.cache or self.cache.max_len < needed:
@@ -195,12 +195,3 @@ class Conversation:
             self.cached_prompt, self.cached_turn = ids, turn
             turn.reply_ids.append(token)
             yield token
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -193,6 +193,16 @@ def pick_id(logits: torch.Tensor, tokens: list[int], settings: SamplingSettings,
     return check_draft(logits, drafted, settings.temperature, settings.top_k, settings.top_p, generator)
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many ids two texts share from their start (what a cache of one holds of the other)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def check_finite(logits: torch.Tensor, step: int) -> None:
     """NaN or infinite logits cannot be sampled from (and argmax of NaN is meaningless): stop with a reason."""
     if not torch.isfinite(logits).all():

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from llmgen.errors import LLMGenError
+from llmgen.generation import common_prefix
 from llmgen.models import Model
-from llmgen.models.kv_cache import CachedAttention, KVCache
+from llmgen.models.kv_cache import KVCache, cached_attentions
 from llmgen.tokenization.tokenizer import Tokenizer
 
 FORMAT = "llmgen-prompt-cache-1"
@@ -81,13 +82,8 @@ def load(path: Path, expected_fingerprint: str) -> SavedPrompt | None:
 def restore(model: Model, saved: SavedPrompt, prompt_ids: list[int]) -> int:
     """Copy the saved positions the prompt shares into the model's caches (set up already); how many. At
     least the prompt's last id is left to compute: its logits start the reply."""
-    shared = 0
-    for a, b in zip(saved.ids, prompt_ids):
-        if a != b:
-            break
-        shared += 1
-    shared = min(shared, len(prompt_ids) - 1)
-    caches = [a.cache for a in _attentions(model)]
+    shared = min(common_prefix(saved.ids, prompt_ids), len(prompt_ids) - 1)
+    caches = [a.cache for a in cached_attentions(model)]
     if len(caches) != len(saved.keys) or shared <= 0:
         return 0
     for cache, keys, values in zip(caches, saved.keys, saved.values):
@@ -102,7 +98,7 @@ def save(path: Path, model: Model, prompt_ids: list[int], expected_fingerprint: 
     """The prompt's keys and values (positions 0 .. len - 1 of the model's caches), atomically."""
     from safetensors.torch import save_file
 
-    caches: list[KVCache] = [a.cache for a in _attentions(model)]
+    caches: list[KVCache] = [a.cache for a in cached_attentions(model)]
     n = len(prompt_ids)
     tensors = {}
     for i, cache in enumerate(caches):
@@ -122,7 +118,3 @@ def save(path: Path, model: Model, prompt_ids: list[int], expected_fingerprint: 
             raise
     except OSError as e:
         raise LLMGenError(f"cannot write --prompt-cache {path}: {e.strerror or e}") from None
-
-
-def _attentions(model: Model) -> list[CachedAttention]:
-    return [module for module in model.modules() if isinstance(module, CachedAttention)]

@@ -52,6 +52,11 @@ class CachedAttention(nn.Module):
         return self.kv_cache
 
 
+def cached_attentions(model: nn.Module) -> list[CachedAttention]:
+    """Every attention layer of a model that holds a KV cache, in order."""
+    return [module for module in model.modules() if isinstance(module, CachedAttention)]
+
+
 def same_cache(cache: KVCache | None, batch_size: int, max_len: int, like: torch.Tensor) -> bool:
     """Whether `cache` already is what setup_cache(batch_size, max_len) would make for weights `like`."""
     return (cache is not None and cache.v.size(0) == batch_size and cache.max_len == max_len
