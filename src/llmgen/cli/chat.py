@@ -241,15 +241,13 @@ def _identity(path: Path) -> tuple[int, int]:
 
 
 def _render_markdown(stream) -> None:
-    """The reply as it streams, rendered as Markdown (code blocks, lists, emphasis) on the terminal."""
-    from rich.live import Live
-    from rich.markdown import Markdown
+    """The reply as it streams, rendered as Markdown (code blocks, lists, emphasis) on the terminal, at a
+    cost per token that does not grow with the reply (markdown_stream.py)."""
+    from llmgen.cli.markdown_stream import MarkdownStream
 
-    text = ""
-    with Live(Markdown(""), console=console.stdout, refresh_per_second=10, vertical_overflow="visible") as live:
+    with MarkdownStream(console.stdout) as out:
         for chunk in stream:
-            text += chunk
-            live.update(Markdown(text))
+            out.push(chunk)
 
 
 def _start_history():
