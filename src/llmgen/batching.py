@@ -147,6 +147,7 @@ class BatchEngine:
         self.lock = threading.Condition()
         self.stopping = False
         self.steps = 0
+        self.share: Callable[[dict], None] | None = None  # rank 0 of a tensor-parallel server: see _execute
 
     # -- the caller's side (any thread) --
 
@@ -270,14 +271,7 @@ class BatchEngine:
 
     def _copy_prefix(self, source: int, target: int, length: int) -> None:
         """The first `length` positions' keys and values of one slot into another, in every layer."""
-        if self.batched:
-            for cache in self.caches:
-                cache.k_t[target, ..., :length] = cache.k_t[source, ..., :length]
-                cache.v[target, :, :length] = cache.v[source, :, :length]
-        else:
-            for source_cache, target_cache in zip(self.slot_caches[source], self.slot_caches[target]):
-                target_cache.k_t[..., :length] = source_cache.k_t[..., :length]
-                target_cache.v[:, :, :length] = source_cache.v[:, :, :length]
+        self._execute({"copy": [source, target, length]})
 
     def _run(self, chunks: list[tuple[Sequence, int, list[int]]]) -> list[torch.Tensor | None]:
         """One pass: each chunk's (1, vocab) logits after its last id when that id is a sequence's newest
@@ -294,15 +288,48 @@ class BatchEngine:
                 slots += [sequence.slot] * len(ids)
                 if want:
                     logit_rows.append(len(tokens) - 1)
-            rows = iter(self.decoder.rows(tokens, positions, slots, logit_rows).split(1)) if logit_rows else iter(())
+            if not logit_rows:
+                self._execute({"rows": [tokens, positions, slots, logit_rows]})
+                return [None] * len(chunks)
+            rows = iter(self._execute({"rows": [tokens, positions, slots, logit_rows]}).split(1))
             return [next(rows) if want else None for want in wanted]
-        out: list[torch.Tensor | None] = []
-        for (sequence, start, ids), want in zip(chunks, wanted):
-            for attention, cache in zip(cached_attentions(self.model), self.slot_caches[sequence.slot]):
-                attention.kv_cache = cache
-            logits = self.slot_decoders[sequence.slot].block(ids, start, last_only=True)  # (1, vocab)
-            out.append(logits if want else None)
-        return out
+        out = [self._execute({"block": [sequence.slot, ids, start]}) for sequence, start, ids in chunks]
+        return [logits if want else None for logits, want in zip(out, wanted)]
+
+    def _execute(self, op: dict):
+        """What touches the model, as data: a prefix copy between slots ("copy"), one batched pass
+        ("rows"), or one sequence's ids over its own caches ("block"). With `share` set (rank 0 of a
+        tensor-parallel server), each op goes to the other ranks first, which run it on their shards (follow)."""
+        if self.share is not None:
+            self.share(op)
+        if "copy" in op:
+            source, target, length = op["copy"]
+            if self.batched:
+                for cache in self.caches:
+                    cache.k_t[target, ..., :length] = cache.k_t[source, ..., :length]
+                    cache.v[target, :, :length] = cache.v[source, :, :length]
+            else:
+                for source_cache, target_cache in zip(self.slot_caches[source], self.slot_caches[target]):
+                    target_cache.k_t[..., :length] = source_cache.k_t[..., :length]
+                    target_cache.v[:, :, :length] = source_cache.v[:, :, :length]
+            return None
+        if "rows" in op:
+            tokens, positions, slots, logit_rows = op["rows"]
+            return self.decoder.rows(tokens, positions, slots, logit_rows)
+        slot, ids, start = op["block"]
+        for attention, cache in zip(cached_attentions(self.model), self.slot_caches[slot]):
+            attention.kv_cache = cache
+        return self.slot_decoders[slot].block(ids, start, last_only=True)  # (1, vocab)
+
+    @torch.inference_mode()
+    def follow(self, receive: Callable[[], dict | None]) -> None:
+        """A tensor-parallel rank other than 0: run each op rank 0's engine shares (receive), until None.
+        Only rank 0 picks ids; here the logits are dropped."""
+        while (op := receive()) is not None:
+            try:
+                self._execute(op)
+            except ValueError:  # rank 0 raised the same for the same op, and told its sequences
+                pass
 
     def _pick(self, sequence: Sequence, logits: torch.Tensor) -> None:
         request = sequence.request

@@ -133,3 +133,21 @@ def test_stop_ids_and_the_context_end_a_sequence(checkpoint):
     assert short.ids == plain[:3] and short.finished.reason == "length"
     with pytest.raises(ValueError, match="a prompt needs"):
         BatchEngine(model, max_sequences=1, ctx_size=len(prompt)).submit(Request(prompt, settings, Collect()))
+
+
+@pytest.mark.parametrize("path", ["kernels", "pytorch"])
+def test_a_prompt_longer_than_a_batch_alone_is_run_in_chunks(checkpoint, monkeypatch, path):
+    """A 40-token prompt with batch_size 8 and nothing else running: steps that hold only prompt chunks (no
+    logits wanted) still fill the cache, and the ids are generate_ids'."""
+    monkeypatch.setenv("LLMGEN_KERNELS", "auto" if path == "kernels" else "0")
+    if path == "kernels" and not kernels.supported_levels():
+        pytest.skip("llmgen's kernels do not build here")
+    model = int4_model(checkpoint)
+    prompt = prompts(1, seed=11)[0] * 4
+    prompt = prompt[:40] if len(prompt) >= 40 else (prompt * 40)[:40]
+    expected = list(generate_ids(model, prompt, SamplingSettings(max_new_tokens=8, temperature=0)))
+    engine = BatchEngine(model, max_sequences=2, ctx_size=96, batch_size=8)
+    out = Collect()
+    run(engine, [Request(prompt, SamplingSettings(max_new_tokens=8, temperature=0), out)])
+    assert out.ids == expected
+    assert engine.steps == 40 // 8 + 8 - 1  # five chunks (the last one's logits give the first id), then 7 steps

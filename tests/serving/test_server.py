@@ -74,6 +74,13 @@ def reference():
 
 
 @pytest.fixture(scope="module")
+def spare():
+    """A third copy, for the small servers some tests start while the module's server runs: an engine sets up
+    its model's caches (slots x ctx_size), so two engines on one model would step on each other's."""
+    return load_model(resolve_model(None)[0])
+
+
+@pytest.fixture(scope="module")
 def server(loaded):
     service = ModelService(loaded, "smollm2", max_sequences=4, ctx_size=1024,
                            limits=Limits(max_body_bytes=64 * 1024, max_tokens=512, max_waiting=8))
@@ -259,8 +266,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     wait_idle(server.service, seconds=10)  # cancelled within a step or two, not after 500 tokens
 
 
-def test_a_full_queue_is_a_503(loaded):
-    service = ModelService(loaded, "smollm2", max_sequences=1, ctx_size=256, limits=Limits(max_waiting=0))
+def test_a_full_queue_is_a_503(spare):
+    service = ModelService(spare, "smollm2", max_sequences=1, ctx_size=256, limits=Limits(max_waiting=0))
     one = Server(service)
     try:
         first = json.dumps({"prompt": "Once", "max_tokens": 200, "stream": True})
@@ -276,8 +283,8 @@ def test_a_full_queue_is_a_503(loaded):
         one.close()
 
 
-def test_an_api_key_is_checked(loaded):
-    service = ModelService(loaded, "smollm2", max_sequences=1, ctx_size=256)
+def test_an_api_key_is_checked(spare):
+    service = ModelService(spare, "smollm2", max_sequences=1, ctx_size=256)
     keyed = Server(service, api_key=KEY)
     try:
         with pytest.raises(openai.AuthenticationError):

@@ -205,6 +205,8 @@ def kernel_rows(model: Llama, plan: Plan, tokens: torch.Tensor, positions: torch
         x = x * torch.tensor(model.config.embedding_scale, dtype=x.dtype)
     assert plan.kernel_layers is not None  # a plan made with_kernels
     plan.kernel_layers.rows(x, positions, slots)
+    if logit_rows.numel() == 0:  # prompt chunks only: their keys and values are what this pass was for
+        return x.new_zeros(0, model.config.vocab_size)
     return head_rows(model, x.index_select(0, logit_rows))
 
 
