@@ -44,8 +44,9 @@ lint:
 	$(PYTHON) scripts/check_imports.py
 	$(PYTHON) -m mypy
 
+# One pytest-xdist worker per core (tests/conftest.py then gives each one thread).
 test: install-test lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto
 
 test-fast: lint
 	$(PYTHON) -m pytest -q -m "not slow"

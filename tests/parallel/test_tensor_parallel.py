@@ -194,3 +194,52 @@ def test_gguf_blocks_split_by_columns_are_the_columns_of_the_whole():
     assert torch.equal(part.dequantize(), full.dequantize()[:, 64:])
     with pytest.raises(LLMGenError, match="cut through"):
         deferred_columns("w", whole, 48, 96)
+
+
+@pytest.mark.parametrize("name", ["q4_0", "llama"])  # batched on the kernels; one sequence at a time on PyTorch's
+def test_serve_tp_2_answers_as_one_process_does(checkpoints, name):
+    """`llmgen serve --tp 2`: rank 0 serves HTTP and shares each pass of its engine, the other rank runs it on
+    its shard. Two concurrent greedy completions are `llmgen generate`'s text; Ctrl-C ends every rank."""
+    import http.client
+    import re
+    import threading
+
+    process = subprocess.Popen([LLMGEN, "serve", str(checkpoints[name]), "--port", "0", "--tp", "2", "-np", "2",
+                                "-c", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                               text=True)
+    try:
+        port = None
+        deadline = time.time() + 180
+        while port is None and time.time() < deadline:
+            line = process.stderr.readline()
+            assert line, "serve --tp 2 ended before it served"
+            if match := re.search(r"serving http://127\.0\.0\.1:(\d+)", line):
+                port = int(match.group(1))
+        assert port is not None
+        prompts = [PROMPT, "Once upon a time"]
+        replies: dict[str, str] = {}
+
+        def ask(prompt: str) -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            connection.request("POST", "/v1/completions", json.dumps({"prompt": prompt, "max_tokens": 12,
+                                                                      "temperature": 0}),
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.status == 200
+            replies[prompt] = json.loads(response.read())["choices"][0]["text"]
+
+        askers = [threading.Thread(target=ask, args=(prompt,)) for prompt in prompts]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join(timeout=150)
+        for prompt in prompts:
+            single = run_llmgen("generate", prompt, "--model", checkpoints[name], "--raw", "-t", "0", "-n", "12")
+            assert replies[prompt] == single.out.rstrip("\n") and replies[prompt]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) in (0, 130)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not _rank_pids(process.pid)

@@ -19,6 +19,7 @@ from llmgen.errors import UsageError
 
 
 def serve(
+    ctx: typer.Context,
     model: Optional[str] = typer.Argument(None, help="A .gguf file or model directory; default: the embedded model."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (other than loopback: needs --api-key)."),
     port: int = typer.Option(8080, "--port", help="TCP port (0: any free one)."),
@@ -37,6 +38,9 @@ def serve(
     alias: Optional[str] = typer.Option(None, "--alias", help="The model's id in the API (default: its file name)."),
     quantize: str = typer.Option("auto", "--quantize", "-q", help="auto, none, int8 or int4 (see generate)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: PyTorch's)."),
+    tp: Optional[int] = typer.Option(
+        None, "--tp", help="Tensor parallelism on CPU: the model split over N processes; rank 0 serves HTTP, the "
+                           "others run each of its passes on their shards (see generate --tp)."),
 ) -> None:
     """Serve the model over HTTP with OpenAI's API: /v1/completions, /v1/chat/completions, /v1/models."""
     if not 0 <= port <= 65535:
@@ -53,6 +57,12 @@ def serve(
     if not _is_loopback(host) and api_key is None:
         raise UsageError(f"--host {host} is reachable from other machines: give --api-key KEY (or set "
                          "LLMGEN_API_KEY), or bind 127.0.0.1")
+    from llmgen.cli import invocation
+    from llmgen.cli.launch import join_ranks, launch, ranks_to_start
+
+    n_ranks, start_ranks = ranks_to_start(tp)
+    if start_ranks:  # this command again, as n_ranks processes: rank 0 serves, the others follow its passes
+        raise typer.Exit(launch(n_ranks, invocation.of(ctx).argv))
     import logging
 
     import torch
@@ -64,18 +74,37 @@ def serve(
 
     if threads is not None:
         torch.set_num_threads(threads)
+    tensor_parallel = join_ranks(invocation.of(ctx), "cpu") if n_ranks > 1 else None
     path, _ = resolve_model(model)
     with console.status(f"loading {path.name}"):
-        loaded = load_model(path, quantize=quantize, cache_quantized=True)
-    service = ModelService(loaded, alias or path.name, max_sequences=max_sequences,
-                           ctx_size=min(ctx_size, loaded.config.context_length), batch_size=batch_size,
+        loaded = load_model(path, quantize=quantize, cache_quantized=True, tensor_parallel=tensor_parallel)
+    ctx_size = min(ctx_size, loaded.config.context_length)
+    if tensor_parallel is not None and tensor_parallel.rank != 0:
+        from llmgen.batching import BatchEngine
+
+        follower = BatchEngine(loaded.model, max_sequences=max_sequences, ctx_size=ctx_size, batch_size=batch_size)
+        try:
+            follower.follow(lambda: tensor_parallel.share_json(None))
+        finally:
+            tensor_parallel.close()
+        return
+    service = ModelService(loaded, alias or path.name, max_sequences=max_sequences, ctx_size=ctx_size,
+                           batch_size=batch_size,
                            limits=Limits(max_body_bytes=max_body, max_tokens=max_tokens, max_waiting=max_queue))
+    if tensor_parallel is not None:  # every pass (and prefix copy) of the engine runs on every rank
+        service.engine.share = tensor_parallel.share_json
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     batched = "batched on llmgen's kernels" if service.engine.batched else "one sequence at a time"
-    console.print_info(f"{path.name}: {max_sequences} slots of {service.ctx_size} tokens, {batched}; "
+    ranks = f" over {tensor_parallel.world} tensor-parallel ranks" if tensor_parallel is not None else ""
+    console.print_info(f"{path.name}: {max_sequences} slots of {service.ctx_size} tokens, {batched}{ranks}; "
                        f"{service.engine.decoder.name}")
-    serve_forever(service, host, port, api_key,
-                  lambda url: console.print_info(f"serving {url} as '{service.name}' (Ctrl-C stops)"))
+    try:
+        serve_forever(service, host, port, api_key,
+                      lambda url: console.print_info(f"serving {url} as '{service.name}' (Ctrl-C stops)"))
+    finally:
+        if tensor_parallel is not None:  # the engine has stopped (serve_forever closed the service): the end
+            tensor_parallel.share_json(None)
+            tensor_parallel.close()
 
 
 def _is_loopback(host: str) -> bool:
