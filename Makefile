@@ -44,9 +44,10 @@ lint:
 	$(PYTHON) scripts/check_imports.py
 	$(PYTHON) -m mypy
 
-# One pytest-xdist worker per core (tests/conftest.py then gives each one thread).
+# One pytest-xdist worker per core (tests/conftest.py then gives each one thread), each taking whole files so
+# that a module's fixtures (models loaded, checkpoints converted) are made once, not once a worker.
 test: install-test lint
-	$(PYTHON) -m pytest -q -n auto
+	$(PYTHON) -m pytest -q -n auto --dist loadfile
 
 test-fast: lint
 	$(PYTHON) -m pytest -q -m "not slow"
