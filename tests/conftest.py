@@ -14,7 +14,7 @@ LLMGEN = shutil.which("llmgen", path=str(Path(sys.executable).parent)) or shutil
 # `make test` runs the suite in pytest-xdist workers, one per core: each worker, and every llmgen it starts,
 # then computes on one thread. Two workers of two OpenMP threads each on two cores ran a model subprocess at
 # half the speed of one thread each (the threads spin waiting for each other): the suite's largest cost.
-if os.environ.get("PYTEST_XDIST_WORKER") and "LLMGEN_TEST_THREADS" not in os.environ:
+if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 

@@ -288,9 +288,7 @@ class BatchEngine:
                 slots += [sequence.slot] * len(ids)
                 if want:
                     logit_rows.append(len(tokens) - 1)
-            if not logit_rows:
-                self._execute({"rows": [tokens, positions, slots, logit_rows]})
-                return [None] * len(chunks)
+            # (len(logit_rows), vocab); a pass of prompt chunks alone wants none, but still fills the cache
             rows = iter(self._execute({"rows": [tokens, positions, slots, logit_rows]}).split(1))
             return [next(rows) if want else None for want in wanted]
         out = [self._execute({"block": [sequence.slot, ids, start]}) for sequence, start, ids in chunks]

@@ -37,7 +37,6 @@ class MarkdownStream:
     """
 
     def __init__(self, console: Console, refresh_per_second: float = 20, clock=time.monotonic):
-        self.console = console
         self.parsed_characters = 0
         self._tail = ""  # text of the block still streaming (and any blank lines before the next)
         self._scanned = 0  # characters of _tail whose complete lines have been looked at
@@ -65,17 +64,14 @@ class MarkdownStream:
             start, self._scanned = self._scanned, end + 1
             self._line(start, end)
         if self._clock() - self._refreshed >= self._interval:
-            self._refresh()
-
-    def _refresh(self) -> None:
-        self._live.refresh()
-        self._refreshed = self._clock()
+            self._live.refresh()
+            self._refreshed = self._clock()
 
     def close(self) -> None:
         """Draw what is left as the live region's last frame, which stays on the screen."""
         if not self._live.is_started:
             return
-        last = self._renderable(self._tail) if self._tail.strip() else _Nothing()
+        last = self._finished(self._tail) if self._tail.strip() else _Nothing()
         self._tail = ""
         self._live.update(last, refresh=True)
         self._live.stop()
@@ -102,26 +98,24 @@ class MarkdownStream:
     def _flush(self, start: int) -> None:
         block, self._tail = self._tail[:start], self._tail[start:]
         self._scanned -= start  # _tail now starts with the line being looked at
-        self._print_block(block)  # the live region is drawn again below it
+        self._live.console.print(self._finished(block))  # the live region is drawn again below it
 
-    def _print_block(self, block: str) -> None:
-        self._live.console.print(self._renderable(block))
-
-    def _renderable(self, block: str) -> RenderableType:
-        """A finished block as rich renders it in a document of all the blocks so far."""
-        markdown, separated = self._parsed(block)
+    def _finished(self, block: str) -> RenderableType:
+        """A finished block, rendered as in a document of all the blocks so far, and counted as printed."""
+        renderable, markdown = self._rendered(block)
         self._blocks += 1
         self._rule_last = [token.type for token in markdown.parsed if token.level == 0][-1:] == ["hr"]
-        return Group(_Nothing(), markdown) if separated else markdown
+        return renderable
 
-    def _parsed(self, block: str) -> tuple[Markdown, bool]:
-        """block parsed, and whether a blank line goes before it: rich puts one between two blocks of a
-        document, but none after a rule, nor before a list, quote or table (their inner elements end
-        without one; tests/cli/test_markdown_stream.py holds it)."""
+    def _rendered(self, block: str) -> tuple[RenderableType, Markdown]:
+        """block parsed, after the blank line rich puts between two blocks of a document where it goes:
+        none after a rule, nor before a list, quote or table (their inner elements end without one;
+        tests/cli/test_markdown_stream.py holds it)."""
         markdown = Markdown(block.strip("\n"))
         self.parsed_characters += len(markdown.markup)
         first = [token.type for token in markdown.parsed[:1]]
-        return markdown, bool(self._blocks) and not self._rule_last and first not in _UNSEPARATED
+        separated = self._blocks and not self._rule_last and first not in _UNSEPARATED
+        return (Group(_Nothing(), markdown) if separated else markdown), markdown
 
 
 class _LiveTail:
@@ -131,8 +125,7 @@ class _LiveTail:
         self.stream = stream
 
     def __rich__(self) -> RenderableType:
-        markdown, separated = self.stream._parsed(self.stream._tail)
-        return Group(_Nothing(), markdown) if separated else markdown
+        return self.stream._rendered(self.stream._tail)[0]
 
 
 class _Nothing:
