@@ -120,6 +120,53 @@ def run_in_process(capsys, *args, input: bytes = b""):
     return type("Result", (), {"returncode": code, "out": out, "err": err})
 
 
+def run_here(*args, input=None, env=None):
+    """`llmgen ARGS` through the CLI's entry point in this process, as run_llmgen runs the console script:
+    stdin `input` (else empty, as /dev/null reads), stdout and stderr captured as bytes (not terminals), `env`
+    set for the call only. What differs from a process: no interpreter start-up and no `import torch` (3-4 s
+    here, most of a small model's run), and what a process caches stays cached. Tests of what only a process
+    shows (signals, a closed pipe, a terminal, warnings printed by Python itself) use run_llmgen."""
+    import io
+    import warnings
+
+    from llmgen.cli.main import main
+    from llmgen.kernels import build
+
+    if isinstance(input, str):
+        input = input.encode()
+    streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="surrogateescape") for _ in range(2)]
+    stdin = io.TextIOWrapper(io.BytesIO(input or b""), encoding="utf-8")
+    saved_streams, saved_env, saved_showwarning = (sys.stdin, sys.stdout, sys.stderr), dict(os.environ), \
+        warnings.showwarning
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
+    build.forget()  # the kernel level follows LLMGEN_KERNELS, LLMGEN_HOME and CXX as a new process would
+    sys.stdin, sys.stdout, sys.stderr = stdin, *streams
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        for stream in streams:
+            stream.flush()
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
+        os.environ.clear()
+        os.environ.update(saved_env)
+        warnings.showwarning = saved_showwarning
+        build.forget()
+    stdout, stderr = (stream.buffer.getvalue() for stream in streams)
+    return _Result(code, stdout, stderr)
+
+
+class _Result:
+    """What run_here returns: run_llmgen's fields (returncode, stdout/stderr bytes, out/err text)."""
+
+    def __init__(self, returncode: int, stdout: bytes, stderr: bytes):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+        self.out = stdout.decode("utf-8", errors="replace")
+        self.err = stderr.decode("utf-8", errors="replace")
+
+
 def assert_one_line_warning(result, *fragments):
     assert "Traceback" not in result.err, result.err
     lines = [line for line in result.err.strip().splitlines() if line.startswith(("warning: ", "error: "))]
