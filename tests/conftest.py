@@ -129,6 +129,8 @@ def run_here(*args, input=None, env=None):
     import io
     import warnings
 
+    import torch
+
     from llmgen.cli.main import main
     from llmgen.kernels import build
 
@@ -136,8 +138,8 @@ def run_here(*args, input=None, env=None):
         input = input.encode()
     streams = [io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="surrogateescape") for _ in range(2)]
     stdin = io.TextIOWrapper(io.BytesIO(input or b""), encoding="utf-8")
-    saved_streams, saved_env, saved_showwarning = (sys.stdin, sys.stdout, sys.stderr), dict(os.environ), \
-        warnings.showwarning
+    saved_streams, saved_env, saved_showwarning, saved_threads = (sys.stdin, sys.stdout, sys.stderr), \
+        dict(os.environ), warnings.showwarning, torch.get_num_threads()
     os.environ.update({k: str(v) for k, v in (env or {}).items()})
     build.forget()  # the kernel level follows LLMGEN_KERNELS, LLMGEN_HOME and CXX as a new process would
     sys.stdin, sys.stdout, sys.stderr = stdin, *streams
@@ -153,6 +155,7 @@ def run_here(*args, input=None, env=None):
         os.environ.clear()
         os.environ.update(saved_env)
         warnings.showwarning = saved_showwarning
+        torch.set_num_threads(saved_threads)  # `-t N` sets this process's threads
         build.forget()
     stdout, stderr = (stream.buffer.getvalue() for stream in streams)
     return _Result(code, stdout, stderr)

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import LLMGEN, run_llmgen
+from conftest import LLMGEN, run_here
 
 from llmgen import assets
 from llmgen.chat import Conversation, end_of_reply_ids, header_ids, message_ids
@@ -79,7 +79,7 @@ def test_chat_through_a_pipe_reports_cached_tokens_and_matches_generate(tmp_path
     # Short answers: each reply ends with the model's stop token, and the reading stops there.
     # The model's own template gives it a default system prompt, after which these get short replies.
     questions = ["Hi!", "Thanks!"]
-    result = run_llmgen("chat", "-t", "0", "-n", "32", "--stats", input="\n".join(questions) + "\n")
+    result = run_here("chat", "-t", "0", "-n", "32", "--stats", input="\n".join(questions) + "\n")
     assert result.returncode == 0, result.err
     stats = [line for line in result.err.splitlines() if line.startswith("prompt:")]
     assert len(stats) == 2 and "(0 cached)" in stats[0]
@@ -93,7 +93,7 @@ def test_chat_through_a_pipe_reports_cached_tokens_and_matches_generate(tmp_path
     im_end = tok.encoding.encode_single_token("<|im_end|>")  # what the first reply ended with
     assert second_new == 1 + len(end_of_reply_ids(tok, [im_end])) + len(
         message_ids(tok, "user", questions[1])) + len(header_ids(tok, "assistant"))
-    single = run_llmgen("generate", questions[0], "--chat", "-t", "0", "-n", "32")
+    single = run_here("generate", questions[0], "--chat", "-t", "0", "-n", "32")
     assert result.out.splitlines()[0] == single.out.rstrip("\n")
 
 

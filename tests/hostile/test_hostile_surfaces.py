@@ -21,6 +21,7 @@ from conftest import (
     assert_one_line_error,
     assert_one_line_warning,
     mount_tmpfs,
+    run_here,
     run_in_process,
     run_llmgen,
     sha256_tree,
@@ -220,13 +221,13 @@ def test_chat_save_never_overwrites_or_loses_a_file(tmp_path, mounts):
 
 def test_a_chat_message_longer_than_the_window_is_refused_and_the_chat_goes_on():
     long_message = "word " * 9000  # more than SmolLM2's 8192 positions
-    result = run_llmgen("chat", "-t", "0", "-n", "8", input=f"What is 2+2?\n{long_message}\nWhat did I ask first?\n")
+    result = run_here("chat", "-t", "0", "-n", "8", input=f"What is 2+2?\n{long_message}\nWhat did I ask first?\n")
     assert result.returncode == 1, result.err
     assert_one_line_warning(result, "more than the model's window of 8192", "the conversation is kept")
     replies = result.out.splitlines()
     assert len(replies) == 2
     # The second reply still has the first question in its context: it is not what a chat without it says.
-    fresh = run_llmgen("chat", "-t", "0", "-n", "8", input="What did I ask first?\n")
+    fresh = run_here("chat", "-t", "0", "-n", "8", input="What did I ask first?\n")
     assert fresh.returncode == 0 and replies[1] != fresh.out.strip()
 
 

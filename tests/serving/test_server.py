@@ -10,7 +10,7 @@ import time
 import jsonschema
 import openai
 import pytest
-from conftest import assert_one_line_error, run_llmgen
+from conftest import assert_one_line_error, run_here
 
 from llmgen.cli.model_path import resolve_model
 from llmgen.generation import SamplingSettings, generate_ids
@@ -107,7 +107,7 @@ def test_greedy_chat_through_the_server_is_llmgen_generate(server):
     """The same question, -t 0: the server's reply is `llmgen generate`'s output, character for character."""
     reply = server.client().chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=24)
-    cli = run_llmgen("generate", QUESTION, "-t", "0", "-n", "24")
+    cli = run_here("generate", QUESTION, "-t", "0", "-n", "24")
     assert cli.returncode == 0, cli.err
     assert reply.choices[0].message.content == cli.out.rstrip("\n")
     assert reply.choices[0].finish_reason == "length" and reply.object == "chat.completion"
@@ -301,10 +301,10 @@ def test_an_api_key_is_checked(spare):
 
 @pytest.mark.slow
 def test_serve_refuses_a_non_loopback_address_without_a_key():
-    result = run_llmgen("serve", "--host", "0.0.0.0")
+    result = run_here("serve", "--host", "0.0.0.0")
     assert_one_line_error(result, "--api-key")
     assert result.returncode == 2
-    result = run_llmgen("serve", "--port", "70000")
+    result = run_here("serve", "--port", "70000")
     assert_one_line_error(result, "--port")
 
 

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_llmgen
+from conftest import assert_one_line_error, run_here
 from gguf_files import write_tiny_gguf
 
 from llmgen import assets
@@ -148,17 +148,17 @@ def test_missing_metadata_and_tensors(tmp_path):
         read_llama_gguf(path)
     path = tmp_path / "no-q.gguf"
     write_tiny_gguf(path, gguf.GGMLQuantizationType.F32, drop_tensor="blk.1.attn_q.weight")
-    assert_one_line_error(run_llmgen("generate", "hi", "-m", path), "missing tensor 'layers.1.attention.wq.weight'")
+    assert_one_line_error(run_here("generate", "hi", "-m", path), "missing tensor 'layers.1.attention.wq.weight'")
 
 
 def test_bad_magic_and_truncation_via_cli(tmp_path, smollm2_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"NOPE" + smollm2_path.read_bytes()[4:4096])
-    assert_one_line_error(run_llmgen("generate", "hi", "-m", bad), "not a readable GGUF file")
+    assert_one_line_error(run_here("generate", "hi", "-m", bad), "not a readable GGUF file")
     truncated = tmp_path / "truncated.gguf"
     with open(smollm2_path, "rb") as f:
         truncated.write_bytes(f.read(50_000_000))
-    result = run_llmgen("generate", "hi", "-m", truncated)
+    result = run_here("generate", "hi", "-m", truncated)
     assert_one_line_error(result, "truncated.gguf")
 
 
@@ -285,7 +285,7 @@ def test_logprobs_match_transformers_log_softmax(smollm2_path, reference):
 
     model, tokenizer = reference
     prompt = "The capital of France is"
-    result = run_llmgen("generate", prompt, "--raw", "-t", "0", "-n", "6", "--json", "--logprobs", "5",
+    result = run_here("generate", prompt, "--raw", "-t", "0", "-n", "6", "--json", "--logprobs", "5",
                         "--quantize", "none", "-m", smollm2_path)
     assert result.returncode == 0, result.err
     payload = json.loads(result.out)

@@ -9,7 +9,7 @@ import struct
 import pytest
 import torch
 from checkpoints import hf_llama, save_hf, save_meta
-from conftest import assert_one_line_error, assert_one_line_warning, run_in_process, run_llmgen
+from conftest import assert_one_line_error, assert_one_line_warning, run_here, run_in_process
 from safetensors.torch import save_file
 
 from llmgen.errors import LLMGenError
@@ -59,7 +59,7 @@ def test_gguf_file(tmp_path):
 @pytest.mark.slow  # runs llmgen in subprocesses
 def test_the_embedded_model_by_name():
     """inspect-weights takes the names generate takes: 'default' is the embedded SmolLM2 GGUF."""
-    result = run_llmgen("inspect-weights", "default", "--no-tensors")
+    result = run_here("inspect-weights", "default", "--no-tensors")
     assert result.returncode == 0, result.err
     assert result.out.splitlines()[-1].startswith("272 tensors, 134,515,008 parameters, 96.6 MB (q4_1 106,168,320 in 66.4 MB")
 
@@ -114,19 +114,19 @@ def test_8b_shaped_checkpoint_from_header_only(tmp_path):
     inspection = inspect_path(path)
     assert inspection.total_params == 8_030_261_248  # Llama-3-8B
     assert inspection.total_bytes == data_bytes
-    result = run_llmgen("inspect-weights", path, "--json", "--no-tensors")
+    result = run_here("inspect-weights", path, "--json", "--no-tensors")
     assert result.returncode == 0 and json.loads(result.out)["total_params"] == 8_030_261_248
 
 
 @pytest.mark.slow  # runs llmgen in subprocesses
 def test_cli_filter_json_and_tables(files):
-    payload = json.loads(run_llmgen("inspect-weights", files / "model.safetensors", "--json", "--filter", "a.*").out)
+    payload = json.loads(run_here("inspect-weights", files / "model.safetensors", "--json", "--filter", "a.*").out)
     assert payload["tensors"] == [{"name": "a.weight", "shape": [4, 6], "dtype": "float32", "params": 24, "nbytes": 96}]
     assert payload["bytes_by_dtype"] == {"float32": 96}
     assert payload["total_params"] == 24 and payload["format"] == "safetensors"
-    table = run_llmgen("inspect-weights", files / "weights.pth")
+    table = run_here("inspect-weights", files / "weights.pth")
     assert table.returncode == 0 and "a.weight" in table.out and "33 parameters" in table.out
-    totals = run_llmgen("inspect-weights", files / "weights.pth", "--no-tensors")
+    totals = run_here("inspect-weights", files / "weights.pth", "--no-tensors")
     assert "a.weight" not in totals.out and "3 tensors" in totals.out
 
 
@@ -139,7 +139,7 @@ def test_pickle_that_calls_a_function_is_refused(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"w": Exploit()}, tmp_path / "evil.pth", pickle_module=pickle)
-    assert_one_line_error(run_llmgen("inspect-weights", tmp_path / "evil.pth"), "weights-only")
+    assert_one_line_error(run_here("inspect-weights", tmp_path / "evil.pth"), "weights-only")
     assert not marker.exists()
 
 
@@ -147,11 +147,11 @@ def test_pickle_that_calls_a_function_is_refused(tmp_path):
 def test_absurd_safetensors_header_sizes(tmp_path):
     bigger = tmp_path / "header-too-big.safetensors"
     bigger.write_bytes(struct.pack("<Q", 10**12) + b"{}")
-    assert_one_line_error(run_llmgen("inspect-weights", bigger), "not a readable safetensors file")
+    assert_one_line_error(run_here("inspect-weights", bigger), "not a readable safetensors file")
     offsets = tmp_path / "offsets-past-end.safetensors"
     blob = json.dumps({"w": {"dtype": "F32", "shape": [10**6], "data_offsets": [0, 4 * 10**6]}}).encode()
     offsets.write_bytes(struct.pack("<Q", len(blob)) + blob)
-    assert_one_line_error(run_llmgen("inspect-weights", offsets), "not a readable safetensors file")
+    assert_one_line_error(run_here("inspect-weights", offsets), "not a readable safetensors file")
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "weights.pth", "m.gguf"])

@@ -6,7 +6,7 @@ tokenizer, written as GGUF in each type, then read by two other implementations:
 import pytest
 import torch
 from checkpoints import hf_llama
-from conftest import assert_one_line_error, run_llmgen
+from conftest import assert_one_line_error, run_here
 from parity import greedy_ours
 
 from llmgen.loading import load_model
@@ -127,17 +127,17 @@ def test_an_interrupted_quantize_leaves_nothing_at_the_output(meta_checkpoint, t
 
 def test_the_command_writes_a_file_generate_runs(meta_checkpoint, tmp_path):
     out = tmp_path / "model-q8_0.gguf"
-    done = run_llmgen("quantize", meta_checkpoint, out, "--type", "q8_0")
+    done = run_here("quantize", meta_checkpoint, out, "--type", "q8_0")
     assert done.returncode == 0, done.err
     assert done.out == "" and f"wrote {out}" in done.err
-    done = run_llmgen("generate", "The capital of France is", "--model", out, "-n", "4", "--temperature", "0")
+    done = run_here("generate", "The capital of France is", "--model", out, "-n", "4", "--temperature", "0")
     assert done.returncode == 0 and done.out.strip(), done.err
 
 
 def test_bad_requests_are_one_clear_line(meta_checkpoint, tmp_path):
-    assert_one_line_error(run_llmgen("quantize", meta_checkpoint, tmp_path / "m.gguf", "--type", "q3_k"),
+    assert_one_line_error(run_here("quantize", meta_checkpoint, tmp_path / "m.gguf", "--type", "q3_k"),
                           "unknown --type 'q3_k'")
-    assert_one_line_error(run_llmgen("quantize", meta_checkpoint, tmp_path / "model.bin"), "must end in .gguf")
+    assert_one_line_error(run_here("quantize", meta_checkpoint, tmp_path / "model.bin"), "must end in .gguf")
     assert not list(tmp_path.iterdir())
 
 
@@ -192,4 +192,4 @@ def test_other_architectures_are_refused_with_the_way_forward(tmp_path):
     from checkpoints import hf_family, save_hf
 
     directory = save_hf(hf_family("qwen2"), tmp_path / "hf")
-    assert_one_line_error(run_llmgen("quantize", directory, tmp_path / "m.gguf"), "LLaMA-architecture")
+    assert_one_line_error(run_here("quantize", directory, tmp_path / "m.gguf"), "LLaMA-architecture")
