@@ -13,12 +13,12 @@ import pytest
 pytestmark = pytest.mark.slow  # ~25 s
 
 
-def test_two_thousand_hostile_templates_each_end_quickly_in_bounded_memory():
-    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "support" / "template_fuzz.py"), "2000", "28"],
+def test_a_thousand_hostile_templates_each_end_quickly_in_bounded_memory():
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "support" / "template_fuzz.py"), "1000", "28"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["unclean"] == [], report["unclean"]
     assert report["slowest_seconds"] < 6, report["slowest_template"]
     assert report["peak_rss"] < 1 << 30, report["peak_rss"]
-    assert report["rendered"] > 100 and report["failed"] > 1000  # the generator makes both kinds
+    assert report["rendered"] > 100 and report["failed"] > 500  # the generator makes both kinds

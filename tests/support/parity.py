@@ -40,22 +40,49 @@ _tokenizers = {}
 
 
 def hf_tokenizer(vocab):
-    """The real tokenizer, as transformers writes it into a model directory."""
-    from transformers import AutoTokenizer, GemmaTokenizer, LlamaTokenizer
+    """The real tokenizer, as transformers writes it into a model directory. transformers builds it from
+    llama.cpp's vocabulary in pure Python (5-20 s for the 150k-262k-piece ones); what it built is kept on disk
+    next to the vocabulary, per transformers version, and read back from its tokenizer.json after that."""
+    from transformers import AutoTokenizer
 
     if vocab not in _tokenizers:
-        llama_cpp_vocab.fetch()
-        source = llama_cpp_vocab.vocab_path(vocab)
-        if vocab == "mistral-v3":
-            directory = source.parent / "mistral-v3"
-            directory.mkdir(exist_ok=True)
-            (directory / "tokenizer.model").write_bytes(mistral_vocab.tokenizer_model().read_bytes())
-            _tokenizers[vocab] = LlamaTokenizer.from_pretrained(str(directory))
-        elif vocab == "gemma-4":
-            directory = source.parent / "gemma-3-stand-in"
-            directory.mkdir(exist_ok=True)
-            llama_cpp_vocab.gemma_sentencepiece_model(directory / "tokenizer.model")
-            _tokenizers[vocab] = GemmaTokenizer.from_pretrained(str(directory))
-        else:
-            _tokenizers[vocab] = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+        _tokenizers[vocab] = AutoTokenizer.from_pretrained(str(hf_tokenizer_directory(vocab)))
     return _tokenizers[vocab]
+
+
+def hf_tokenizer_directory(vocab):
+    """Where hf_tokenizer's tokenizer is kept (tokenizer.json, tokenizer_config.json), built first if needed."""
+    import os
+    import tempfile
+
+    import transformers
+
+    llama_cpp_vocab.fetch()
+    built = llama_cpp_vocab.vocab_path(vocab).parent / f"transformers-{transformers.__version__}" / vocab
+    if not (built / "tokenizer.json").is_file():
+        built.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=built.parent) as scratch:
+            _build_hf_tokenizer(vocab).save_pretrained(scratch)
+            try:
+                os.rename(scratch, built)  # whole or not at all: another test worker may be building it too
+            except OSError:
+                pass  # it did, first
+            os.makedirs(scratch, exist_ok=True)  # for TemporaryDirectory's clean-up
+    return built
+
+
+def _build_hf_tokenizer(vocab):
+    from transformers import AutoTokenizer, GemmaTokenizer, LlamaTokenizer
+
+    source = llama_cpp_vocab.vocab_path(vocab)
+    if vocab == "mistral-v3":
+        directory = source.parent / "mistral-v3"
+        directory.mkdir(exist_ok=True)
+        (directory / "tokenizer.model").write_bytes(mistral_vocab.tokenizer_model().read_bytes())
+        return LlamaTokenizer.from_pretrained(str(directory))
+    if vocab == "gemma-4":
+        directory = source.parent / "gemma-3-stand-in"
+        directory.mkdir(exist_ok=True)
+        llama_cpp_vocab.gemma_sentencepiece_model(directory / "tokenizer.model")
+        return GemmaTokenizer.from_pretrained(str(directory))
+    return AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)

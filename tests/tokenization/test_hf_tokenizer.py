@@ -24,28 +24,16 @@ def hf_directory(name, tmp_path_factory):
     """transformers' tokenizer for the vocabulary, saved as a model directory (tokenizer.json,
     tokenizer_config.json, chat_template.jinja where the vocabulary has a template)."""
     if name not in _directories:
+        from parity import hf_tokenizer_directory
         from transformers import AutoTokenizer
 
-        source = llama_cpp_vocab.vocab_path(name)
+        # transformers' build of the vocabulary (cached on disk), a copy of its own for these tests to change
+        reference = AutoTokenizer.from_pretrained(str(hf_tokenizer_directory(name)))
         directory = tmp_path_factory.mktemp(name)
-        if name == "mistral-v3":  # Mistral's own SentencePiece model (mistral_vocab.py), as v0.3 ships it
-            import mistral_vocab
-            from transformers import LlamaTokenizer
-
-            model_directory = tmp_path_factory.mktemp("mistral-sentencepiece")
-            (model_directory / "tokenizer.model").write_bytes(mistral_vocab.tokenizer_model().read_bytes())
-            reference = LlamaTokenizer.from_pretrained(str(model_directory))
-        elif name == "gemma-4":  # transformers reads no gemma4 GGUF vocabulary: its SentencePiece rebuild
-            from transformers import GemmaTokenizer
-
+        if name == "gemma-4":  # transformers reads no gemma4 GGUF vocabulary: its SentencePiece rebuild
             from llmgen.weights.gguf_file import GGUFFile
 
-            model_directory = tmp_path_factory.mktemp("gemma-sentencepiece")
-            llama_cpp_vocab.gemma_sentencepiece_model(model_directory / "tokenizer.model")
-            reference = GemmaTokenizer.from_pretrained(str(model_directory))
-            reference.chat_template = GGUFFile(source).get("tokenizer.chat_template")  # Gemma 4's own
-        else:
-            reference = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+            reference.chat_template = GGUFFile(llama_cpp_vocab.vocab_path(name)).get("tokenizer.chat_template")
         reference.save_pretrained(directory)
         _directories[name] = directory, reference
     return _directories[name]
