@@ -38,6 +38,11 @@ def run_llmgen(*args, input=None, env=None, timeout=120):
         [LLMGEN, *map(str, args)], input=input, capture_output=True, env=full_env, timeout=timeout,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
+    return _with_text(done)
+
+
+def _with_text(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """A finished run with its stdout and stderr also as text (out, err)."""
     done.out = done.stdout.decode("utf-8", errors="replace")
     done.err = done.stderr.decode("utf-8", errors="replace")
     return done
@@ -99,31 +104,10 @@ def run_on_terminal(*args, columns: int = 80, timeout: float = 120) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode("utf-8", "replace")).replace("\r", "")
 
 
-def run_in_process(capsys, *args, input: bytes = b""):
-    """`llmgen ARGS` through the CLI's own entry point in this process (no interpreter start-up, and what a
-    process caches, such as LLaMA-3's merges, stays cached), `input` on its stdin: its exit code, stdout and
-    stderr."""
-    import io
-
-    from llmgen.cli.main import main
-
-    capsys.readouterr()
-    saved, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(input), encoding="utf-8")
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.stdin = saved
-    out, err = capsys.readouterr()
-    return type("Result", (), {"returncode": code, "out": out, "err": err})
-
-
 def run_here(*args, input=None, env=None):
     """`llmgen ARGS` through the CLI's entry point in this process, as run_llmgen runs the console script:
     stdin `input` (else empty, as /dev/null reads), stdout and stderr captured as bytes (not terminals), `env`
-    set for the call only. What differs from a process: no interpreter start-up and no `import torch` (3-4 s
+    set for the call only (the same result as run_llmgen's). What differs from a process: no interpreter start-up and no `import torch` (3-4 s
     here, most of a small model's run), and what a process caches stays cached. Tests of what only a process
     shows (signals, a closed pipe, a terminal, warnings printed by Python itself) use run_llmgen."""
     import io
@@ -158,16 +142,7 @@ def run_here(*args, input=None, env=None):
         torch.set_num_threads(saved_threads)  # `-t N` sets this process's threads
         build.forget()
     stdout, stderr = (stream.buffer.getvalue() for stream in streams)
-    return _Result(code, stdout, stderr)
-
-
-class _Result:
-    """What run_here returns: run_llmgen's fields (returncode, stdout/stderr bytes, out/err text)."""
-
-    def __init__(self, returncode: int, stdout: bytes, stderr: bytes):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-        self.out = stdout.decode("utf-8", errors="replace")
-        self.err = stderr.decode("utf-8", errors="replace")
+    return _with_text(subprocess.CompletedProcess(args, code, stdout, stderr))
 
 
 def assert_one_line_warning(result, *fragments):

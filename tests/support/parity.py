@@ -53,6 +53,7 @@ def hf_tokenizer(vocab):
 def hf_tokenizer_directory(vocab):
     """Where hf_tokenizer's tokenizer is kept (tokenizer.json, tokenizer_config.json), built first if needed."""
     import os
+    import shutil
     import tempfile
 
     import transformers
@@ -61,13 +62,12 @@ def hf_tokenizer_directory(vocab):
     built = llama_cpp_vocab.vocab_path(vocab).parent / f"transformers-{transformers.__version__}" / vocab
     if not (built / "tokenizer.json").is_file():
         built.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=built.parent) as scratch:
-            _build_hf_tokenizer(vocab).save_pretrained(scratch)
-            try:
-                os.rename(scratch, built)  # whole or not at all: another test worker may be building it too
-            except OSError:
-                pass  # it did, first
-            os.makedirs(scratch, exist_ok=True)  # for TemporaryDirectory's clean-up
+        scratch = tempfile.mkdtemp(dir=built.parent)
+        _build_hf_tokenizer(vocab).save_pretrained(scratch)
+        try:
+            os.rename(scratch, built)  # whole or not at all: another test worker may be building it too
+        except OSError:  # it did, first
+            shutil.rmtree(scratch)
     return built
 
 

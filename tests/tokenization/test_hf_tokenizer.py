@@ -30,7 +30,7 @@ def hf_directory(name, tmp_path_factory):
         # transformers' build of the vocabulary (cached on disk), a copy of its own for these tests to change
         reference = AutoTokenizer.from_pretrained(str(hf_tokenizer_directory(name)))
         directory = tmp_path_factory.mktemp(name)
-        if name == "gemma-4":  # transformers reads no gemma4 GGUF vocabulary: its SentencePiece rebuild
+        if name == "gemma-4":  # the SentencePiece rebuild carries no template: Gemma 4's own, from its GGUF
             from llmgen.weights.gguf_file import GGUFFile
 
             reference.chat_template = GGUFFile(llama_cpp_vocab.vocab_path(name)).get("tokenizer.chat_template")

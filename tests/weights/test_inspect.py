@@ -9,7 +9,7 @@ import struct
 import pytest
 import torch
 from checkpoints import hf_llama, save_hf, save_meta
-from conftest import assert_one_line_error, assert_one_line_warning, run_here, run_in_process
+from conftest import assert_one_line_error, assert_one_line_warning, run_here
 from safetensors.torch import save_file
 
 from llmgen.errors import LLMGenError
@@ -195,18 +195,18 @@ def test_truncated_and_flipped_files_never_crash(files, name, capsys):
         inspect_path(files / "empty.safetensors")
 
 
-def test_a_tensor_no_model_has_is_named(capsys, tmp_path):
+def test_a_tensor_no_model_has_is_named(tmp_path):
     """A LLaMA checkpoint with one extra tensor: inspect-weights lists it and says, in one warning line,
     that it is not part of any model llmgen loads (loading it would be refused); --json names it too."""
     state = {name: torch.zeros(2, 2) for name in ("tok_embeddings.weight", "layers.0.attention.wq.weight",
                                                   "model.layers.0.self_attn.q_proj.weight", "transformer.h.0.attn.bias")}
     state["layers.0.attention.smuggled.weight"] = torch.zeros(3)
     torch.save(state, tmp_path / "extra.pth")
-    result = run_in_process(capsys, "inspect-weights", tmp_path / "extra.pth", "--no-tensors")
+    result = run_here("inspect-weights", tmp_path / "extra.pth", "--no-tensors")
     assert result.returncode == 0
     assert_one_line_warning(result, "'layers.0.attention.smuggled.weight'", "llmgen will refuse to load it")
-    listed = json.loads(run_in_process(capsys, "inspect-weights", tmp_path / "extra.pth", "--json").out)
+    listed = json.loads(run_here("inspect-weights", tmp_path / "extra.pth", "--json").out)
     assert listed["unknown_tensors"] == ["layers.0.attention.smuggled.weight"]
     del state["layers.0.attention.smuggled.weight"]
     torch.save(state, tmp_path / "known.pth")
-    assert run_in_process(capsys, "inspect-weights", tmp_path / "known.pth").err == ""
+    assert run_here("inspect-weights", tmp_path / "known.pth").err == ""
