@@ -7,10 +7,13 @@ streams), runs them all in one call (Decoder.rows: every matmul over all rows, t
 picks each sequence's next id with its own settings and generator. Requests join between steps and leave
 when they finish or are cancelled.
 
-Prefix cache: a slot keeps the keys and values of its last sequence after it ends. A new prompt goes to
-the free slot that already holds its longest prefix (the least recently used one when none does), and
-when a busy slot holds a longer one, that prefix is copied across (a tensor copy, no forward pass): a
-shared system prompt or a chat's earlier turns are computed once. The memory bound is the slots' own.
+Prefix cache, in two parts. A slot keeps the keys and values of its last sequence after it ends: a new
+prompt goes to the free slot that already holds its longest prefix (the least recently used one when none
+does). And every prompt, once computed, and every sequence, once finished, leaves copies of its keys and
+values in a radix tree of 16-token blocks (prefix_tree.py) that outlives the slots, bounded by
+prefix_cache_bytes (least recently used blocks dropped first). A prompt starts from whichever holds more
+of it: its free slot, a busy slot (copied across), or the tree (copied in): a tensor copy, no forward
+pass, so a shared system prompt or a chat's earlier turns are computed once.
 
 Every row is computed bit for bit as its sequence alone would be (llama_layers.cpp), and ids are picked
 by generation.pick_id, so a sequence's ids do not depend on what shares its steps: greedy output is
@@ -33,10 +36,12 @@ from llmgen.generation import SamplingSettings, common_prefix, pick_id
 from llmgen.grammar import JsonConstraint
 from llmgen.models import Model
 from llmgen.models.kv_cache import cached_attentions
+from llmgen.prefix_tree import PrefixTree
 from llmgen.sampling import log_probs
 
 PREFILL_WHILE_DECODING = 64  # prompt rows a step takes while other sequences wait for their next token
 MIN_COPIED_PREFIX = 16  # shorter shared prefixes are recomputed rather than copied from a busy slot
+PREFIX_CACHE_BYTES = 1 << 30  # the radix tree's default bound (llama-server's --cache-ram is 8 GiB)
 
 
 @dataclass
@@ -122,7 +127,8 @@ class BatchEngine:
     """
 
     def __init__(self, model: Model, *, max_sequences: int = 4, ctx_size: int = 2048, batch_size: int = 512,
-                 n_valid: int | None = None, decoder: Decoder | None = None, max_waiting: int = 64):
+                 n_valid: int | None = None, decoder: Decoder | None = None, max_waiting: int = 64,
+                 prefix_cache_bytes: int = PREFIX_CACHE_BYTES):
         if max_sequences < 1 or ctx_size < 2 or batch_size < 1:
             raise ValueError("max-sequences >= 1, ctx-size >= 2 and batch-size >= 1 are needed")
         self.model, self.batch_size, self.max_waiting = model, batch_size, max_waiting
@@ -143,6 +149,10 @@ class BatchEngine:
                 self.slot_decoders.append(model_decoder)
                 for attention in cached_attentions(model):  # a fresh set for the next slot
                     attention.kv_cache = None
+        self.tree = PrefixTree(0)
+        self.prefix_block_bytes = self.tree.block * sum(k_t[..., 0].nbytes + v[:, 0].nbytes for k_t, v in self._views(0))
+        self.tree.capacity = max(prefix_cache_bytes, 0) // self.prefix_block_bytes
+        self.stored: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # a tree key -> each layer's (k_t, v)
         self.waiting: deque[tuple[Request, list]] = deque()
         self.lock = threading.Condition()
         self.stopping = False
@@ -236,7 +246,9 @@ class BatchEngine:
             sequence.done = start + len(ids)
             if row_logits is None:
                 continue  # a prompt's chunk before its last
-            sequence.ready = True
+            if not sequence.ready:  # the prompt is computed: the next prompt sharing it need not wait
+                sequence.ready = True
+                self._remember(sequence)
             try:
                 self._pick(sequence, row_logits)
             except Exception as e:  # noqa: BLE001 - NaN logits, a grammar that fails: this sequence ends
@@ -252,26 +264,40 @@ class BatchEngine:
                 box.append(self._place(request, free))
 
     def _place(self, request: Request, free: list[Slot]) -> Sequence:
-        """A sequence for the request in the free slot holding its longest prefix (copying a longer one
-        from a busy slot), or the least recently used."""
+        """A sequence for the request in the free slot holding its longest prefix, or the least recently
+        used; a longer prefix held by a busy slot or the tree is copied into it."""
         prompt = request.prompt_ids
         target = max(free, key=lambda slot: (common_prefix(slot.holds(), prompt), -slot.last_used))
         reused = common_prefix(target.holds(), prompt)
         busy = [slot for slot in self.slots if slot.sequence is not None]
-        if busy:
-            source = max(busy, key=lambda slot: common_prefix(slot.holds(), prompt))
-            shared = common_prefix(source.holds(), prompt)
-            if shared >= max(reused + 1, MIN_COPIED_PREFIX):
-                self._copy_prefix(source.index, target.index, shared)
-                reused = shared
+        source = max(busy, key=lambda slot: common_prefix(slot.holds(), prompt), default=None)
+        shared = common_prefix(source.holds(), prompt) if source is not None else 0
+        keys = self.tree.match(prompt)
+        from_tree = len(keys) * self.tree.block
+        if from_tree > max(reused, shared):
+            self._execute({"load": [target.index, keys]})
+            reused = from_tree
+        elif source is not None and shared >= max(reused + 1, MIN_COPIED_PREFIX):
+            self._execute({"copy": [source.index, target.index, shared]})
+            reused = shared
         reused = min(reused, len(prompt) - 1)  # the prompt's last id is always run: its logits are the first
         sequence = Sequence(request, target.index, list(prompt), done=reused, cached=reused)
         target.sequence, target.cached = sequence, []
         return sequence
 
-    def _copy_prefix(self, source: int, target: int, length: int) -> None:
-        """The first `length` positions' keys and values of one slot into another, in every layer."""
-        self._execute({"copy": [source, target, length]})
+    def _remember(self, sequence: Sequence) -> None:
+        """The whole blocks of what the sequence's slot holds, into the tree (those it lacks)."""
+        added, dropped = self.tree.insert(sequence.tokens[:sequence.done])
+        if dropped:
+            self._execute({"drop": dropped})
+        if added:
+            self._execute({"save": [sequence.slot, added]})
+
+    def _views(self, slot: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's cache of one slot: (k_t (n_kv_heads, head_dim, length), v (n_kv_heads, length, head_dim))."""
+        caches = self.caches if self.batched else self.slot_caches[slot]
+        row = slot if self.batched else 0
+        return [(cache.k_t[row], cache.v[row]) for cache in caches]
 
     def _run(self, chunks: list[tuple[Sequence, int, list[int]]]) -> list[torch.Tensor | None]:
         """One pass: each chunk's (1, vocab) logits after its last id when that id is a sequence's newest
@@ -295,21 +321,35 @@ class BatchEngine:
         return [logits if want else None for logits, want in zip(out, wanted)]
 
     def _execute(self, op: dict):
-        """What touches the model, as data: a prefix copy between slots ("copy"), one batched pass
-        ("rows"), or one sequence's ids over its own caches ("block"). With `share` set (rank 0 of a
+        """What touches the model, as data: a prefix copy between slots ("copy"), blocks into, out of or
+        from the prefix tree's store ("load", "save", "drop"), one batched pass ("rows"), or one sequence's
+        ids over its own caches ("block"). With `share` set (rank 0 of a
         tensor-parallel server), each op goes to the other ranks first, which run it on their shards (follow)."""
         if self.share is not None:
             self.share(op)
-        if "copy" in op:
+        if "copy" in op:  # a busy slot's prefix into another slot
             source, target, length = op["copy"]
-            if self.batched:
-                for cache in self.caches:
-                    cache.k_t[target, ..., :length] = cache.k_t[source, ..., :length]
-                    cache.v[target, :, :length] = cache.v[source, :, :length]
-            else:
-                for source_cache, target_cache in zip(self.slot_caches[source], self.slot_caches[target]):
-                    target_cache.k_t[..., :length] = source_cache.k_t[..., :length]
-                    target_cache.v[:, :, :length] = source_cache.v[:, :, :length]
+            for (k_source, v_source), (k_target, v_target) in zip(self._views(source), self._views(target)):
+                k_target[..., :length] = k_source[..., :length]
+                v_target[:, :length] = v_source[:, :length]
+            return None
+        if "save" in op:  # blocks of a slot into the tree's store: [(key, first position)]
+            slot, blocks = op["save"]
+            views, size = self._views(slot), self.tree.block
+            for key, start in blocks:
+                self.stored[key] = [(k_t[..., start:start + size].clone(), v[:, start:start + size].clone())
+                                    for k_t, v in views]
+            return None
+        if "load" in op:  # the tree's blocks, in order, into a slot from position 0
+            slot, keys = op["load"]
+            length = len(keys) * self.tree.block
+            for layer, (k_t, v) in enumerate(self._views(slot)):
+                k_t[..., :length] = torch.cat([self.stored[key][layer][0] for key in keys], dim=-1)
+                v[:, :length] = torch.cat([self.stored[key][layer][1] for key in keys], dim=1)
+            return None
+        if "drop" in op:
+            for key in op["drop"]:
+                del self.stored[key]
             return None
         if "rows" in op:
             tokens, positions, slots, logit_rows = op["rows"]
@@ -358,5 +398,7 @@ class BatchEngine:
         slot.cached, slot.sequence, slot.last_used = sequence.tokens[:sequence.done], None, time.monotonic()
         if reason == "error":
             slot.cached = []  # what the failed pass wrote is unknown
+        else:
+            self._remember(sequence)
         sequence.request.on_update(Finished(reason, sequence.prompt_length, sequence.generated, sequence.cached,
                                             error))

@@ -31,11 +31,12 @@ def prompts(count: int, seed: int = 3) -> list[list[int]]:
 
 class Collect:
     def __init__(self):
-        self.ids, self.finished = [], None
+        self.ids, self.logprobs, self.finished = [], [], None
 
     def __call__(self, update):
         if isinstance(update, Token):
             self.ids.append(update.id)
+            self.logprobs.append(update.logprob)
         else:
             assert isinstance(update, Finished) and self.finished is None
             self.finished = update
@@ -104,6 +105,44 @@ def test_a_shared_prefix_is_reused_and_changes_no_token(checkpoint):
     assert long_running.finished.cached_tokens == len(prefix)  # from the first's slot
     assert outs[2].finished.cached_tokens == len(prefix)  # from a slot: the finished one, or copied
     assert outs[0].ids == fresh[0] and long_running.ids[:8] == fresh[1] and outs[2].ids == fresh[2]
+
+
+@pytest.mark.parametrize("path", ["kernels", "pytorch"])
+def test_the_prefix_tree_outlives_the_slots_and_changes_no_token(checkpoint, monkeypatch, path):
+    """One slot, three prompts: the first's prefix is overwritten in the slot by an unrelated second, yet
+    the third, sharing the first's 40-token prefix, starts from the tree's copy of its whole 16-token
+    blocks (32 tokens) with the greedy ids of an engine that computed everything; and a tree bound of a
+    few blocks is kept (the least recently used dropped)."""
+    monkeypatch.setenv("LLMGEN_KERNELS", "auto" if path == "kernels" else "0")
+    if path == "kernels" and not kernels.supported_levels():
+        pytest.skip("llmgen's kernels do not build here")
+    model = int4_model(checkpoint)
+    generator = torch.Generator().manual_seed(5)
+    prefix, other = (torch.randint(0, 1000, (40,), generator=generator).tolist() for _ in range(2))
+    first, second, third = prefix + [1, 2, 3], other, prefix + [4, 5]
+    settings = SamplingSettings(max_new_tokens=6, temperature=0)
+    fresh = Collect()
+    run(BatchEngine(model, max_sequences=1, ctx_size=96, prefix_cache_bytes=0),
+        [Request(third, settings, fresh, top_logprobs=0)])
+    assert fresh.finished.cached_tokens == 0
+    engine = BatchEngine(model, max_sequences=1, ctx_size=96)
+    outs = [Collect() for _ in range(3)]
+    for ids, out in zip((first, second, third), outs):
+        run(engine, [Request(ids, settings, out, top_logprobs=0)])
+    assert outs[1].finished.cached_tokens == 0
+    assert outs[2].finished.cached_tokens == 32  # two whole blocks of the shared 40 tokens, from the tree
+    assert outs[2].ids == fresh.ids
+    # each row is computed as it would be alone (the copied keys and values are the computed ones): the
+    # chosen ids' log-probabilities are the same floats
+    assert outs[2].logprobs == fresh.logprobs
+    assert len(engine.stored) == len(engine.tree) == 3 + 2  # first: 48 ids computed, second 45; third: 47, 32 of them first's
+
+    block_bytes = engine.prefix_block_bytes
+    small = BatchEngine(model, max_sequences=1, ctx_size=96, prefix_cache_bytes=4 * block_bytes)
+    for ids in (first, second, third):
+        run(small, [Request(ids, settings, Collect())])
+    assert len(small.stored) == len(small.tree) == 4
+    assert len(small.tree.match(third)) == 2  # the most recent prompt's blocks were kept
 
 
 def test_a_cancelled_sequence_frees_its_slot_at_the_next_step(checkpoint):

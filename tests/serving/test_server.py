@@ -266,6 +266,29 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     wait_idle(server.service, seconds=10)  # cancelled within a step or two, not after 500 tokens
 
 
+def test_a_client_that_disconnects_before_a_whole_reply_cancels_it(server, monkeypatch):
+    """Not streamed: the server builds the reply while the client waits; a client that closes its socket
+    meanwhile has its sequence cancelled (the engine says so), long before its 500 tokens."""
+    wait_idle(server.service)
+    engine = server.service.engine
+    endings = []
+    finish = engine._finish
+    monkeypatch.setattr(engine, "_finish", lambda sequence, reason, error=None: (
+        endings.append((reason, sequence.generated)), finish(sequence, reason, error)))
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 500, "temperature": 0.7, "seed": 1})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    deadline = time.monotonic() + 20
+    while not any(slot.sequence is not None and slot.sequence.generated >= 20 for slot in engine.slots):
+        assert time.monotonic() < deadline and not endings, "the sequence did not start (or ended by itself)"
+        time.sleep(0.01)
+    sock.close()
+    wait_idle(server.service, seconds=10)
+    [(reason, generated)] = endings
+    assert reason == "cancelled" and generated < 200
+
+
 def test_a_full_queue_is_a_503(spare):
     service = ModelService(spare, "smollm2", max_sequences=1, ctx_size=256, limits=Limits(max_waiting=0))
     one = Server(service)

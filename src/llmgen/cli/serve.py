@@ -34,6 +34,9 @@ def serve(
                                                                           "(default: the context size)."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting for a slot before more are refused "
                                                           "(503)."),
+    cache_ram: int = typer.Option(1024, "--cache-ram", "-cram", help="MiB kept for the prefix cache: earlier "
+                                                                    "prompts' keys and values (llama-server's "
+                                                                    "name; 0: off)."),
     max_body: int = typer.Option(4 * 2**20, "--max-body-bytes", help="Largest request body (413 beyond)."),
     alias: Optional[str] = typer.Option(None, "--alias", help="The model's id in the API (default: its file name)."),
     quantize: str = typer.Option("auto", "--quantize", "-q", help="auto, none, int8 or int4 (see generate)."),
@@ -48,6 +51,8 @@ def serve(
     if max_sequences < 1 or ctx_size < 8 or batch_size < 1 or max_queue < 0 or max_body < 1024:
         raise UsageError("--max-sequences and --batch-size take 1 or more, --ctx-size 8 or more, --max-queue 0 or "
                          "more, --max-body-bytes 1024 or more")
+    if cache_ram < 0:
+        raise UsageError("--cache-ram takes 0 or more MiB")
     if max_tokens is not None and max_tokens < 1:
         raise UsageError("--max-tokens takes 1 or more")
     if threads is not None and threads < 1:
@@ -89,7 +94,7 @@ def serve(
             tensor_parallel.close()
         return
     service = ModelService(loaded, alias or path.name, max_sequences=max_sequences, ctx_size=ctx_size,
-                           batch_size=batch_size,
+                           batch_size=batch_size, prefix_cache_bytes=cache_ram * 2**20,
                            limits=Limits(max_body_bytes=max_body, max_tokens=max_tokens, max_waiting=max_queue))
     if tensor_parallel is not None:  # every pass (and prefix copy) of the engine runs on every rank
         service.engine.share = tensor_parallel.share_json

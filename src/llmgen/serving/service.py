@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmgen.batching import BatchEngine, Finished, Request, Token, Update
+from llmgen.batching import PREFIX_CACHE_BYTES, BatchEngine, Finished, Request, Token, Update
 from llmgen.errors import LLMGenError
 from llmgen.generation import SamplingSettings, TextAssembler
 from llmgen.grammar import JsonGrammar
@@ -57,11 +57,12 @@ class ModelService:
     """The model, its tokenizer and the engine that steps every request's sequences together."""
 
     def __init__(self, loaded: LoadedModel, name: str, *, max_sequences: int = 4, ctx_size: int = 2048,
-                 batch_size: int = 512, limits: Limits | None = None):
+                 batch_size: int = 512, limits: Limits | None = None, prefix_cache_bytes: int = PREFIX_CACHE_BYTES):
         self.loaded, self.tokenizer, self.name = loaded, loaded.tokenizer, name
         self.limits = limits or Limits()
         self.engine = BatchEngine(loaded.model, max_sequences=max_sequences, ctx_size=ctx_size, batch_size=batch_size,
-                                  n_valid=self.tokenizer.n_vocab, max_waiting=self.limits.max_waiting)
+                                  n_valid=self.tokenizer.n_vocab, max_waiting=self.limits.max_waiting,
+                                  prefix_cache_bytes=prefix_cache_bytes)
         self.ctx_size = self.engine.ctx_size
         self._thread: threading.Thread | None = None
 
