@@ -121,14 +121,22 @@ def run_load(peer: Peer, requests: list[list[list[dict]]], max_tokens: int, conc
             "texts": [r.get("text") for r in results]}
 
 
-def prefix_cache(peer: Peer) -> dict:
-    """Time to first token of a ~1,000-token prompt, then of another sharing all but its question."""
+def prefix_cache(peer: Peer, slots: int) -> dict:
+    """Time to first token of a ~1,000-token prompt, of another sharing all but its question, and of a third
+    after `slots` unrelated prompts have taken every slot (only a cache beyond the slots still holds it)."""
     system = GPL.read_text()[:4200] if GPL.is_file() else " ".join(TOPICS * 60)
     times = []
     for question in ("Who may copy this license?", "What does this license say about warranty?"):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
         times.append(stream_chat(peer.url, peer.model_id, messages, 4)["ttft"])
-    return {"first_ttft_ms": 1000 * times[0], "second_ttft_ms": 1000 * times[1], "ratio": times[1] / times[0]}
+    others = [[{"role": "user", "content": f"{form.format(topic)} ({i})"}]
+              for i, (form, topic) in enumerate(zip(FORMS * slots, TOPICS * slots)) if i < slots]
+    with ThreadPoolExecutor(slots) as pool:  # at once, so that every slot takes one
+        list(pool.map(lambda messages: stream_chat(peer.url, peer.model_id, messages, 4), others))
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "May I sell copies?"}]
+    times.append(stream_chat(peer.url, peer.model_id, messages, 4)["ttft"])
+    return {"first_ttft_ms": 1000 * times[0], "second_ttft_ms": 1000 * times[1], "ratio": times[1] / times[0],
+            "after_ttft_ms": 1000 * times[2], "after_ratio": times[2] / times[0]}
 
 
 def main() -> None:
@@ -161,7 +169,7 @@ def main() -> None:
             stream_chat(peer.url, peer.model_id, requests[0][0], 4)  # warm-up
             one = run_load(peer, requests, args.max_tokens, concurrent=False)
             many = run_load(peer, requests, args.max_tokens, concurrent=True)
-            rows[name] = (one, many, prefix_cache(peer) if name == "llmgen" else None)
+            rows[name] = (one, many, prefix_cache(peer, args.clients) if name == "llmgen" else None)
         finally:
             peer.close()
     print("| server | clients | requests | failed | tokens/s | vs one at a time | TTFT p50 / p95 ms | "
@@ -179,7 +187,8 @@ def main() -> None:
         print(f"llmgen / llama.cpp, {args.clients} clients: "
               f"{many['tokens_per_s'] / rows['llama.cpp'][1]['tokens_per_s']:.2f}x tokens/s")
     print(f"prefix cache (llmgen): first TTFT {prefix['first_ttft_ms']:.0f} ms, second (same ~1,000-token system "
-          f"prompt) {prefix['second_ttft_ms']:.0f} ms: {prefix['ratio']:.3f}x")
+          f"prompt) {prefix['second_ttft_ms']:.0f} ms: {prefix['ratio']:.3f}x; a third after {args.clients} other "
+          f"prompts took every slot {prefix['after_ttft_ms']:.0f} ms: {prefix['after_ratio']:.3f}x")
 
 
 if __name__ == "__main__":

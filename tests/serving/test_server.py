@@ -329,6 +329,9 @@ def test_serve_refuses_a_non_loopback_address_without_a_key():
     assert result.returncode == 2
     result = run_here("serve", "--port", "70000")
     assert_one_line_error(result, "--port")
+    result = run_here("serve", "--cache-ram", "-1")
+    assert_one_line_error(result, "--cache-ram")
+    assert result.returncode == 2
 
 
 PERSON = {"type": "object", "properties": {

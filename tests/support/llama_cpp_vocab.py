@@ -11,7 +11,9 @@ llama-cpp-python sdist on PyPI (pinned by sha256), extracted once into llmgen's 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -80,12 +82,26 @@ def converter_dir() -> Path:
 
 
 def convert_hf_to_gguf(model_dir: Path, outfile: Path, outtype: str = "f32") -> Path:
-    """Run llama.cpp's convert_hf_to_gguf.py (with its own gguf-py) on a Hugging Face model directory."""
-    root = converter_dir()
-    env = {**os.environ, "PYTHONPATH": str(root / "gguf-py")}
-    done = subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outfile",
-                           str(outfile), "--outtype", outtype], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    """Run llama.cpp's convert_hf_to_gguf.py (with its own gguf-py) on a Hugging Face model directory.
+
+    The converter (pinned by SDIST's hash) turns the same files into the same GGUF, and each run costs ~10 s
+    (torch and transformers imported again), so its output is kept under a digest of the converter's
+    version, the out-type and every file of model_dir: the same input is converted once per machine."""
+    digest = hashlib.sha256(f"{SDIST}\0{outtype}".encode())
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        digest.update(f"\0{path.relative_to(model_dir).as_posix()}\0".encode())
+        digest.update(path.read_bytes())
+    kept = directory() / "converted" / f"{digest.hexdigest()[:32]}.gguf"
+    if not kept.is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        scratch = kept.with_name(f"{kept.stem}.{os.getpid()}.tmp")  # renamed whole: no worker reads half a file
+        root = converter_dir()
+        env = {**os.environ, "PYTHONPATH": str(root / "gguf-py")}
+        done = subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outfile",
+                               str(scratch), "--outtype", outtype], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        os.replace(scratch, kept)
+    shutil.copyfile(kept, outfile)
     return outfile
 
 
