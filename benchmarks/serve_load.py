@@ -129,8 +129,8 @@ def prefix_cache(peer: Peer, slots: int) -> dict:
     for question in ("Who may copy this license?", "What does this license say about warranty?"):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
         times.append(stream_chat(peer.url, peer.model_id, messages, 4)["ttft"])
-    others = [[{"role": "user", "content": f"{form.format(topic)} ({i})"}]
-              for i, (form, topic) in enumerate(zip(FORMS * slots, TOPICS * slots)) if i < slots]
+    others = [[{"role": "user", "content": f"{FORMS[i % len(FORMS)].format(TOPICS[i % len(TOPICS)])} ({i})"}]
+              for i in range(slots)]
     with ThreadPoolExecutor(slots) as pool:  # at once, so that every slot takes one
         list(pool.map(lambda messages: stream_chat(peer.url, peer.model_id, messages, 4), others))
     messages = [{"role": "system", "content": system}, {"role": "user", "content": "May I sell copies?"}]

@@ -36,7 +36,7 @@ from llmgen.generation import SamplingSettings, common_prefix, pick_id
 from llmgen.grammar import JsonConstraint
 from llmgen.models import Model
 from llmgen.models.kv_cache import cached_attentions
-from llmgen.prefix_tree import PrefixTree
+from llmgen.prefix_tree import BLOCK, PrefixTree
 from llmgen.sampling import log_probs
 
 PREFILL_WHILE_DECODING = 64  # prompt rows a step takes while other sequences wait for their next token
@@ -149,9 +149,8 @@ class BatchEngine:
                 self.slot_decoders.append(model_decoder)
                 for attention in cached_attentions(model):  # a fresh set for the next slot
                     attention.kv_cache = None
-        self.tree = PrefixTree(0)
-        self.prefix_block_bytes = self.tree.block * sum(k_t[..., 0].nbytes + v[:, 0].nbytes for k_t, v in self._views(0))
-        self.tree.capacity = max(prefix_cache_bytes, 0) // self.prefix_block_bytes
+        self.prefix_block_bytes = BLOCK * sum(k_t[..., 0].nbytes + v[:, 0].nbytes for k_t, v in self._views(0))
+        self.tree = PrefixTree(max(prefix_cache_bytes, 0) // self.prefix_block_bytes)
         self.stored: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # a tree key -> each layer's (k_t, v)
         self.waiting: deque[tuple[Request, list]] = deque()
         self.lock = threading.Condition()
@@ -323,8 +322,8 @@ class BatchEngine:
     def _execute(self, op: dict):
         """What touches the model, as data: a prefix copy between slots ("copy"), blocks into, out of or
         from the prefix tree's store ("load", "save", "drop"), one batched pass ("rows"), or one sequence's
-        ids over its own caches ("block"). With `share` set (rank 0 of a
-        tensor-parallel server), each op goes to the other ranks first, which run it on their shards (follow)."""
+        ids over its own caches ("block"). With `share` set (rank 0 of a tensor-parallel server), each op
+        goes to the other ranks first, which run it on their shards (follow)."""
         if self.share is not None:
             self.share(op)
         if "copy" in op:  # a busy slot's prefix into another slot
